@@ -1,0 +1,130 @@
+import { LRUCache } from 'lru-cache';
+
+/** One cached value as the tiers hold it. */
+export interface Entry {
+  value: Buffer;
+  /** Higher for a later write of the same key (an ETag). */
+  version: number;
+  tags: readonly string[];
+  /** Epoch milliseconds; 0 for no expiry. */
+  expiresAt: number;
+}
+
+/** What an entry costs beyond its key and value: the object, the LRU node, tag links. */
+const ENTRY_OVERHEAD_BYTES = 160;
+
+export function entrySize(key: string, entry: Entry): number {
+  let size = ENTRY_OVERHEAD_BYTES + Buffer.byteLength(key) * 2 + entry.value.byteLength;
+  for (const tag of entry.tags) size += 48 + tag.length * 2;
+  return size;
+}
+
+export interface L1Counters {
+  hits: number;
+  misses: number;
+  evictions: number;
+  expirations: number;
+}
+
+/**
+ * The in-memory tier: bounded by bytes (keys, values and bookkeeping), per
+ * entry TTL, least-recently-used eviction, and a tag index so that a tag
+ * invalidation touches only the entries that carry the tag.
+ */
+export class L1Cache {
+  readonly counters: L1Counters = { hits: 0, misses: 0, evictions: 0, expirations: 0 };
+  private readonly lru: LRUCache<string, Entry>;
+  private readonly keysByTag = new Map<string, Set<string>>();
+
+  constructor(readonly maxBytes: number) {
+    this.lru = new LRUCache<string, Entry>({
+      maxSize: maxBytes,
+      sizeCalculation: (entry, key) => entrySize(key, entry),
+      // Expired entries are dropped when touched or pushed out by the byte
+      // bound; timers per entry would cost more than the memory they free.
+      ttlAutopurge: false,
+      allowStale: false,
+      dispose: (entry, key, reason) => {
+        this.unlinkTags(key, entry);
+        if (reason === 'evict') this.counters.evictions++;
+        else if (reason === 'expire') this.counters.expirations++;
+      },
+    });
+  }
+
+  get(key: string): Entry | undefined {
+    const entry = this.lru.get(key);
+    if (entry === undefined) this.counters.misses++;
+    else this.counters.hits++;
+    return entry;
+  }
+
+  /** Like get, but counts nothing and does not refresh recency. */
+  peek(key: string): Entry | undefined {
+    return this.lru.peek(key);
+  }
+
+  /**
+   * Stores the entry unless it is already expired or larger than the whole
+   * tier; returns whether it was stored. An older version never replaces a
+   * newer one, so out-of-order fills cannot resurrect a stale value.
+   */
+  set(key: string, entry: Entry, now = Date.now()): boolean {
+    const current = this.lru.peek(key);
+    if (current !== undefined && current.version > entry.version) return false;
+    const ttl = entry.expiresAt === 0 ? 0 : entry.expiresAt - now;
+    if (entry.expiresAt !== 0 && ttl <= 0) {
+      this.lru.delete(key);
+      return false;
+    }
+    if (entrySize(key, entry) > this.maxBytes) {
+      this.lru.delete(key);
+      return false;
+    }
+    this.lru.set(key, entry, { ttl });
+    for (const tag of entry.tags) {
+      let keys = this.keysByTag.get(tag);
+      if (keys === undefined) this.keysByTag.set(tag, (keys = new Set()));
+      keys.add(key);
+    }
+    return true;
+  }
+
+  delete(key: string): boolean {
+    return this.lru.delete(key);
+  }
+
+  /** Removes every entry carrying any of the tags; returns how many. */
+  invalidateTags(tags: readonly string[]): number {
+    let removed = 0;
+    for (const tag of tags) {
+      const keys = this.keysByTag.get(tag);
+      if (keys === undefined) continue;
+      for (const key of [...keys]) if (this.lru.delete(key)) removed++;
+    }
+    return removed;
+  }
+
+  /** Drops everything (after a resync: nothing cached can be trusted). */
+  clear(): void {
+    this.lru.clear();
+    this.keysByTag.clear();
+  }
+
+  get entries(): number {
+    return this.lru.size;
+  }
+
+  get bytes(): number {
+    return this.lru.calculatedSize;
+  }
+
+  private unlinkTags(key: string, entry: Entry): void {
+    for (const tag of entry.tags) {
+      const keys = this.keysByTag.get(tag);
+      if (keys === undefined) continue;
+      keys.delete(key);
+      if (keys.size === 0) this.keysByTag.delete(tag);
+    }
+  }
+}

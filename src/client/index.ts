@@ -1,0 +1,121 @@
+import { credentials, type CallOptions, type ChannelOptions, type ClientReadableStream, type ServiceError } from '@grpc/grpc-js';
+import {
+  ContextCacheClient as GeneratedClient,
+  ContextCacheService,
+  type DeepPartial,
+  type HoldLockResponse,
+  type WatchResponse,
+} from '../gen/contextcache/v1/context_cache';
+import * as messages from '../gen/contextcache/v1/context_cache';
+
+export * from '../gen/contextcache/v1/context_cache';
+
+type Service = typeof ContextCacheService;
+type UnaryName = { [K in keyof Service]: Service[K]['responseStream'] extends false ? K : never }[keyof Service];
+type RequestOf<K extends keyof Service> = Parameters<Service[K]['requestSerialize']>[0];
+type ResponseOf<K extends keyof Service> = ReturnType<Service[K]['responseDeserialize']>;
+
+export interface ClientCallOptions {
+  /** Absolute deadline or milliseconds from now. */
+  deadline?: Date | number;
+}
+
+/** A server stream as an async iterable that can be cancelled. */
+export interface EventStream<T> extends AsyncIterable<T> {
+  cancel(): void;
+  readonly call: ClientReadableStream<T>;
+}
+
+/**
+ * A promise-based TypeScript client for the sidecar. Requests are partial:
+ * unset fields take their proto defaults. Every call accepts a deadline;
+ * errors are grpc-js ServiceErrors carrying the status code and message.
+ */
+export class ContextCacheClient {
+  readonly raw: GeneratedClient;
+
+  constructor(address: string, options: Partial<ChannelOptions> = {}) {
+    this.raw = new GeneratedClient(address, credentials.createInsecure(), {
+      'grpc.keepalive_time_ms': 30_000,
+      'grpc.keepalive_timeout_ms': 10_000,
+      ...options,
+    });
+  }
+
+  /** Calls any unary RPC by its method name, e.g. `call('get', { key })`. */
+  call<K extends UnaryName>(method: K, request: DeepPartial<RequestOf<K>>, options: ClientCallOptions = {}): Promise<ResponseOf<K>> {
+    const definition = ContextCacheService[method];
+    // Filling defaults through the request type's own fromPartial keeps encoding total.
+    const full = (requestCodecs[method] as { fromPartial(p: unknown): RequestOf<K> }).fromPartial(request);
+    const callOptions: CallOptions = options.deadline === undefined ? {} : { deadline: toDeadline(options.deadline) };
+    return new Promise((resolve, reject) => {
+      this.raw.makeUnaryRequest(
+        definition.path,
+        definition.requestSerialize as (value: RequestOf<K>) => Buffer,
+        definition.responseDeserialize as (value: Buffer) => ResponseOf<K>,
+        full,
+        callOptions,
+        (error: ServiceError | null, response?: ResponseOf<K>) => (error ? reject(error) : resolve(response!)),
+      );
+    });
+  }
+
+  get = (r: DeepPartial<RequestOf<'get'>>, o?: ClientCallOptions) => this.call('get', r, o);
+  getMany = (r: DeepPartial<RequestOf<'getMany'>>, o?: ClientCallOptions) => this.call('getMany', r, o);
+  set = (r: DeepPartial<RequestOf<'set'>>, o?: ClientCallOptions) => this.call('set', r, o);
+  delete = (r: DeepPartial<RequestOf<'delete'>>, o?: ClientCallOptions) => this.call('delete', r, o);
+  invalidateTags = (r: DeepPartial<RequestOf<'invalidateTags'>>, o?: ClientCallOptions) => this.call('invalidateTags', r, o);
+  getSessionNodes = (r: DeepPartial<RequestOf<'getSessionNodes'>>, o?: ClientCallOptions) => this.call('getSessionNodes', r, o);
+  putSessionNodes = (r: DeepPartial<RequestOf<'putSessionNodes'>>, o?: ClientCallOptions) => this.call('putSessionNodes', r, o);
+  appendNode = (r: DeepPartial<RequestOf<'appendNode'>>, o?: ClientCallOptions) => this.call('appendNode', r, o);
+  invalidateSession = (r: DeepPartial<RequestOf<'invalidateSession'>>, o?: ClientCallOptions) => this.call('invalidateSession', r, o);
+  resolveShortIds = (r: DeepPartial<RequestOf<'resolveShortIds'>>, o?: ClientCallOptions) => this.call('resolveShortIds', r, o);
+  buildContext = (r: DeepPartial<RequestOf<'buildContext'>>, o?: ClientCallOptions) => this.call('buildContext', r, o);
+  acquireLock = (r: DeepPartial<RequestOf<'acquireLock'>>, o?: ClientCallOptions) => this.call('acquireLock', r, o);
+  extendLock = (r: DeepPartial<RequestOf<'extendLock'>>, o?: ClientCallOptions) => this.call('extendLock', r, o);
+  releaseLock = (r: DeepPartial<RequestOf<'releaseLock'>>, o?: ClientCallOptions) => this.call('releaseLock', r, o);
+  getStats = (o?: ClientCallOptions) => this.call('getStats', {}, o);
+
+  /** Opens a Watch stream; iterate it, and cancel it when done. */
+  watch(request: DeepPartial<RequestOf<'watch'>>, options: ClientCallOptions = {}): EventStream<WatchResponse> {
+    return this.stream('watch', request, options);
+  }
+
+  /** Opens a stream-bound lock; the lock lives until the stream is cancelled. */
+  holdLock(request: DeepPartial<RequestOf<'holdLock'>>, options: ClientCallOptions = {}): EventStream<HoldLockResponse> {
+    return this.stream('holdLock', request, options);
+  }
+
+  close(): void {
+    this.raw.close();
+  }
+
+  private stream<K extends 'watch' | 'holdLock'>(method: K, request: DeepPartial<RequestOf<K>>, options: ClientCallOptions): EventStream<ResponseOf<K>> {
+    const definition = ContextCacheService[method];
+    const full = (requestCodecs[method] as { fromPartial(p: unknown): RequestOf<K> }).fromPartial(request);
+    const call = this.raw.makeServerStreamRequest(
+      definition.path,
+      definition.requestSerialize as (value: RequestOf<K>) => Buffer,
+      definition.responseDeserialize as (value: Buffer) => ResponseOf<K>,
+      full,
+      options.deadline === undefined ? {} : { deadline: toDeadline(options.deadline) },
+    );
+    return {
+      call,
+      cancel: () => call.cancel(),
+      [Symbol.asyncIterator]: () => call[Symbol.asyncIterator]() as AsyncIterator<ResponseOf<K>>,
+    };
+  }
+}
+
+function toDeadline(deadline: Date | number): Date {
+  return typeof deadline === 'number' ? new Date(Date.now() + deadline) : deadline;
+}
+
+/** Each method's request codec, found by the request type's name in the generated module. */
+const requestCodecs = Object.fromEntries(
+  Object.entries(ContextCacheService).map(([method, definition]) => {
+    const typeName = definition.path.slice(definition.path.lastIndexOf('/') + 1) + 'Request';
+    return [method, (messages as unknown as Record<string, unknown>)[typeName]];
+  }),
+) as Record<keyof Service, unknown>;

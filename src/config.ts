@@ -1,0 +1,203 @@
+/**
+ * The sidecar's configuration: read from the environment once at start-up,
+ * validated, and frozen into a typed object. An invalid value stops start-up
+ * with a message naming the variable and what it accepts, so a typo fails the
+ * rollout instead of surfacing at 2 a.m.
+ */
+
+export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
+
+export interface RedisConfig {
+  host: string;
+  port: number;
+  username: string | undefined;
+  password: string | undefined;
+  db: number;
+  tls: boolean;
+  /** Where the settings came from, for the start-up log (never the password). */
+  describe: string;
+}
+
+export interface Config {
+  /** `host:port` or `unix:/path/to.sock`. */
+  listen: string;
+  /** Every key this sidecar touches, in memory and in Redis, lives under it. */
+  namespace: string;
+  l1MaxBytes: number;
+  defaultTtlMs: number;
+  maxKeyBytes: number;
+  maxValueBytes: number;
+  maxKeysPerCall: number;
+  maxTagsPerEntry: number;
+  /** gRPC max receive/send message size. */
+  maxMessageBytes: number;
+  shutdownGraceMs: number;
+  logLevel: LogLevel;
+  /** `undefined`: L1-only by configuration. */
+  redis: RedisConfig | undefined;
+}
+
+export class ConfigError extends Error {
+  constructor(
+    readonly variable: string,
+    message: string,
+  ) {
+    super(`${variable}: ${message}`);
+    this.name = 'ConfigError';
+  }
+}
+
+type Env = Record<string, string | undefined>;
+
+const SIZE_UNITS: Record<string, number> = { '': 1, b: 1, kb: 1000, kib: 1024, mb: 1e6, mib: 1024 ** 2, gb: 1e9, gib: 1024 ** 3 };
+const DURATION_UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
+const LOG_LEVELS: readonly LogLevel[] = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
+const NAMESPACE_PATTERN = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
+
+function read(env: Env, name: string): string | undefined {
+  const value = env[name]?.trim();
+  return value === undefined || value === '' ? undefined : value;
+}
+
+/** Sizes accept a plain byte count or a unit: `64MiB`, `512kb`, `1GiB`. */
+export function parseSize(env: Env, name: string, fallback: number, min: number, max: number): number {
+  const raw = read(env, name);
+  if (raw === undefined) return fallback;
+  const match = /^(\d+(?:\.\d+)?)\s*([a-zA-Z]*)$/.exec(raw);
+  const unit = match ? SIZE_UNITS[match[2]!.toLowerCase()] : undefined;
+  if (!match || unit === undefined) {
+    throw new ConfigError(name, `"${raw}" is not a size; use a byte count or a number with B, KiB, MiB, GiB (e.g. 64MiB)`);
+  }
+  const bytes = Math.floor(Number(match[1]) * unit);
+  if (bytes < min || bytes > max) {
+    throw new ConfigError(name, `${bytes} bytes is out of range; allowed ${min} to ${max} bytes`);
+  }
+  return bytes;
+}
+
+/** Durations accept seconds (`900`) or a unit: `250ms`, `15s`, `15m`, `2h`. */
+export function parseDuration(env: Env, name: string, fallbackMs: number, minMs: number, maxMs: number): number {
+  const raw = read(env, name);
+  if (raw === undefined) return fallbackMs;
+  const match = /^(\d+(?:\.\d+)?)\s*(ms|s|m|h)?$/.exec(raw);
+  if (!match) {
+    throw new ConfigError(name, `"${raw}" is not a duration; use seconds (900) or a number with ms, s, m or h (e.g. 15m)`);
+  }
+  const ms = Math.round(Number(match[1]) * DURATION_UNITS[match[2] ?? 's']!);
+  if (ms < minMs || ms > maxMs) {
+    throw new ConfigError(name, `${raw} is out of range; allowed ${minMs} ms to ${maxMs} ms`);
+  }
+  return ms;
+}
+
+export function parseInteger(env: Env, name: string, fallback: number, min: number, max: number): number {
+  const raw = read(env, name);
+  if (raw === undefined) return fallback;
+  if (!/^\d+$/.test(raw) || Number(raw) < min || Number(raw) > max) {
+    throw new ConfigError(name, `"${raw}" is not allowed; use a whole number from ${min} to ${max}`);
+  }
+  return Number(raw);
+}
+
+function parseListen(env: Env, name: string, fallback: string): string {
+  const raw = read(env, name) ?? fallback;
+  if (raw.startsWith('unix:')) {
+    if (raw.length <= 'unix:'.length) throw new ConfigError(name, `"${raw}" names no socket path; use unix:/path/to.sock`);
+    return raw;
+  }
+  const match = /^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$/.exec(raw);
+  if (!match || Number(match[2]) > 65535) {
+    throw new ConfigError(name, `"${raw}" is not an address; use host:port (127.0.0.1:50051, [::1]:50051, 0.0.0.0:50051) or unix:/path/to.sock`);
+  }
+  return raw;
+}
+
+function parseRedis(env: Env): RedisConfig | undefined {
+  const url = read(env, 'REDIS_URL');
+  const host = read(env, 'REDIS_HOST');
+  if (url !== undefined && host !== undefined) {
+    throw new ConfigError('REDIS_URL', 'set either REDIS_URL or REDIS_HOST (with REDIS_PORT, REDIS_PASSWORD, REDIS_DB), not both');
+  }
+  if (url === undefined && host === undefined) return undefined;
+
+  if (url !== undefined) {
+    let parsed: URL;
+    try {
+      parsed = new URL(url);
+    } catch {
+      throw new ConfigError('REDIS_URL', 'is not a URL; use redis://[user:password@]host:port[/db] or rediss:// for TLS');
+    }
+    if (parsed.protocol !== 'redis:' && parsed.protocol !== 'rediss:') {
+      throw new ConfigError('REDIS_URL', `scheme "${parsed.protocol}" is not supported; use redis:// or rediss:// (TLS)`);
+    }
+    const dbPath = parsed.pathname.replace(/^\//, '');
+    if (dbPath !== '' && !/^\d+$/.test(dbPath)) {
+      throw new ConfigError('REDIS_URL', `database "${dbPath}" is not a number; use redis://host:port/0`);
+    }
+    const port = parsed.port === '' ? 6379 : Number(parsed.port);
+    const hostname = parsed.hostname.replace(/^\[(.*)\]$/, '$1');
+    return {
+      host: hostname,
+      port,
+      username: parsed.username ? decodeURIComponent(parsed.username) : read(env, 'REDIS_USERNAME'),
+      password: parsed.password ? decodeURIComponent(parsed.password) : read(env, 'REDIS_PASSWORD'),
+      db: dbPath === '' ? parseInteger(env, 'REDIS_DB', 0, 0, 1_000_000) : Number(dbPath),
+      tls: parsed.protocol === 'rediss:',
+      describe: `${parsed.protocol}//${hostname}:${port}`,
+    };
+  }
+
+  const rawPort = read(env, 'REDIS_PORT');
+  if (rawPort !== undefined && rawPort.includes('://')) {
+    // Kubernetes injects REDIS_PORT=tcp://10.0.0.1:6379 for a Service named "redis".
+    throw new ConfigError('REDIS_PORT', `"${rawPort}" looks like a Kubernetes service link; set enableServiceLinks: false in the pod spec or set REDIS_PORT to a number`);
+  }
+  const port = parseInteger(env, 'REDIS_PORT', 6379, 1, 65535);
+  const tlsRaw = read(env, 'REDIS_TLS');
+  if (tlsRaw !== undefined && tlsRaw !== 'true' && tlsRaw !== 'false') {
+    throw new ConfigError('REDIS_TLS', `"${tlsRaw}" is not allowed; use true or false`);
+  }
+  return {
+    host: host!,
+    port,
+    username: read(env, 'REDIS_USERNAME'),
+    password: read(env, 'REDIS_PASSWORD'),
+    db: parseInteger(env, 'REDIS_DB', 0, 0, 1_000_000),
+    tls: tlsRaw === 'true',
+    describe: `${tlsRaw === 'true' ? 'rediss' : 'redis'}://${host}:${port}`,
+  };
+}
+
+const MiB = 1024 * 1024;
+
+/** Parses and validates the whole configuration; throws ConfigError naming the first bad variable. */
+export function loadConfig(env: Env = process.env): Config {
+  const namespace = read(env, 'CONTEXT_CACHE_NAMESPACE') ?? 'default';
+  if (!NAMESPACE_PATTERN.test(namespace)) {
+    throw new ConfigError('CONTEXT_CACHE_NAMESPACE', `"${namespace}" is not allowed; use 1 to 64 characters of A-Z a-z 0-9 _ . - starting with a letter or digit`);
+  }
+  const logLevel = (read(env, 'CONTEXT_CACHE_LOG_LEVEL') ?? 'info') as LogLevel;
+  if (!LOG_LEVELS.includes(logLevel)) {
+    throw new ConfigError('CONTEXT_CACHE_LOG_LEVEL', `"${logLevel}" is not a level; use one of ${LOG_LEVELS.join(', ')}`);
+  }
+  const maxValueBytes = parseSize(env, 'CONTEXT_CACHE_MAX_VALUE_BYTES', 8 * MiB, 1, 512 * MiB);
+  const maxMessageBytes = parseSize(env, 'CONTEXT_CACHE_MAX_MESSAGE_BYTES', Math.max(16 * MiB, maxValueBytes + MiB), 64 * 1024, 1024 * MiB);
+  if (maxMessageBytes <= maxValueBytes) {
+    throw new ConfigError('CONTEXT_CACHE_MAX_MESSAGE_BYTES', `must be larger than CONTEXT_CACHE_MAX_VALUE_BYTES (${maxValueBytes}) so a maximal value fits in a message`);
+  }
+  const l1MaxBytes = parseSize(env, 'CONTEXT_CACHE_L1_MAX_BYTES', 256 * MiB, 1024 * 1024, 64 * 1024 * MiB);
+  return Object.freeze({
+    listen: parseListen(env, 'CONTEXT_CACHE_LISTEN', '127.0.0.1:50051'),
+    namespace,
+    l1MaxBytes,
+    defaultTtlMs: parseDuration(env, 'CONTEXT_CACHE_DEFAULT_TTL', 900_000, 1000, 30 * 24 * 3_600_000),
+    maxKeyBytes: parseSize(env, 'CONTEXT_CACHE_MAX_KEY_BYTES', 1024, 16, 64 * 1024),
+    maxValueBytes,
+    maxKeysPerCall: parseInteger(env, 'CONTEXT_CACHE_MAX_KEYS_PER_CALL', 1000, 1, 100_000),
+    maxTagsPerEntry: 32,
+    maxMessageBytes,
+    shutdownGraceMs: parseDuration(env, 'CONTEXT_CACHE_SHUTDOWN_GRACE', 10_000, 0, 600_000),
+    logLevel,
+    redis: parseRedis(env),
+  });
+}

@@ -1,0 +1,106 @@
+import type { Entry } from '../cache/l1';
+import type { ReadResult, Tier, TieredCache, WriteScope as CoreWriteScope } from '../cache/tiered-cache';
+import { unimplemented } from '../errors';
+import {
+  Source,
+  WriteScope,
+  type ContextCacheServer,
+  type EntryInfo,
+  type GetManyResult,
+} from '../gen/contextcache/v1/context_cache';
+import type { CallTracker } from './calls';
+import type { StatsSource } from './stats';
+import type { RequestValidator } from './validation';
+
+export interface ServiceDeps {
+  cache: TieredCache;
+  validate: RequestValidator;
+  calls: CallTracker;
+  stats: StatsSource;
+}
+
+const SOURCE: Record<Tier, Source> = { l1: Source.SOURCE_L1, l2: Source.SOURCE_L2 };
+const SCOPE: Record<CoreWriteScope, WriteScope> = { local: WriteScope.WRITE_SCOPE_LOCAL, shared: WriteScope.WRITE_SCOPE_SHARED };
+
+export function entryInfo(entry: Entry, source: Tier | undefined, waitedForFill = false): EntryInfo {
+  return {
+    version: entry.version,
+    expiresAt: entry.expiresAt === 0 ? undefined : new Date(entry.expiresAt),
+    tags: [...entry.tags],
+    source: source === undefined ? Source.SOURCE_UNSPECIFIED : SOURCE[source],
+    sizeBytes: entry.value.byteLength,
+    waitedForFill,
+  };
+}
+
+function manyResult(key: string, read: ReadResult | undefined): GetManyResult {
+  if (read === undefined) return { key, found: false, value: Buffer.alloc(0), info: undefined };
+  return { key, found: true, value: read.entry.value, info: entryInfo(read.entry, read.source) };
+}
+
+/**
+ * The gRPC face of contextcache.v1.ContextCache: each handler validates and
+ * translates the request, delegates to the core, and translates the answer.
+ * No caching logic lives here.
+ */
+export function contextCacheService({ cache, validate, calls, stats }: ServiceDeps): ContextCacheServer {
+  const notYet = (method: string) => calls.unary<unknown, never>(method, () => Promise.reject(unimplemented(method)));
+  const notYetStream = (method: string) => calls.serverStream<unknown, never>(method, () => Promise.reject(unimplemented(method)));
+
+  return {
+    get: calls.unary('Get', (request) => {
+      const key = validate.key(request.key);
+      if (request.leaseOnMiss) throw unimplemented('Get with lease_on_miss');
+      const read = cache.get(key);
+      if (read === undefined) return { found: false, value: Buffer.alloc(0), info: undefined, notModified: false, lease: undefined };
+      const notModified = request.ifVersionNot !== 0 && request.ifVersionNot === read.entry.version;
+      return {
+        found: true,
+        value: notModified ? Buffer.alloc(0) : read.entry.value,
+        info: entryInfo(read.entry, read.source),
+        notModified,
+        lease: undefined,
+      };
+    }),
+
+    getMany: calls.unary('GetMany', (request) => {
+      const keys = validate.keys(request.keys);
+      const reads = cache.getMany(keys);
+      return { results: keys.map((key, index) => manyResult(key, reads[index])) };
+    }),
+
+    set: calls.unary('Set', (request) => {
+      const key = validate.key(request.key);
+      const value = validate.value(request.value);
+      const ttlMs = validate.ttl(request.ttl);
+      const tags = validate.tags(request.tags);
+      if (request.leaseToken !== '') throw unimplemented('Set with lease_token');
+      const written = cache.set(key, value, { ttlMs, tags, ifVersion: request.ifVersion, ifAbsent: request.ifAbsent });
+      return { info: entryInfo(written.entry, undefined), scope: SCOPE[written.scope] };
+    }),
+
+    delete: calls.unary('Delete', (request) => {
+      const { deleted, scope } = cache.delete(validate.keys(request.keys));
+      return { deleted, scope: SCOPE[scope] };
+    }),
+
+    invalidateTags: calls.unary('InvalidateTags', (request) => {
+      const { localEntriesRemoved, scope } = cache.invalidateTags(validate.tags(request.tags, 'tags', 1));
+      return { localEntriesRemoved, scope: SCOPE[scope] };
+    }),
+
+    getSessionNodes: notYet('GetSessionNodes'),
+    putSessionNodes: notYet('PutSessionNodes'),
+    appendNode: notYet('AppendNode'),
+    invalidateSession: notYet('InvalidateSession'),
+    resolveShortIds: notYet('ResolveShortIds'),
+    buildContext: notYet('BuildContext'),
+    acquireLock: notYet('AcquireLock'),
+    extendLock: notYet('ExtendLock'),
+    releaseLock: notYet('ReleaseLock'),
+    holdLock: notYetStream('HoldLock'),
+    watch: notYetStream('Watch'),
+
+    getStats: calls.unary('GetStats', () => stats.snapshot()),
+  };
+}

@@ -1,0 +1,89 @@
+import { Server, ServerCredentials, type ServerOptions } from '@grpc/grpc-js';
+import { HealthImplementation, type ServingStatus } from 'grpc-health-check';
+import { existsSync, lstatSync, unlinkSync } from 'node:fs';
+import { connect } from 'node:net';
+
+/** Health service names: "" is the whole server; components report under their own name. */
+export const HEALTH_SERVICE_OVERALL = '';
+export const HEALTH_SERVICE_CACHE = 'contextcache.v1.ContextCache';
+
+export interface GrpcServerOptions {
+  listen: string;
+  maxMessageBytes: number;
+}
+
+/**
+ * Keepalive: the server pings idle connections so that Watch streams behind
+ * proxies and NATs live for hours, and accepts client pings every 10 s.
+ * No max connection age: it would cut long-lived streams.
+ */
+function serverOptions(maxMessageBytes: number): ServerOptions {
+  return {
+    'grpc.max_receive_message_length': maxMessageBytes,
+    'grpc.max_send_message_length': maxMessageBytes,
+    'grpc.keepalive_time_ms': 60_000,
+    'grpc.keepalive_timeout_ms': 20_000,
+    'grpc.keepalive_permit_without_calls': 1,
+    'grpc.http2.min_ping_interval_without_data_ms': 10_000,
+  };
+}
+
+/** Removes a Unix socket file left by a process that died, but never one that still answers. */
+async function removeStaleSocket(path: string): Promise<void> {
+  if (!existsSync(path) || !lstatSync(path).isSocket()) return;
+  const alive = await new Promise<boolean>((resolve) => {
+    const probe = connect(path);
+    probe.once('connect', () => {
+      probe.destroy();
+      resolve(true);
+    });
+    probe.once('error', () => resolve(false));
+  });
+  if (!alive) unlinkSync(path);
+}
+
+/** The gRPC server with the health service; callers add their services before start. */
+export class GrpcServer {
+  readonly server: Server;
+  readonly health = new HealthImplementation({ [HEALTH_SERVICE_OVERALL]: 'NOT_SERVING', [HEALTH_SERVICE_CACHE]: 'NOT_SERVING' });
+  private boundAddress: string | undefined;
+  private stopped = false;
+
+  constructor(private readonly options: GrpcServerOptions) {
+    this.server = new Server(serverOptions(options.maxMessageBytes));
+    this.health.addToServer(this.server);
+  }
+
+  /** Binds the address; resolves with the address clients dial (with the real port for :0). */
+  async start(): Promise<string> {
+    if (this.boundAddress !== undefined) throw new Error('GrpcServer.start called twice');
+    const { listen } = this.options;
+    if (listen.startsWith('unix:')) await removeStaleSocket(listen.slice('unix:'.length).replace(/^\/\/(?=\/)/, ''));
+    const port = await new Promise<number>((resolve, reject) => {
+      this.server.bindAsync(listen, ServerCredentials.createInsecure(), (error, boundPort) => (error ? reject(error) : resolve(boundPort)));
+    });
+    this.boundAddress = listen.startsWith('unix:') ? listen : `${listen.slice(0, listen.lastIndexOf(':'))}:${port}`;
+    return this.boundAddress;
+  }
+
+  setHealth(service: string, status: ServingStatus): void {
+    this.health.setStatus(service, status);
+  }
+
+  /** Stops accepting, lets calls finish within graceMs, then cuts what is left. Idempotent. */
+  async stop(graceMs: number): Promise<void> {
+    if (this.stopped) return;
+    this.stopped = true;
+    await new Promise<void>((resolve) => {
+      const force = setTimeout(() => {
+        this.server.forceShutdown();
+        resolve();
+      }, graceMs);
+      force.unref();
+      this.server.tryShutdown(() => {
+        clearTimeout(force);
+        resolve();
+      });
+    });
+  }
+}

@@ -1,0 +1,13 @@
+import { defineConfig } from 'vitest/config';
+
+export default defineConfig({
+  test: {
+    include: ['test/**/*.test.ts'],
+    pool: 'forks',
+    testTimeout: 30_000,
+    hookTimeout: 60_000,
+    // Two cores: run two test files at a time; each starts its own Redis and sidecars.
+    maxWorkers: 2,
+    reporters: ['default'],
+  },
+});
