@@ -21,6 +21,8 @@ export interface RedisConfig {
 export interface Config {
   /** `host:port` or `unix:/path/to.sock`. */
   listen: string;
+  /** A second address serving only grpc.health.v1, for kubelet probes. */
+  healthListen: string | undefined;
   /** Every key this sidecar touches, in memory and in Redis, lives under it. */
   namespace: string;
   l1MaxBytes: number;
@@ -54,13 +56,41 @@ const DURATION_UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3
 const LOG_LEVELS: readonly LogLevel[] = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
 const NAMESPACE_PATTERN = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
 
-function read(env: Env, name: string): string | undefined {
+/**
+ * Every environment variable the sidecar reads, with its default and meaning.
+ * The README's configuration table and the deployment tests are checked
+ * against this list; reading a variable that is not listed here is a bug.
+ */
+export const CONFIG_VARIABLES = {
+  CONTEXT_CACHE_LISTEN: { default: '127.0.0.1:50051', help: 'gRPC address: host:port, [::1]:port, or unix:/path/to.sock. Loopback by default.' },
+  CONTEXT_CACHE_HEALTH_LISTEN: { default: '(off)', help: 'Extra address that serves only grpc.health.v1 (for kubelet gRPC probes while the API stays on loopback or a Unix socket).' },
+  CONTEXT_CACHE_NAMESPACE: { default: 'default', help: 'Every key in memory and in Redis lives under it; sidecars sharing a namespace share a cache.' },
+  CONTEXT_CACHE_L1_MAX_BYTES: { default: '256MiB', help: 'Bound on the in-memory tier: keys, values and bookkeeping.' },
+  CONTEXT_CACHE_DEFAULT_TTL: { default: '900s', help: 'TTL of entries written without one (units: ms, s, m, h; a bare number is seconds).' },
+  CONTEXT_CACHE_MAX_KEY_BYTES: { default: '1KiB', help: 'Longest key, tag, session ID or lock resource.' },
+  CONTEXT_CACHE_MAX_VALUE_BYTES: { default: '8MiB', help: 'Largest value accepted by Set.' },
+  CONTEXT_CACHE_MAX_KEYS_PER_CALL: { default: '1000', help: 'Most keys in one GetMany, Delete or ResolveShortIds.' },
+  CONTEXT_CACHE_MAX_MESSAGE_BYTES: { default: '16MiB', help: 'Largest gRPC message in either direction; must exceed the value limit.' },
+  CONTEXT_CACHE_SHUTDOWN_GRACE: { default: '10s', help: 'How long calls in flight may finish after SIGTERM before they are cut.' },
+  CONTEXT_CACHE_LOG_LEVEL: { default: 'info', help: 'fatal, error, warn, info, debug, trace or silent.' },
+  REDIS_URL: { default: '(unset)', help: 'redis://[user:password@]host:port[/db], or rediss:// for TLS. Unset together with REDIS_HOST: L1-only.' },
+  REDIS_HOST: { default: '(unset)', help: 'Redis host, when not using REDIS_URL.' },
+  REDIS_PORT: { default: '6379', help: 'Redis port, with REDIS_HOST.' },
+  REDIS_USERNAME: { default: '(unset)', help: 'Redis ACL user.' },
+  REDIS_PASSWORD: { default: '(unset)', help: 'Redis password; from a Secret, never logged.' },
+  REDIS_DB: { default: '0', help: 'Redis database number.' },
+  REDIS_TLS: { default: 'false', help: 'true for TLS, with REDIS_HOST.' },
+} as const satisfies Record<string, { default: string; help: string }>;
+
+export type ConfigVariable = keyof typeof CONFIG_VARIABLES;
+
+function read(env: Env, name: ConfigVariable): string | undefined {
   const value = env[name]?.trim();
   return value === undefined || value === '' ? undefined : value;
 }
 
 /** Sizes accept a plain byte count or a unit: `64MiB`, `512kb`, `1GiB`. */
-export function parseSize(env: Env, name: string, fallback: number, min: number, max: number): number {
+export function parseSize(env: Env, name: ConfigVariable, fallback: number, min: number, max: number): number {
   const raw = read(env, name);
   if (raw === undefined) return fallback;
   const match = /^(\d+(?:\.\d+)?)\s*([a-zA-Z]*)$/.exec(raw);
@@ -76,7 +106,7 @@ export function parseSize(env: Env, name: string, fallback: number, min: number,
 }
 
 /** Durations accept seconds (`900`) or a unit: `250ms`, `15s`, `15m`, `2h`. */
-export function parseDuration(env: Env, name: string, fallbackMs: number, minMs: number, maxMs: number): number {
+export function parseDuration(env: Env, name: ConfigVariable, fallbackMs: number, minMs: number, maxMs: number): number {
   const raw = read(env, name);
   if (raw === undefined) return fallbackMs;
   const match = /^(\d+(?:\.\d+)?)\s*(ms|s|m|h)?$/.exec(raw);
@@ -90,7 +120,7 @@ export function parseDuration(env: Env, name: string, fallbackMs: number, minMs:
   return ms;
 }
 
-export function parseInteger(env: Env, name: string, fallback: number, min: number, max: number): number {
+export function parseInteger(env: Env, name: ConfigVariable, fallback: number, min: number, max: number): number {
   const raw = read(env, name);
   if (raw === undefined) return fallback;
   if (!/^\d+$/.test(raw) || Number(raw) < min || Number(raw) > max) {
@@ -99,8 +129,11 @@ export function parseInteger(env: Env, name: string, fallback: number, min: numb
   return Number(raw);
 }
 
-function parseListen(env: Env, name: string, fallback: string): string {
+function parseListen(env: Env, name: ConfigVariable, fallback: string): string;
+function parseListen(env: Env, name: ConfigVariable, fallback: undefined): string | undefined;
+function parseListen(env: Env, name: ConfigVariable, fallback: string | undefined): string | undefined {
   const raw = read(env, name) ?? fallback;
+  if (raw === undefined) return undefined;
   if (raw.startsWith('unix:')) {
     if (raw.length <= 'unix:'.length) throw new ConfigError(name, `"${raw}" names no socket path; use unix:/path/to.sock`);
     return raw;
@@ -188,6 +221,7 @@ export function loadConfig(env: Env = process.env): Config {
   const l1MaxBytes = parseSize(env, 'CONTEXT_CACHE_L1_MAX_BYTES', 256 * MiB, 1024 * 1024, 64 * 1024 * MiB);
   return Object.freeze({
     listen: parseListen(env, 'CONTEXT_CACHE_LISTEN', '127.0.0.1:50051'),
+    healthListen: parseListen(env, 'CONTEXT_CACHE_HEALTH_LISTEN', undefined),
     namespace,
     l1MaxBytes,
     defaultTtlMs: parseDuration(env, 'CONTEXT_CACHE_DEFAULT_TTL', 900_000, 1000, 30 * 24 * 3_600_000),

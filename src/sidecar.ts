@@ -32,7 +32,7 @@ export class Sidecar {
     this.l1 = new L1Cache(config.l1MaxBytes);
     this.cache = new TieredCache(this.l1);
     this.calls = new CallTracker(log);
-    this.grpc = new GrpcServer({ listen: config.listen, maxMessageBytes: config.maxMessageBytes });
+    this.grpc = new GrpcServer({ listen: config.listen, healthListen: config.healthListen, maxMessageBytes: config.maxMessageBytes });
     const stats = new SidecarStats({ namespace: config.namespace, sidecarId: this.sidecarId, l1: this.l1, calls: this.calls });
     this.grpc.server.addService(
       ContextCacheService,
@@ -47,7 +47,7 @@ export class Sidecar {
     sidecar.grpc.setHealth(HEALTH_SERVICE_OVERALL, 'SERVING');
     sidecar.grpc.setHealth(HEALTH_SERVICE_CACHE, 'SERVING');
     log.info(
-      { address: sidecar.address, namespace: config.namespace, sidecarId: sidecar.sidecarId, l1MaxBytes: config.l1MaxBytes },
+      { address: sidecar.address, healthAddress: sidecar.grpc.healthAddress, namespace: config.namespace, sidecarId: sidecar.sidecarId, l1MaxBytes: config.l1MaxBytes },
       'sidecar listening',
     );
     if (config.redis === undefined) {
@@ -60,6 +60,11 @@ export class Sidecar {
   get listenAddress(): string {
     if (this.address === undefined) throw new Error('Sidecar is not started');
     return this.address;
+  }
+
+  /** The health-only address, when CONTEXT_CACHE_HEALTH_LISTEN is set. */
+  get healthAddress(): string | undefined {
+    return this.grpc.healthAddress;
   }
 
   /**

@@ -9,6 +9,8 @@ export const HEALTH_SERVICE_CACHE = 'contextcache.v1.ContextCache';
 
 export interface GrpcServerOptions {
   listen: string;
+  /** A second address that serves only grpc.health.v1. */
+  healthListen: string | undefined;
   maxMessageBytes: number;
 }
 
@@ -42,28 +44,47 @@ async function removeStaleSocket(path: string): Promise<void> {
   if (!alive) unlinkSync(path);
 }
 
-/** The gRPC server with the health service; callers add their services before start. */
+async function bind(server: Server, listen: string): Promise<string> {
+  if (listen.startsWith('unix:')) await removeStaleSocket(listen.slice('unix:'.length).replace(/^\/\/(?=\/)/, ''));
+  const port = await new Promise<number>((resolve, reject) => {
+    server.bindAsync(listen, ServerCredentials.createInsecure(), (error, boundPort) => (error ? reject(error) : resolve(boundPort)));
+  });
+  return listen.startsWith('unix:') ? listen : `${listen.slice(0, listen.lastIndexOf(':'))}:${port}`;
+}
+
+/**
+ * The gRPC server with the health service; callers add their services before
+ * start. Optionally a second, health-only server: kubelet gRPC probes dial
+ * the pod IP, while the API itself stays on loopback or a Unix socket.
+ */
 export class GrpcServer {
   readonly server: Server;
   readonly health = new HealthImplementation({ [HEALTH_SERVICE_OVERALL]: 'NOT_SERVING', [HEALTH_SERVICE_CACHE]: 'NOT_SERVING' });
+  private readonly healthServer: Server | undefined;
   private boundAddress: string | undefined;
+  private boundHealthAddress: string | undefined;
   private stopped = false;
 
   constructor(private readonly options: GrpcServerOptions) {
     this.server = new Server(serverOptions(options.maxMessageBytes));
     this.health.addToServer(this.server);
+    if (options.healthListen !== undefined) {
+      this.healthServer = new Server(serverOptions(64 * 1024));
+      this.health.addToServer(this.healthServer);
+    }
   }
 
-  /** Binds the address; resolves with the address clients dial (with the real port for :0). */
+  /** Binds the addresses; resolves with the address clients dial (with the real port for :0). */
   async start(): Promise<string> {
     if (this.boundAddress !== undefined) throw new Error('GrpcServer.start called twice');
-    const { listen } = this.options;
-    if (listen.startsWith('unix:')) await removeStaleSocket(listen.slice('unix:'.length).replace(/^\/\/(?=\/)/, ''));
-    const port = await new Promise<number>((resolve, reject) => {
-      this.server.bindAsync(listen, ServerCredentials.createInsecure(), (error, boundPort) => (error ? reject(error) : resolve(boundPort)));
-    });
-    this.boundAddress = listen.startsWith('unix:') ? listen : `${listen.slice(0, listen.lastIndexOf(':'))}:${port}`;
+    this.boundAddress = await bind(this.server, this.options.listen);
+    if (this.healthServer !== undefined) this.boundHealthAddress = await bind(this.healthServer, this.options.healthListen!);
     return this.boundAddress;
+  }
+
+  /** The health-only address with its real port, when configured. */
+  get healthAddress(): string | undefined {
+    return this.boundHealthAddress;
   }
 
   setHealth(service: string, status: ServingStatus): void {
@@ -74,6 +95,7 @@ export class GrpcServer {
   async stop(graceMs: number): Promise<void> {
     if (this.stopped) return;
     this.stopped = true;
+    this.healthServer?.forceShutdown();
     await new Promise<void>((resolve) => {
       const force = setTimeout(() => {
         this.server.forceShutdown();
