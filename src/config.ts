@@ -34,6 +34,10 @@ export interface Config {
   /** gRPC max receive/send message size. */
   maxMessageBytes: number;
   shutdownGraceMs: number;
+  compressionThreshold: number;
+  redisCommandTimeoutMs: number;
+  redisReconnectMaxMs: number;
+  watchBuffer: number;
   logLevel: LogLevel;
   /** `undefined`: L1-only by configuration. */
   redis: RedisConfig | undefined;
@@ -72,6 +76,10 @@ export const CONFIG_VARIABLES = {
   CONTEXT_CACHE_MAX_KEYS_PER_CALL: { default: '1000', help: 'Most keys in one GetMany, Delete or ResolveShortIds.' },
   CONTEXT_CACHE_MAX_MESSAGE_BYTES: { default: '16MiB', help: 'Largest gRPC message in either direction; must exceed the value limit.' },
   CONTEXT_CACHE_SHUTDOWN_GRACE: { default: '10s', help: 'How long calls in flight may finish after SIGTERM before they are cut.' },
+  CONTEXT_CACHE_COMPRESSION_THRESHOLD: { default: '1KiB', help: 'Values this large or larger are snappy-compressed in Redis when that makes them smaller.' },
+  CONTEXT_CACHE_REDIS_COMMAND_TIMEOUT: { default: '500ms', help: 'A Redis command that takes longer fails, and the link is treated as down until it reconnects.' },
+  CONTEXT_CACHE_REDIS_RECONNECT_MAX: { default: '5s', help: 'Cap of the exponential reconnect backoff (full jitter, from 100 ms).' },
+  CONTEXT_CACHE_WATCH_BUFFER: { default: '1000', help: 'Events buffered per Watch stream; a stream that falls further behind gets a Resync (STREAM_OVERFLOW) instead.' },
   CONTEXT_CACHE_LOG_LEVEL: { default: 'info', help: 'fatal, error, warn, info, debug, trace or silent.' },
   REDIS_URL: { default: '(unset)', help: 'redis://[user:password@]host:port[/db], or rediss:// for TLS. Unset together with REDIS_HOST: L1-only.' },
   REDIS_HOST: { default: '(unset)', help: 'Redis host, when not using REDIS_URL.' },
@@ -231,6 +239,10 @@ export function loadConfig(env: Env = process.env): Config {
     maxTagsPerEntry: 32,
     maxMessageBytes,
     shutdownGraceMs: parseDuration(env, 'CONTEXT_CACHE_SHUTDOWN_GRACE', 10_000, 0, 600_000),
+    compressionThreshold: parseSize(env, 'CONTEXT_CACHE_COMPRESSION_THRESHOLD', 1024, 0, 1024 * MiB),
+    redisCommandTimeoutMs: parseDuration(env, 'CONTEXT_CACHE_REDIS_COMMAND_TIMEOUT', 500, 10, 60_000),
+    redisReconnectMaxMs: parseDuration(env, 'CONTEXT_CACHE_REDIS_RECONNECT_MAX', 5000, 100, 300_000),
+    watchBuffer: parseInteger(env, 'CONTEXT_CACHE_WATCH_BUFFER', 1000, 16, 1_000_000),
     logLevel,
     redis: parseRedis(env),
   });

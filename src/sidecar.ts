@@ -1,15 +1,60 @@
 import { randomBytes } from 'node:crypto';
+import { Bus } from './cache/bus';
+import { ValueCodec } from './cache/codec';
+import { EventHub } from './cache/events';
 import { L1Cache } from './cache/l1';
-import { TieredCache } from './cache/tiered-cache';
+import { KeySpace, L2Store } from './cache/l2';
+import { TieredCache, type SharedTier } from './cache/tiered-cache';
 import type { Config } from './config';
 import { ContextCacheService } from './gen/contextcache/v1/context_cache';
 import type { Logger } from './log';
+import { RedisLink, type LinkOptions } from './redis/connection';
+import { DataLossDetector } from './redis/data-loss';
 import { CallTracker } from './server/calls';
 import { contextCacheService } from './server/context-cache-service';
 import { GrpcServer, HEALTH_SERVICE_CACHE, HEALTH_SERVICE_OVERALL } from './server/grpc-server';
 import { addReflection, REFLECTION_SERVICES, ReflectionIndex } from './server/reflection';
 import { SidecarStats } from './server/stats';
 import { RequestValidator } from './server/validation';
+import type { WatchCounters } from './server/watch';
+
+/** Health names of the components; the overall service stays SERVING while they are down. */
+export const HEALTH_COMPONENT_REDIS = 'contextcache.v1.ContextCache/redis';
+export const HEALTH_COMPONENT_PUBSUB = 'contextcache.v1.ContextCache/pubsub';
+
+/** The Redis side of a sidecar: two connections, the L2 store, the bus. */
+class SharedParts implements SharedTier {
+  readonly link: RedisLink;
+  readonly subscriber: RedisLink;
+  readonly l2: L2Store;
+  readonly bus: Bus;
+  readonly dataLoss: DataLossDetector;
+
+  constructor(config: Config, keys: KeySpace, codec: ValueCodec, sidecarId: string, log: Logger) {
+    const options: LinkOptions = {
+      commandTimeoutMs: config.redisCommandTimeoutMs,
+      connectTimeoutMs: Math.max(1000, config.redisCommandTimeoutMs * 2),
+      reconnectBaseMs: 100,
+      reconnectMaxMs: config.redisReconnectMaxMs,
+    };
+    this.link = new RedisLink('commands', config.redis!, options, log);
+    this.subscriber = new RedisLink('subscriber', config.redis!, options, log);
+    this.l2 = new L2Store(this.link.client, keys, codec, sidecarId, (key, error) =>
+      log.warn({ key, err: error.message }, 'unreadable value in Redis; deleted and treated as a miss'),
+    );
+    this.bus = new Bus(this.subscriber, keys.channel, sidecarId, log);
+    this.dataLoss = new DataLossDetector(this.link, keys.epoch, log);
+  }
+
+  start(): void {
+    this.link.start();
+    this.bus.start();
+  }
+
+  async close(): Promise<void> {
+    await Promise.all([this.subscriber.close(), this.link.close()]);
+  }
+}
 
 /**
  * The composition root: builds every part from the configuration, starts
@@ -20,6 +65,10 @@ export class Sidecar {
   readonly sidecarId = `${process.pid.toString(36)}-${randomBytes(4).toString('hex')}`;
   readonly l1: L1Cache;
   readonly cache: TieredCache;
+  readonly events = new EventHub();
+  readonly codec: ValueCodec;
+  readonly shared: SharedParts | undefined;
+  readonly watchCounters: WatchCounters = { delivered: 0, dropped: 0 };
   private readonly calls: CallTracker;
   private readonly grpc: GrpcServer;
   private closing: Promise<void> | undefined;
@@ -29,14 +78,24 @@ export class Sidecar {
     readonly config: Config,
     private readonly log: Logger,
   ) {
+    const keys = new KeySpace(config.namespace);
+    this.codec = new ValueCodec(config.compressionThreshold);
     this.l1 = new L1Cache(config.l1MaxBytes);
-    this.cache = new TieredCache(this.l1);
+    this.shared = config.redis === undefined ? undefined : new SharedParts(config, keys, this.codec, this.sidecarId, log);
+    this.cache = new TieredCache(this.l1, this.shared, this.events, this.sidecarId, log);
+    this.shared?.dataLoss.on('data-lost', () => this.cache.resync('redis-data-lost'));
     this.calls = new CallTracker(log);
     this.grpc = new GrpcServer({ listen: config.listen, healthListen: config.healthListen, maxMessageBytes: config.maxMessageBytes });
     const stats = new SidecarStats({ namespace: config.namespace, sidecarId: this.sidecarId, l1: this.l1, calls: this.calls });
     this.grpc.server.addService(
       ContextCacheService,
-      contextCacheService({ cache: this.cache, validate: new RequestValidator(config), calls: this.calls, stats }),
+      contextCacheService({
+        cache: this.cache,
+        validate: new RequestValidator(config),
+        calls: this.calls,
+        stats,
+        watch: { hub: this.events, sidecarId: this.sidecarId, bufferLimit: config.watchBuffer, counters: this.watchCounters },
+      }),
     );
     addReflection(this.grpc.server, new ReflectionIndex([HEALTH_SERVICE_CACHE, 'grpc.health.v1.Health', ...REFLECTION_SERVICES]));
   }
@@ -46,8 +105,28 @@ export class Sidecar {
     sidecar.address = await sidecar.grpc.start();
     sidecar.grpc.setHealth(HEALTH_SERVICE_OVERALL, 'SERVING');
     sidecar.grpc.setHealth(HEALTH_SERVICE_CACHE, 'SERVING');
+    const { shared } = sidecar;
+    if (shared !== undefined) {
+      const report = () => {
+        if (sidecar.closing) return;
+        sidecar.grpc.setHealth(HEALTH_COMPONENT_REDIS, shared.link.connected ? 'SERVING' : 'NOT_SERVING');
+        sidecar.grpc.setHealth(HEALTH_COMPONENT_PUBSUB, shared.bus.subscribed ? 'SERVING' : 'NOT_SERVING');
+      };
+      report();
+      shared.link.on('state', report);
+      shared.bus.on('subscribed', report);
+      shared.bus.on('unsubscribed', report);
+      shared.start();
+    }
     log.info(
-      { address: sidecar.address, healthAddress: sidecar.grpc.healthAddress, namespace: config.namespace, sidecarId: sidecar.sidecarId, l1MaxBytes: config.l1MaxBytes },
+      {
+        address: sidecar.address,
+        healthAddress: sidecar.grpc.healthAddress,
+        namespace: config.namespace,
+        sidecarId: sidecar.sidecarId,
+        l1MaxBytes: config.l1MaxBytes,
+        redis: config.redis?.describe ?? 'none',
+      },
       'sidecar listening',
     );
     if (config.redis === undefined) {
@@ -88,6 +167,7 @@ export class Sidecar {
     clearTimeout(timer);
     const remainingMs = Math.max(0, this.config.shutdownGraceMs - (Date.now() - started));
     await this.grpc.stop(remainingMs);
+    await this.shared?.close();
     this.l1.clear();
     this.log.info({ tookMs: Date.now() - started }, 'shutdown complete');
   }

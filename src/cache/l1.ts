@@ -35,6 +35,13 @@ export class L1Cache {
   readonly counters: L1Counters = { hits: 0, misses: 0, evictions: 0, expirations: 0 };
   private readonly lru: LRUCache<string, Entry>;
   private readonly keysByTag = new Map<string, Set<string>>();
+  /**
+   * Per key, the lowest version an entry may still have after an
+   * invalidation: a read that started before the invalidation and returns
+   * later with an older value must not refill L1 with it. Kept long enough
+   * to outlive any read in flight.
+   */
+  private readonly floors = new LRUCache<string, number>({ max: 100_000, ttl: 60_000 });
 
   constructor(readonly maxBytes: number) {
     this.lru = new LRUCache<string, Entry>({
@@ -72,6 +79,7 @@ export class L1Cache {
   set(key: string, entry: Entry, now = Date.now()): boolean {
     const current = this.lru.peek(key);
     if (current !== undefined && current.version > entry.version) return false;
+    if (entry.version < (this.floors.get(key) ?? 0)) return false;
     const ttl = entry.expiresAt === 0 ? 0 : entry.expiresAt - now;
     if (entry.expiresAt !== 0 && ttl <= 0) {
       this.lru.delete(key);
@@ -94,6 +102,17 @@ export class L1Cache {
     return this.lru.delete(key);
   }
 
+  /**
+   * Another writer produced `version` of the key (a newer value or a
+   * deletion): drop any older copy and refuse older fills from now on.
+   */
+  invalidate(key: string, version: number): boolean {
+    if (version > (this.floors.get(key) ?? 0)) this.floors.set(key, version);
+    const current = this.lru.peek(key);
+    if (current === undefined || current.version >= version) return false;
+    return this.lru.delete(key);
+  }
+
   /** Removes every entry carrying any of the tags; returns how many. */
   invalidateTags(tags: readonly string[]): number {
     let removed = 0;
@@ -109,6 +128,7 @@ export class L1Cache {
   clear(): void {
     this.lru.clear();
     this.keysByTag.clear();
+    this.floors.clear();
   }
 
   get entries(): number {

@@ -1,5 +1,10 @@
-import { conflict } from '../errors';
+import { conflict, CacheError } from '../errors';
+import type { Logger } from '../log';
+import type { RedisLink } from '../redis/connection';
+import type { Bus } from './bus';
+import type { CacheEvent, EventEnvelope, EventHub, ResyncReason } from './events';
 import { L1Cache, type Entry } from './l1';
+import type { L2Store } from './l2';
 
 export type Tier = 'l1' | 'l2';
 /** `local`: only this sidecar's memory holds the write; `shared`: Redis and every sidecar do. */
@@ -24,9 +29,9 @@ export interface WriteResult {
 }
 
 /**
- * Issues versions that grow with every write: microseconds of wall clock,
- * bumped past the last issued one, so versions keep increasing across a
- * restart of the process as long as the clock does not step back.
+ * Issues versions for writes that could not reach Redis: microseconds of
+ * wall clock, bumped past the last issued one — the same scale as the
+ * versions Redis assigns, so the two order sensibly.
  */
 export class VersionClock {
   private last = 0;
@@ -37,25 +42,179 @@ export class VersionClock {
   }
 }
 
+/** The shared tier, when Redis is configured: the store, its link and the bus. */
+export interface SharedTier {
+  l2: L2Store;
+  link: RedisLink;
+  bus: Bus;
+}
+
 /**
- * The generic key/value cache: the one place that decides which tier answers
- * a read and where a write goes. It knows nothing of gRPC.
+ * How far L1 can be trusted right now.
+ *  - `l1-only`:  no Redis configured; L1 is the cache.
+ *  - `coherent`: subscribed to the bus, so every invalidation reaches L1.
+ *  - `detached`: Redis answers but the subscription is down: invalidations
+ *                may be missed, so reads bypass L1 and go to Redis.
+ *  - `degraded`: Redis is unreachable: L1 serves what it has, writes stay local.
+ */
+export type CoherenceMode = 'l1-only' | 'coherent' | 'detached' | 'degraded';
+
+export interface TieredCacheCounters {
+  l2Errors: number;
+  resyncs: number;
+  localWrites: number;
+}
+
+/**
+ * The generic key/value cache: the one place that decides which tier
+ * answers a read, where a write goes, and when L1 can no longer be trusted.
+ * It knows nothing of gRPC.
  */
 export class TieredCache {
+  readonly counters: TieredCacheCounters = { l2Errors: 0, resyncs: 0, localWrites: 0 };
   private readonly versions = new VersionClock();
+  /** Bumped on every flush; a read that began before a flush may not fill L1. */
+  private generation = 0;
 
-  constructor(readonly l1: L1Cache) {}
-
-  get(key: string): ReadResult | undefined {
-    const entry = this.l1.get(key);
-    return entry === undefined ? undefined : { entry, source: 'l1' };
+  constructor(
+    readonly l1: L1Cache,
+    private readonly shared: SharedTier | undefined,
+    private readonly events: EventHub,
+    private readonly sidecarId: string,
+    private readonly log: Logger,
+  ) {
+    shared?.bus.on('events', (envelopes: EventEnvelope[]) => {
+      for (const envelope of envelopes) this.applyRemote(envelope);
+    });
+    shared?.bus.on('subscribed', (restored: boolean) => {
+      if (restored) this.resync('subscription-restored');
+    });
   }
 
-  getMany(keys: readonly string[]): (ReadResult | undefined)[] {
-    return keys.map((key) => this.get(key));
+  get mode(): CoherenceMode {
+    if (this.shared === undefined) return 'l1-only';
+    if (!this.shared.link.connected) return 'degraded';
+    return this.shared.bus.subscribed ? 'coherent' : 'detached';
   }
 
-  set(key: string, value: Buffer, options: SetOptions): WriteResult {
+  async get(key: string): Promise<ReadResult | undefined> {
+    return (await this.getMany([key]))[0];
+  }
+
+  /** L1 first; the keys L1 cannot answer go to Redis in one round trip. */
+  async getMany(keys: readonly string[]): Promise<(ReadResult | undefined)[]> {
+    const mode = this.mode;
+    const results: (ReadResult | undefined)[] = new Array(keys.length);
+    const missing: number[] = [];
+    keys.forEach((key, index) => {
+      const entry = mode === 'detached' ? undefined : this.l1.get(key);
+      if (entry !== undefined) results[index] = { entry, source: 'l1' };
+      else missing.push(index);
+    });
+    if (missing.length === 0 || (mode !== 'coherent' && mode !== 'detached')) return results;
+
+    const generation = this.generation;
+    const missingKeys = missing.map((index) => keys[index]!);
+    let entries: (Entry | undefined)[];
+    try {
+      entries = await this.shared!.l2.getMany(missingKeys);
+    } catch (error) {
+      this.l2Failed(error, 'read');
+      if (mode === 'detached') for (const index of missing) results[index] = this.l1Fallback(keys[index]!);
+      return results;
+    }
+    const fill = this.mode === 'coherent' && generation === this.generation;
+    missing.forEach((index, position) => {
+      const entry = entries[position];
+      if (entry === undefined) return;
+      results[index] = { entry, source: 'l2' };
+      if (fill) this.l1.set(keys[index]!, entry);
+    });
+    return results;
+  }
+
+  async set(key: string, value: Buffer, options: SetOptions): Promise<WriteResult> {
+    if (this.sharedUsable()) {
+      try {
+        const entry = await this.shared!.l2.set(key, value, options);
+        this.l1.set(key, entry);
+        this.announce({ kind: 'key', key, change: 'set', version: entry.version, tags: entry.tags });
+        return { entry, scope: 'shared' };
+      } catch (error) {
+        if (error instanceof CacheError) throw error;
+        this.l2Failed(error, 'write');
+      }
+    }
+    return this.setLocal(key, value, options);
+  }
+
+  async delete(keys: readonly string[]): Promise<{ deleted: number; scope: WriteScope }> {
+    const unique = [...new Set(keys)];
+    if (this.sharedUsable()) {
+      try {
+        const { existed, versions } = await this.shared!.l2.delete(unique);
+        unique.forEach((key, index) => {
+          this.l1.invalidate(key, versions[index]!);
+          this.announce({ kind: 'key', key, change: 'deleted', version: versions[index]!, tags: [] });
+        });
+        return { deleted: existed, scope: 'shared' };
+      } catch (error) {
+        this.l2Failed(error, 'delete');
+      }
+    }
+    this.counters.localWrites++;
+    let deleted = 0;
+    for (const key of unique) {
+      const version = this.versions.next();
+      if (this.l1.peek(key) !== undefined) deleted++;
+      this.l1.invalidate(key, version);
+      this.announce({ kind: 'key', key, change: 'deleted', version, tags: [] });
+    }
+    return { deleted, scope: 'local' };
+  }
+
+  async invalidateTags(tags: readonly string[]): Promise<{ localEntriesRemoved: number; scope: WriteScope }> {
+    let scope: WriteScope = 'local';
+    if (this.sharedUsable()) {
+      try {
+        await this.shared!.l2.invalidateTags(tags);
+        scope = 'shared';
+      } catch (error) {
+        this.l2Failed(error, 'invalidate tags');
+      }
+    }
+    if (scope === 'local') this.counters.localWrites++;
+    const localEntriesRemoved = this.l1.invalidateTags(tags);
+    this.announce({ kind: 'tags', tags });
+    return { localEntriesRemoved, scope };
+  }
+
+  /**
+   * Nothing cached locally can be trusted any more (events were lost, or
+   * Redis lost its data): drop L1 and tell every watcher to do the same.
+   */
+  resync(reason: ResyncReason): void {
+    this.generation++;
+    this.counters.resyncs++;
+    const dropped = this.l1.entries;
+    this.l1.clear();
+    this.log.warn({ reason, droppedEntries: dropped }, 'resync: L1 flushed and watchers told to resynchronize');
+    this.announce({ kind: 'resync', reason });
+  }
+
+  /** Applies another sidecar's event to L1 and passes it on to watchers. */
+  private applyRemote(envelope: EventEnvelope): void {
+    const { event } = envelope;
+    if (event.kind === 'key') this.l1.invalidate(event.key, event.version);
+    else if (event.kind === 'tags') this.l1.invalidateTags(event.tags);
+    this.events.emit(envelope);
+  }
+
+  private announce(event: CacheEvent): void {
+    this.events.emit({ event, origin: this.sidecarId, time: Date.now() });
+  }
+
+  private setLocal(key: string, value: Buffer, options: SetOptions): WriteResult {
     const current = this.l1.peek(key);
     if (options.ifAbsent && current !== undefined) {
       throw conflict(`key "${key}" exists (version ${current.version}); if_absent refused the write`);
@@ -68,23 +227,26 @@ export class TieredCache {
       );
     }
     const now = Date.now();
-    const entry: Entry = {
-      value,
-      version: this.versions.next(),
-      tags: options.tags,
-      expiresAt: options.ttlMs > 0 ? now + options.ttlMs : 0,
-    };
+    const entry: Entry = { value, version: this.versions.next(), tags: options.tags, expiresAt: now + options.ttlMs };
     this.l1.set(key, entry, now);
+    if (this.shared !== undefined) this.counters.localWrites++;
+    this.announce({ kind: 'key', key, change: 'set', version: entry.version, tags: entry.tags });
     return { entry, scope: 'local' };
   }
 
-  delete(keys: readonly string[]): { deleted: number; scope: WriteScope } {
-    let deleted = 0;
-    for (const key of new Set(keys)) if (this.l1.delete(key)) deleted++;
-    return { deleted, scope: 'local' };
+  private l1Fallback(key: string): ReadResult | undefined {
+    const entry = this.l1.get(key);
+    return entry === undefined ? undefined : { entry, source: 'l1' };
   }
 
-  invalidateTags(tags: readonly string[]): { localEntriesRemoved: number; scope: WriteScope } {
-    return { localEntriesRemoved: this.l1.invalidateTags(tags), scope: 'local' };
+  private sharedUsable(): boolean {
+    return this.shared !== undefined && this.shared.link.connected;
+  }
+
+  private l2Failed(error: unknown, operation: string): void {
+    this.counters.l2Errors++;
+    const message = (error as Error).message ?? String(error);
+    if (/timed? ?out/i.test(message)) this.shared?.link.reportTimeout();
+    this.log.debug({ operation, err: message }, 'redis operation failed; degrading to L1');
   }
 }

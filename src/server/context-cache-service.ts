@@ -1,3 +1,5 @@
+import type { ServerWritableStream } from '@grpc/grpc-js';
+import type { EventHub } from '../cache/events';
 import type { Entry } from '../cache/l1';
 import type { ReadResult, Tier, TieredCache, WriteScope as CoreWriteScope } from '../cache/tiered-cache';
 import { unimplemented } from '../errors';
@@ -7,16 +9,20 @@ import {
   type ContextCacheServer,
   type EntryInfo,
   type GetManyResult,
+  type WatchRequest,
+  type WatchResponse,
 } from '../gen/contextcache/v1/context_cache';
 import type { CallTracker } from './calls';
 import type { StatsSource } from './stats';
 import type { RequestValidator } from './validation';
+import { serveWatch, type WatchCounters } from './watch';
 
 export interface ServiceDeps {
   cache: TieredCache;
   validate: RequestValidator;
   calls: CallTracker;
   stats: StatsSource;
+  watch: { hub: EventHub; sidecarId: string; bufferLimit: number; counters: WatchCounters };
 }
 
 const SOURCE: Record<Tier, Source> = { l1: Source.SOURCE_L1, l2: Source.SOURCE_L2 };
@@ -43,15 +49,15 @@ function manyResult(key: string, read: ReadResult | undefined): GetManyResult {
  * translates the request, delegates to the core, and translates the answer.
  * No caching logic lives here.
  */
-export function contextCacheService({ cache, validate, calls, stats }: ServiceDeps): ContextCacheServer {
+export function contextCacheService({ cache, validate, calls, stats, watch }: ServiceDeps): ContextCacheServer {
   const notYet = (method: string) => calls.unary<unknown, never>(method, () => Promise.reject(unimplemented(method)));
   const notYetStream = (method: string) => calls.serverStream<unknown, never>(method, () => Promise.reject(unimplemented(method)));
 
   return {
-    get: calls.unary('Get', (request) => {
+    get: calls.unary('Get', async (request) => {
       const key = validate.key(request.key);
       if (request.leaseOnMiss) throw unimplemented('Get with lease_on_miss');
-      const read = cache.get(key);
+      const read = await cache.get(key);
       if (read === undefined) return { found: false, value: Buffer.alloc(0), info: undefined, notModified: false, lease: undefined };
       const notModified = request.ifVersionNot !== 0 && request.ifVersionNot === read.entry.version;
       return {
@@ -63,29 +69,29 @@ export function contextCacheService({ cache, validate, calls, stats }: ServiceDe
       };
     }),
 
-    getMany: calls.unary('GetMany', (request) => {
+    getMany: calls.unary('GetMany', async (request) => {
       const keys = validate.keys(request.keys);
-      const reads = cache.getMany(keys);
+      const reads = await cache.getMany(keys);
       return { results: keys.map((key, index) => manyResult(key, reads[index])) };
     }),
 
-    set: calls.unary('Set', (request) => {
+    set: calls.unary('Set', async (request) => {
       const key = validate.key(request.key);
       const value = validate.value(request.value);
       const ttlMs = validate.ttl(request.ttl);
       const tags = validate.tags(request.tags);
       if (request.leaseToken !== '') throw unimplemented('Set with lease_token');
-      const written = cache.set(key, value, { ttlMs, tags, ifVersion: request.ifVersion, ifAbsent: request.ifAbsent });
+      const written = await cache.set(key, value, { ttlMs, tags, ifVersion: request.ifVersion, ifAbsent: request.ifAbsent });
       return { info: entryInfo(written.entry, undefined), scope: SCOPE[written.scope] };
     }),
 
-    delete: calls.unary('Delete', (request) => {
-      const { deleted, scope } = cache.delete(validate.keys(request.keys));
+    delete: calls.unary('Delete', async (request) => {
+      const { deleted, scope } = await cache.delete(validate.keys(request.keys));
       return { deleted, scope: SCOPE[scope] };
     }),
 
-    invalidateTags: calls.unary('InvalidateTags', (request) => {
-      const { localEntriesRemoved, scope } = cache.invalidateTags(validate.tags(request.tags, 'tags', 1));
+    invalidateTags: calls.unary('InvalidateTags', async (request) => {
+      const { localEntriesRemoved, scope } = await cache.invalidateTags(validate.tags(request.tags, 'tags', 1));
       return { localEntriesRemoved, scope: SCOPE[scope] };
     }),
 
@@ -99,7 +105,9 @@ export function contextCacheService({ cache, validate, calls, stats }: ServiceDe
     extendLock: notYet('ExtendLock'),
     releaseLock: notYet('ReleaseLock'),
     holdLock: notYetStream('HoldLock'),
-    watch: notYetStream('Watch'),
+    watch: calls.serverStream('Watch', (call: ServerWritableStream<WatchRequest, WatchResponse>) =>
+      serveWatch(call, { ...watch, validate, subscribed: () => cache.mode === 'coherent' || cache.mode === 'l1-only' }),
+    ),
 
     getStats: calls.unary('GetStats', () => stats.snapshot()),
   };

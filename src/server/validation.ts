@@ -39,7 +39,15 @@ export class RequestValidator {
     if (tags.length < min || tags.length > max) {
       throw invalidArgument(`${field} has ${tags.length} entries; send ${min} to ${max}`);
     }
-    return [...new Set(tags.map((tag, index) => this.key(tag, `${field}[${index}]`)))];
+    return [
+      ...new Set(
+        tags.map((tag, index) => {
+          // eslint-disable-next-line no-control-regex
+          if (/[\x00-\x1f]/.test(tag)) throw invalidArgument(`${field}[${index}] contains a control character; tags are printable text`);
+          return this.key(tag, `${field}[${index}]`);
+        }),
+      ),
+    ];
   }
 
   /** A TTL in milliseconds; unset or zero means the configured default. */

@@ -1,0 +1,75 @@
+import { compressSync, uncompressSync } from 'snappy';
+
+/**
+ * The byte format of values in Redis: a 3-byte header, then the payload.
+ *
+ *   byte 0  magic 0xCC (a value we did not write is recognised as such)
+ *   byte 1  format version (1)
+ *   byte 2  flags: bit 0 = payload is snappy-compressed
+ *
+ * Values at or above the threshold are compressed when that makes them
+ * smaller; a value that does not shrink is stored as it is.
+ */
+const MAGIC = 0xcc;
+const FORMAT_VERSION = 1;
+const FLAG_SNAPPY = 0b1;
+const HEADER_BYTES = 3;
+
+export class CorruptValueError extends Error {
+  constructor(reason: string) {
+    super(`unreadable cached value: ${reason}`);
+    this.name = 'CorruptValueError';
+  }
+}
+
+export interface Encoded {
+  bytes: Buffer;
+  compressed: boolean;
+}
+
+export class ValueCodec {
+  /** Bytes before and after encoding, for the compression ratio. */
+  readonly totals = { rawBytes: 0, storedBytes: 0 };
+
+  constructor(readonly compressionThreshold: number) {}
+
+  encode(value: Buffer): Encoded {
+    let payload = value;
+    let flags = 0;
+    if (value.byteLength >= this.compressionThreshold) {
+      const compressed = compressSync(value);
+      if (compressed.byteLength < value.byteLength) {
+        payload = compressed;
+        flags |= FLAG_SNAPPY;
+      }
+    }
+    const bytes = Buffer.allocUnsafe(HEADER_BYTES + payload.byteLength);
+    bytes[0] = MAGIC;
+    bytes[1] = FORMAT_VERSION;
+    bytes[2] = flags;
+    payload.copy(bytes, HEADER_BYTES);
+    this.totals.rawBytes += value.byteLength;
+    this.totals.storedBytes += bytes.byteLength;
+    return { bytes, compressed: flags !== 0 };
+  }
+
+  decode(bytes: Buffer): Buffer {
+    if (bytes.byteLength < HEADER_BYTES) throw new CorruptValueError(`${bytes.byteLength} bytes is shorter than the header`);
+    if (bytes[0] !== MAGIC) throw new CorruptValueError('not written by context-cache (bad magic byte)');
+    if (bytes[1] !== FORMAT_VERSION) throw new CorruptValueError(`format version ${bytes[1]} is not supported`);
+    const flags = bytes[2]!;
+    if ((flags & ~FLAG_SNAPPY) !== 0) throw new CorruptValueError(`unknown flags ${flags}`);
+    const payload = bytes.subarray(HEADER_BYTES);
+    if ((flags & FLAG_SNAPPY) === 0) return Buffer.from(payload);
+    try {
+      return uncompressSync(payload) as Buffer;
+    } catch (error) {
+      throw new CorruptValueError(`snappy payload does not decompress (${(error as Error).message})`);
+    }
+  }
+
+  /** Stored bytes per raw byte over everything encoded so far; 1 before the first write. */
+  get ratio(): number {
+    return this.totals.rawBytes === 0 ? 1 : this.totals.storedBytes / this.totals.rawBytes;
+  }
+}

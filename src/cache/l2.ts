@@ -1,0 +1,262 @@
+import type Redis from 'ioredis';
+import { conflict } from '../errors';
+import { CorruptValueError, type ValueCodec } from './codec';
+import type { Entry } from './l1';
+
+/**
+ * Redis key layout of one namespace. Generic entries carry no hash tag, so a
+ * Redis Cluster spreads them; everything one script touches is named in its
+ * KEYS.
+ */
+export class KeySpace {
+  readonly prefix: string;
+  readonly channel: string;
+
+  constructor(readonly namespace: string) {
+    this.prefix = `cc:${namespace}:`;
+    this.channel = `cc:${namespace}:events`;
+  }
+
+  entry(key: string): string {
+    return `${this.prefix}e:${key}`;
+  }
+
+  tag(tag: string): string {
+    return `${this.prefix}t:${tag}`;
+  }
+
+  /** Written once per namespace; missing after a reconnect means Redis lost its data. */
+  get epoch(): string {
+    return `${this.prefix}epoch`;
+  }
+}
+
+/** Separates tags in the stored tag field; tags may not contain it (validated at the edge). */
+export const TAG_SEPARATOR = '\x1f';
+
+/**
+ * Shared Lua: the version of a write is Redis's clock in microseconds, bumped
+ * past the key's previous version, so versions of a key grow across all
+ * sidecars without a shared counter (and without a cross-slot key).
+ */
+const NEXT_VERSION = `
+local function next_version(current)
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  local prev = tonumber(current or '0') or 0
+  if prev >= now then now = prev + 1 end
+  return now, tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+`;
+
+/**
+ * SET: compare-and-set checks, the write, the tag index and the Pub/Sub
+ * announcement in one atomic step, so no write can go unannounced.
+ * KEYS: entry, tag sets...  ARGV: data, ttl_ms, if_version, if_absent, channel, origin, key, tags...
+ * Returns {status, version, expires_at}: status 1 written, -1 exists, -2 version mismatch.
+ */
+const SET_SCRIPT = `${NEXT_VERSION}
+local current = redis.call('HGET', KEYS[1], 'v')
+if ARGV[4] == '1' and current then return {-1, current, '0'} end
+if ARGV[3] ~= '0' and current ~= ARGV[3] then return {-2, current or '0', '0'} end
+local version, now_ms = next_version(current)
+local v = string.format('%.0f', version)
+local ttl = tonumber(ARGV[2])
+local expires = string.format('%.0f', now_ms + ttl)
+local tags = {}
+for i = 8, #ARGV do tags[#tags + 1] = ARGV[i] end
+local tag_field = ''
+if #tags > 0 then tag_field = '${TAG_SEPARATOR}' .. table.concat(tags, '${TAG_SEPARATOR}') .. '${TAG_SEPARATOR}' end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'v', v, 'd', ARGV[1], 'x', expires, 't', tag_field)
+redis.call('PEXPIRE', KEYS[1], ttl)
+for i = 2, #KEYS do
+  redis.call('SADD', KEYS[i], ARGV[7])
+  if redis.call('PTTL', KEYS[i]) < ttl then redis.call('PEXPIRE', KEYS[i], ttl) end
+end
+redis.call('PUBLISH', ARGV[5], cjson.encode({o = ARGV[6], e = 'k', c = 'set', k = {ARGV[7]}, v = {v}, g = tags, x = expires}))
+return {1, v, expires}
+`;
+
+/**
+ * DELETE: removes entries and announces them with a tombstone version each.
+ * KEYS: entries...  ARGV: channel, origin, keys...
+ * Returns {existed_count, versions...}.
+ */
+const DELETE_SCRIPT = `${NEXT_VERSION}
+local existed = 0
+local versions = {}
+local keys = {}
+for i = 1, #KEYS do
+  local current = redis.call('HGET', KEYS[i], 'v')
+  if current then existed = existed + 1 end
+  redis.call('DEL', KEYS[i])
+  local version = next_version(current)
+  versions[i] = string.format('%.0f', version)
+  keys[i] = ARGV[i + 2]
+end
+redis.call('PUBLISH', ARGV[1], cjson.encode({o = ARGV[2], e = 'k', c = 'del', k = keys, v = versions}))
+local result = {existed}
+for i = 1, #versions do result[#result + 1] = versions[i] end
+return result
+`;
+
+/**
+ * INVALIDATE TAGS: deletes every entry that still carries one of the tags
+ * (an entry rewritten without the tag survives), clears the tag sets, and
+ * announces the tags.
+ * KEYS: tag sets...  ARGV: channel, origin, entry prefix, tags...
+ */
+const INVALIDATE_TAGS_SCRIPT = `
+local removed = 0
+local tags = {}
+for i = 1, #KEYS do
+  local tag = ARGV[i + 3]
+  tags[i] = tag
+  local needle = '${TAG_SEPARATOR}' .. tag .. '${TAG_SEPARATOR}'
+  for _, key in ipairs(redis.call('SMEMBERS', KEYS[i])) do
+    local entry = ARGV[3] .. key
+    local field = redis.call('HGET', entry, 't')
+    if field and string.find(field, needle, 1, true) then
+      removed = removed + redis.call('DEL', entry)
+    end
+  end
+  redis.call('DEL', KEYS[i])
+end
+redis.call('PUBLISH', ARGV[1], cjson.encode({o = ARGV[2], e = 'g', g = tags}))
+return removed
+`;
+
+type ScriptReply = (string | number | Buffer)[];
+
+interface ScriptedRedis extends Redis {
+  ccSet(...args: (string | Buffer | number)[]): Promise<ScriptReply>;
+  ccDelete(...args: (string | number)[]): Promise<ScriptReply>;
+  ccInvalidateTags(...args: (string | number)[]): Promise<number>;
+}
+
+export interface L2SetOptions {
+  ttlMs: number;
+  tags: readonly string[];
+  ifVersion: number;
+  ifAbsent: boolean;
+}
+
+export interface L2Counters {
+  hits: number;
+  misses: number;
+  corrupt: number;
+}
+
+/**
+ * The Redis tier of the generic cache. Every method throws when Redis fails;
+ * the caller (TieredCache) decides how to degrade.
+ */
+export class L2Store {
+  readonly counters: L2Counters = { hits: 0, misses: 0, corrupt: 0 };
+  private readonly redis: ScriptedRedis;
+
+  constructor(
+    redis: Redis,
+    readonly keys: KeySpace,
+    private readonly codec: ValueCodec,
+    private readonly origin: string,
+    private readonly onCorrupt: (key: string, error: CorruptValueError) => void,
+  ) {
+    redis.defineCommand('ccSet', { lua: SET_SCRIPT });
+    redis.defineCommand('ccDelete', { lua: DELETE_SCRIPT });
+    redis.defineCommand('ccInvalidateTags', { lua: INVALIDATE_TAGS_SCRIPT });
+    this.redis = redis as ScriptedRedis;
+  }
+
+  async get(key: string): Promise<Entry | undefined> {
+    const [entry] = await this.getMany([key]);
+    return entry;
+  }
+
+  /** One round trip for all keys (a pipeline of HMGETs). */
+  async getMany(keys: readonly string[]): Promise<(Entry | undefined)[]> {
+    const pipeline = this.redis.pipeline();
+    for (const key of keys) pipeline.hmgetBuffer(this.keys.entry(key), 'v', 'd', 'x', 't');
+    const replies = (await pipeline.exec()) ?? [];
+    return keys.map((key, index) => {
+      const [error, fields] = replies[index] ?? [new Error('no reply')];
+      if (error && /^WRONGTYPE/.test(error.message)) return this.discard(key, new CorruptValueError('not a context-cache entry (wrong Redis type)'));
+      if (error) throw error;
+      return this.parse(key, fields as (Buffer | null)[]);
+    });
+  }
+
+  async set(key: string, value: Buffer, options: L2SetOptions): Promise<Entry> {
+    const encoded = this.codec.encode(value);
+    const reply = await this.redis.ccSet(
+      1 + options.tags.length,
+      this.keys.entry(key),
+      ...options.tags.map((tag) => this.keys.tag(tag)),
+      encoded.bytes,
+      options.ttlMs,
+      options.ifVersion,
+      options.ifAbsent ? '1' : '0',
+      this.keys.channel,
+      this.origin,
+      key,
+      ...options.tags,
+    );
+    const status = Number(reply[0]);
+    const version = Number(reply[1]);
+    if (status === -1) throw conflict(`key "${key}" exists (version ${version}); if_absent refused the write`);
+    if (status === -2) {
+      throw conflict(
+        version === 0
+          ? `key "${key}" does not exist; if_version ${options.ifVersion} refused the write`
+          : `key "${key}" has version ${version}, not ${options.ifVersion}; if_version refused the write`,
+      );
+    }
+    return { value, version, tags: options.tags, expiresAt: Number(reply[2]) };
+  }
+
+  /** Returns how many existed and the tombstone version of each key. */
+  async delete(keys: readonly string[]): Promise<{ existed: number; versions: number[] }> {
+    const reply = await this.redis.ccDelete(keys.length, ...keys.map((key) => this.keys.entry(key)), this.keys.channel, this.origin, ...keys);
+    return { existed: Number(reply[0]), versions: reply.slice(1).map(Number) };
+  }
+
+  async invalidateTags(tags: readonly string[]): Promise<number> {
+    return this.redis.ccInvalidateTags(tags.length, ...tags.map((tag) => this.keys.tag(tag)), this.keys.channel, this.origin, this.keys.prefix + 'e:', ...tags);
+  }
+
+  private parse(key: string, fields: (Buffer | null)[]): Entry | undefined {
+    const [version, data, expiresAt, tagField] = fields;
+    if (version == null || data == null) {
+      this.counters.misses++;
+      return undefined;
+    }
+    try {
+      const entry: Entry = {
+        value: this.codec.decode(data),
+        version: Number(version.toString()),
+        expiresAt: Number(expiresAt?.toString() ?? '0'),
+        tags: parseTags(tagField?.toString() ?? ''),
+      };
+      if (!Number.isSafeInteger(entry.version) || entry.version <= 0) throw new CorruptValueError(`version "${version.toString()}" is not a number`);
+      this.counters.hits++;
+      return entry;
+    } catch (error) {
+      if (!(error instanceof CorruptValueError)) throw error;
+      return this.discard(key, error);
+    }
+  }
+
+  /** An unreadable value is a miss; removing it lets the next fill repair it. */
+  private discard(key: string, error: CorruptValueError): undefined {
+    this.counters.corrupt++;
+    this.counters.misses++;
+    this.onCorrupt(key, error);
+    this.redis.del(this.keys.entry(key)).catch(() => undefined);
+    return undefined;
+  }
+}
+
+function parseTags(field: string): string[] {
+  return field === '' ? [] : field.slice(1, -1).split(TAG_SEPARATOR);
+}
