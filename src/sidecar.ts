@@ -86,7 +86,16 @@ export class Sidecar {
     this.shared?.dataLoss.on('data-lost', () => this.cache.resync('redis-data-lost'));
     this.calls = new CallTracker(log);
     this.grpc = new GrpcServer({ listen: config.listen, healthListen: config.healthListen, maxMessageBytes: config.maxMessageBytes });
-    const stats = new SidecarStats({ namespace: config.namespace, sidecarId: this.sidecarId, l1: this.l1, calls: this.calls });
+    const stats = new SidecarStats({
+      namespace: config.namespace,
+      sidecarId: this.sidecarId,
+      l1: this.l1,
+      cache: this.cache,
+      codec: this.codec,
+      shared: this.shared,
+      events: this.events,
+      watch: this.watchCounters,
+    });
     this.grpc.server.addService(
       ContextCacheService,
       contextCacheService({

@@ -13,6 +13,8 @@ import type { CacheEvent, EventEnvelope, NodeRecord } from './events';
 export interface BusMessage {
   /** Origin sidecar. */
   o: string;
+  /** When it happened: epoch milliseconds as a string (Redis TIME or the origin's clock). */
+  t?: string;
   /** k: keys, g: tags, s: session, n: node appended. */
   e: 'k' | 'g' | 's' | 'n';
   c?: 'set' | 'del' | 'inv' | 'fill';
@@ -26,7 +28,8 @@ export interface BusMessage {
 export function decodeBusMessage(raw: string, receivedAt: number): EventEnvelope[] {
   const message = JSON.parse(raw) as BusMessage;
   if (typeof message.o !== 'string') throw new Error('bus message without origin');
-  const envelope = (event: CacheEvent): EventEnvelope => ({ event, origin: message.o, time: receivedAt });
+  const time = message.t === undefined ? receivedAt : Number(message.t);
+  const envelope = (event: CacheEvent): EventEnvelope => ({ event, origin: message.o, time });
   const versions = Array.isArray(message.v) ? message.v : [];
   switch (message.e) {
     case 'k':

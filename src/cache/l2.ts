@@ -74,7 +74,7 @@ for i = 2, #KEYS do
   redis.call('SADD', KEYS[i], ARGV[7])
   if redis.call('PTTL', KEYS[i]) < ttl then redis.call('PEXPIRE', KEYS[i], ttl) end
 end
-redis.call('PUBLISH', ARGV[5], cjson.encode({o = ARGV[6], e = 'k', c = 'set', k = {ARGV[7]}, v = {v}, g = tags, x = expires}))
+redis.call('PUBLISH', ARGV[5], cjson.encode({o = ARGV[6], t = string.format('%.0f', now_ms), e = 'k', c = 'set', k = {ARGV[7]}, v = {v}, g = tags}))
 return {1, v, expires}
 `;
 
@@ -87,15 +87,17 @@ const DELETE_SCRIPT = `${NEXT_VERSION}
 local existed = 0
 local versions = {}
 local keys = {}
+local now_ms = 0
 for i = 1, #KEYS do
   local current = redis.call('HGET', KEYS[i], 'v')
   if current then existed = existed + 1 end
   redis.call('DEL', KEYS[i])
-  local version = next_version(current)
+  local version
+  version, now_ms = next_version(current)
   versions[i] = string.format('%.0f', version)
   keys[i] = ARGV[i + 2]
 end
-redis.call('PUBLISH', ARGV[1], cjson.encode({o = ARGV[2], e = 'k', c = 'del', k = keys, v = versions}))
+redis.call('PUBLISH', ARGV[1], cjson.encode({o = ARGV[2], t = string.format('%.0f', now_ms), e = 'k', c = 'del', k = keys, v = versions}))
 local result = {existed}
 for i = 1, #versions do result[#result + 1] = versions[i] end
 return result

@@ -63,6 +63,8 @@ export interface TieredCacheCounters {
   l2Errors: number;
   resyncs: number;
   localWrites: number;
+  /** Events published on the bus (each shared write publishes one). */
+  published: number;
 }
 
 /**
@@ -71,7 +73,7 @@ export interface TieredCacheCounters {
  * It knows nothing of gRPC.
  */
 export class TieredCache {
-  readonly counters: TieredCacheCounters = { l2Errors: 0, resyncs: 0, localWrites: 0 };
+  readonly counters: TieredCacheCounters = { l2Errors: 0, resyncs: 0, localWrites: 0, published: 0 };
   private readonly versions = new VersionClock();
   /** Bumped on every flush; a read that began before a flush may not fill L1. */
   private generation = 0;
@@ -137,6 +139,7 @@ export class TieredCache {
     if (this.sharedUsable()) {
       try {
         const entry = await this.shared!.l2.set(key, value, options);
+        this.counters.published++;
         this.l1.set(key, entry);
         this.announce({ kind: 'key', key, change: 'set', version: entry.version, tags: entry.tags });
         return { entry, scope: 'shared' };
@@ -153,6 +156,7 @@ export class TieredCache {
     if (this.sharedUsable()) {
       try {
         const { existed, versions } = await this.shared!.l2.delete(unique);
+        this.counters.published++;
         unique.forEach((key, index) => {
           this.l1.invalidate(key, versions[index]!);
           this.announce({ kind: 'key', key, change: 'deleted', version: versions[index]!, tags: [] });
@@ -178,6 +182,7 @@ export class TieredCache {
     if (this.sharedUsable()) {
       try {
         await this.shared!.l2.invalidateTags(tags);
+        this.counters.published++;
         scope = 'shared';
       } catch (error) {
         this.l2Failed(error, 'invalidate tags');

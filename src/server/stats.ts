@@ -1,11 +1,15 @@
+import type { EventHub } from '../cache/events';
+import type { ValueCodec } from '../cache/codec';
 import type { L1Cache } from '../cache/l1';
+import type { SharedTier, TieredCache } from '../cache/tiered-cache';
 import {
   LinkState,
   type GetStatsResponse,
   type TierStats,
 } from '../gen/contextcache/v1/context_cache';
+import type { LinkState as CoreLinkState } from '../redis/connection';
 import { VERSION } from '../version';
-import type { CallTracker } from './calls';
+import type { WatchCounters } from './watch';
 
 export interface StatsSource {
   snapshot(): GetStatsResponse;
@@ -16,18 +20,33 @@ export function tierStats(hits: number, misses: number): TierStats {
   return { hits, misses, hitRatio: total === 0 ? 0 : hits / total };
 }
 
+const LINK_STATE: Record<CoreLinkState, LinkState> = {
+  connecting: LinkState.LINK_STATE_CONNECTING,
+  connected: LinkState.LINK_STATE_CONNECTED,
+  down: LinkState.LINK_STATE_DOWN,
+};
+
+export interface StatsParts {
+  namespace: string;
+  sidecarId: string;
+  l1: L1Cache;
+  cache: TieredCache;
+  codec: ValueCodec;
+  shared: (SharedTier & { subscriber: { state: CoreLinkState; stateSince: number } }) | undefined;
+  events: EventHub;
+  watch: WatchCounters;
+}
+
 /** Assembles GetStats from the live counters of the sidecar's parts. */
 export class SidecarStats implements StatsSource {
   private readonly startedAt = Date.now();
 
-  constructor(
-    private readonly parts: { namespace: string; sidecarId: string; l1: L1Cache; calls: CallTracker },
-  ) {}
+  constructor(private readonly parts: StatsParts) {}
 
   snapshot(): GetStatsResponse {
-    const { l1, calls } = this.parts;
+    const { l1, cache, codec, shared, events, watch } = this.parts;
     const uptimeMs = Date.now() - this.startedAt;
-    const since = new Date(this.startedAt);
+    const disabledSince = new Date(this.startedAt);
     return {
       version: VERSION,
       namespace: this.parts.namespace,
@@ -42,17 +61,23 @@ export class SidecarStats implements StatsSource {
         expirations: l1.counters.expirations,
       },
       l2: {
-        reads: tierStats(0, 0),
-        state: LinkState.LINK_STATE_DISABLED,
-        stateSince: since,
+        reads: tierStats(shared?.l2.counters.hits ?? 0, shared?.l2.counters.misses ?? 0),
+        state: shared ? LINK_STATE[shared.link.state] : LinkState.LINK_STATE_DISABLED,
+        stateSince: shared ? new Date(shared.link.stateSince) : disabledSince,
         latencyP50Us: 0,
         latencyP99Us: 0,
-        corruptValues: 0,
-        errors: 0,
-        compressionRatio: 1,
+        corruptValues: shared?.l2.counters.corrupt ?? 0,
+        errors: cache.counters.l2Errors,
+        compressionRatio: codec.ratio,
       },
-      pubsub: { state: LinkState.LINK_STATE_DISABLED, stateSince: since, messagesIn: 0, messagesOut: 0, resyncs: 0 },
-      watch: { openStreams: calls.openStreams, eventsDelivered: 0, eventsDropped: 0 },
+      pubsub: {
+        state: shared ? LINK_STATE[shared.subscriber.state] : LinkState.LINK_STATE_DISABLED,
+        stateSince: shared ? new Date(shared.subscriber.stateSince) : disabledSince,
+        messagesIn: shared?.bus.counters.messagesIn ?? 0,
+        messagesOut: cache.counters.published,
+        resyncs: cache.counters.resyncs,
+      },
+      watch: { openStreams: events.size, eventsDelivered: watch.delivered, eventsDropped: watch.dropped },
       leases: { granted: 0, waits: 0, staleFillsRefused: 0 },
       locks: { acquired: 0, busy: 0, held: 0 },
     };
