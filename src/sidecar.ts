@@ -12,6 +12,7 @@ import { RedisLink, type LinkOptions } from './redis/connection';
 import { DataLossDetector } from './redis/data-loss';
 import { CallTracker } from './server/calls';
 import { contextCacheService } from './server/context-cache-service';
+import { lockHandlers } from './server/lock-handlers';
 import { GrpcServer, HEALTH_SERVICE_CACHE, HEALTH_SERVICE_OVERALL } from './server/grpc-server';
 import { addReflection, REFLECTION_SERVICES, ReflectionIndex } from './server/reflection';
 import { SidecarStats } from './server/stats';
@@ -104,6 +105,7 @@ export class Sidecar {
         calls: this.calls,
         stats,
         watch: { hub: this.events, sidecarId: this.sidecarId, bufferLimit: config.watchBuffer, counters: this.watchCounters },
+        locks: lockHandlers({ calls: this.calls }),
       }),
     );
     addReflection(this.grpc.server, new ReflectionIndex([HEALTH_SERVICE_CACHE, 'grpc.health.v1.Health', ...REFLECTION_SERVICES]));

@@ -13,6 +13,7 @@ import {
   type WatchResponse,
 } from '../gen/contextcache/v1/context_cache';
 import type { CallTracker } from './calls';
+import type { LockHandlers } from './lock-handlers';
 import type { StatsSource } from './stats';
 import type { RequestValidator } from './validation';
 import { serveWatch, type WatchCounters } from './watch';
@@ -23,6 +24,7 @@ export interface ServiceDeps {
   calls: CallTracker;
   stats: StatsSource;
   watch: { hub: EventHub; sidecarId: string; bufferLimit: number; counters: WatchCounters };
+  locks: LockHandlers;
 }
 
 const SOURCE: Record<Tier, Source> = { l1: Source.SOURCE_L1, l2: Source.SOURCE_L2 };
@@ -49,9 +51,8 @@ function manyResult(key: string, read: ReadResult | undefined): GetManyResult {
  * translates the request, delegates to the core, and translates the answer.
  * No caching logic lives here.
  */
-export function contextCacheService({ cache, validate, calls, stats, watch }: ServiceDeps): ContextCacheServer {
+export function contextCacheService({ cache, validate, calls, stats, watch, locks }: ServiceDeps): ContextCacheServer {
   const notYet = (method: string) => calls.unary<unknown, never>(method, () => Promise.reject(unimplemented(method)));
-  const notYetStream = (method: string) => calls.serverStream<unknown, never>(method, () => Promise.reject(unimplemented(method)));
 
   return {
     get: calls.unary('Get', async (request) => {
@@ -101,10 +102,7 @@ export function contextCacheService({ cache, validate, calls, stats, watch }: Se
     invalidateSession: notYet('InvalidateSession'),
     resolveShortIds: notYet('ResolveShortIds'),
     buildContext: notYet('BuildContext'),
-    acquireLock: notYet('AcquireLock'),
-    extendLock: notYet('ExtendLock'),
-    releaseLock: notYet('ReleaseLock'),
-    holdLock: notYetStream('HoldLock'),
+    ...locks,
     watch: calls.serverStream('Watch', (call: ServerWritableStream<WatchRequest, WatchResponse>) =>
       serveWatch(call, { ...watch, validate, subscribed: () => cache.mode === 'coherent' || cache.mode === 'l1-only' }),
     ),

@@ -1,0 +1,118 @@
+import { randomBytes } from 'node:crypto';
+import { ExecutionError, Lock, Redlock, ResourceLockedError } from '@sesamecare-oss/redlock';
+import type Redis from 'ioredis';
+import { CacheError } from '../errors';
+
+/** A held mutual-exclusion token. */
+export interface MutexHold {
+  token: string;
+  /** Epoch milliseconds after which the hold may have lapsed (clock drift already subtracted). */
+  expiresAt: number;
+}
+
+/**
+ * The codebase's one mutual-exclusion mechanism: a token stored under a key
+ * with a TTL on one Redis, or on a majority of independent Redis masters
+ * (the Redlock algorithm, from the maintained @sesamecare-oss fork of
+ * `redlock`). Fill leases use it on the L2 Redis; distributed locks use it on
+ * the configured lock masters and add fencing tokens on top.
+ *
+ * The stored value is the token itself, so Lua scripts elsewhere can check a
+ * hold atomically with the write it guards (`GET key == token`).
+ */
+export class Mutex {
+  private readonly redlock: Redlock;
+
+  /** `db`: the Redis database of the clients; the library's scripts SELECT it explicitly. */
+  constructor(
+    readonly clients: readonly Redis[],
+    db: number,
+    private readonly retryDelayMs = 50,
+  ) {
+    // Retries are ours (bounded by the caller's wait), so the library tries once.
+    this.redlock = new Redlock(clients, { retryCount: 0, retryDelay: retryDelayMs, retryJitter: retryDelayMs / 2, driftFactor: 0.01, db });
+    // The library emits 'error' for every vote against; the outcome is reported by the call.
+    this.redlock.on('error', () => undefined);
+  }
+
+  /** A fresh random token. */
+  static token(): string {
+    return randomBytes(16).toString('base64url');
+  }
+
+  /**
+   * One attempt. Resolves undefined when another holder has the key; throws
+   * E_UNAVAILABLE when too few Redis masters answered to decide.
+   */
+  async tryAcquire(key: string, ttlMs: number): Promise<MutexHold | undefined> {
+    try {
+      const lock = await this.redlock.acquire([key], ttlMs);
+      return { token: lock.value, expiresAt: lock.expiration };
+    } catch (error) {
+      if (await isBusy(error)) return undefined;
+      throw unavailable(error);
+    }
+  }
+
+  /**
+   * Tries until the key is free or `waitMs` has passed (0: once), sleeping a
+   * jittered retry delay in between. Resolves undefined when still busy.
+   */
+  async acquire(key: string, ttlMs: number, waitMs: number, signal?: AbortSignal): Promise<MutexHold | undefined> {
+    const deadline = Date.now() + waitMs;
+    for (;;) {
+      const hold = await this.tryAcquire(key, ttlMs);
+      if (hold !== undefined) return hold;
+      const remaining = deadline - Date.now();
+      if (remaining <= 0 || signal?.aborted) return undefined;
+      const delay = Math.min(remaining, this.retryDelayMs / 2 + Math.random() * this.retryDelayMs);
+      await new Promise((resolve) => setTimeout(resolve, delay));
+    }
+  }
+
+  /** Extends a hold; E_LOCK_NOT_HELD when the token does not hold the key (any more). */
+  async extend(key: string, token: string, ttlMs: number): Promise<MutexHold> {
+    try {
+      const lock = await this.redlock.extend(this.lockFor(key, token), ttlMs);
+      return { token, expiresAt: lock.expiration };
+    } catch (error) {
+      if (await isBusy(error)) throw notHeld(key);
+      throw unavailable(error);
+    }
+  }
+
+  /** Releases a hold; E_LOCK_NOT_HELD when the token does not hold the key (any more). */
+  async release(key: string, token: string): Promise<void> {
+    let released: number;
+    try {
+      const result = await this.redlock.release(this.lockFor(key, token));
+      const stats = await Promise.all(result.attempts);
+      released = Math.max(0, ...stats.map((s) => s.votesFor.size));
+    } catch (error) {
+      if (await isBusy(error)) throw notHeld(key);
+      throw unavailable(error);
+    }
+    if (released === 0) throw notHeld(key);
+  }
+
+  private lockFor(key: string, token: string): Lock {
+    // The expiry is checked by Redis, not by the library: pass "not expired".
+    return new Lock(this.redlock, [key], token, [], Number.MAX_SAFE_INTEGER);
+  }
+}
+
+/** A failed quorum because the key is held (or holds another token), as opposed to Redis errors. */
+async function isBusy(error: unknown): Promise<boolean> {
+  if (error instanceof ResourceLockedError) return true;
+  if (!(error instanceof ExecutionError)) return false;
+  const stats = await Promise.all(error.attempts);
+  return stats.some((s) => [...s.votesAgainst.values()].some((e) => e instanceof ResourceLockedError));
+}
+
+function notHeld(key: string): CacheError {
+  return new CacheError('E_LOCK_NOT_HELD', `the token does not hold "${key}": it expired, was released, or belongs to another holder`);
+}
+
+function unavailable(cause: unknown): CacheError {
+  return new CacheError('E_UNAVAILABLE', 'Redis is unavailable: mutual exclusion cannot be decided without a majority of Redis masters', { cause });
+}
