@@ -38,9 +38,16 @@ export interface Config {
   redisCommandTimeoutMs: number;
   redisReconnectMaxMs: number;
   watchBuffer: number;
+  leaseTtlMs: number;
   logLevel: LogLevel;
   /** `undefined`: L1-only by configuration. */
   redis: RedisConfig | undefined;
+  /**
+   * Independent Redis masters for distributed locks (Redlock: a majority must
+   * agree). `undefined`: locks use the main Redis connection (`redis`), and
+   * are unavailable when that is unset too.
+   */
+  lockRedis: readonly RedisConfig[] | undefined;
 }
 
 export class ConfigError extends Error {
@@ -80,6 +87,7 @@ export const CONFIG_VARIABLES = {
   CONTEXT_CACHE_REDIS_COMMAND_TIMEOUT: { default: '500ms', help: 'A Redis command that takes longer fails, and the link is treated as down until it reconnects.' },
   CONTEXT_CACHE_REDIS_RECONNECT_MAX: { default: '5s', help: 'Cap of the exponential reconnect backoff (full jitter, from 100 ms).' },
   CONTEXT_CACHE_WATCH_BUFFER: { default: '1000', help: 'Events buffered per Watch stream; a stream that falls further behind gets a Resync (STREAM_OVERFLOW) instead.' },
+  CONTEXT_CACHE_LEASE_TTL: { default: '10s', help: 'Default lifetime of a fill lease granted on a miss (lease_ttl overrides it per call).' },
   CONTEXT_CACHE_LOG_LEVEL: { default: 'info', help: 'fatal, error, warn, info, debug, trace or silent.' },
   REDIS_URL: { default: '(unset)', help: 'redis://[user:password@]host:port[/db], or rediss:// for TLS. Unset together with REDIS_HOST: L1-only.' },
   REDIS_HOST: { default: '(unset)', help: 'Redis host, when not using REDIS_URL.' },
@@ -88,6 +96,10 @@ export const CONFIG_VARIABLES = {
   REDIS_PASSWORD: { default: '(unset)', help: 'Redis password; from a Secret, never logged.' },
   REDIS_DB: { default: '0', help: 'Redis database number.' },
   REDIS_TLS: { default: 'false', help: 'true for TLS, with REDIS_HOST.' },
+  CONTEXT_CACHE_LOCK_REDIS_URLS: {
+    default: '(the main Redis)',
+    help: 'Comma-separated redis:// or rediss:// URLs of independent Redis masters for distributed locks; a majority must agree (use 1, 3 or 5). User, password and database default to REDIS_USERNAME, REDIS_PASSWORD and REDIS_DB.',
+  },
 } as const satisfies Record<string, { default: string; help: string }>;
 
 export type ConfigVariable = keyof typeof CONFIG_VARIABLES;
@@ -153,6 +165,65 @@ function parseListen(env: Env, name: ConfigVariable, fallback: string | undefine
   return raw;
 }
 
+/**
+ * One redis:// or rediss:// URL. User, password and database fall back to
+ * REDIS_USERNAME, REDIS_PASSWORD and REDIS_DB. `where` locates the URL in a
+ * list for the error message; messages never repeat the URL (it may carry a
+ * password).
+ */
+function parseRedisUrl(env: Env, name: ConfigVariable, url: string, where = ''): RedisConfig {
+  let parsed: URL;
+  try {
+    parsed = new URL(url);
+  } catch {
+    throw new ConfigError(name, `${where}is not a URL; use redis://[user:password@]host:port[/db] or rediss:// for TLS`);
+  }
+  if (parsed.protocol !== 'redis:' && parsed.protocol !== 'rediss:') {
+    throw new ConfigError(name, `${where}scheme "${parsed.protocol}" is not supported; use redis:// or rediss:// (TLS)`);
+  }
+  const dbPath = parsed.pathname.replace(/^\//, '');
+  if (dbPath !== '' && !/^\d+$/.test(dbPath)) {
+    throw new ConfigError(name, `${where}database "${dbPath}" is not a number; use redis://host:port/0`);
+  }
+  const port = parsed.port === '' ? 6379 : Number(parsed.port);
+  const hostname = parsed.hostname.replace(/^\[(.*)\]$/, '$1');
+  return {
+    host: hostname,
+    port,
+    username: parsed.username ? decodeURIComponent(parsed.username) : read(env, 'REDIS_USERNAME'),
+    password: parsed.password ? decodeURIComponent(parsed.password) : read(env, 'REDIS_PASSWORD'),
+    db: dbPath === '' ? parseInteger(env, 'REDIS_DB', 0, 0, 1_000_000) : Number(dbPath),
+    tls: parsed.protocol === 'rediss:',
+    describe: `${parsed.protocol}//${hostname}:${port}`,
+  };
+}
+
+/**
+ * CONTEXT_CACHE_LOCK_REDIS_URLS: the lock masters, each parsed like REDIS_URL.
+ * The same master twice would count twice towards the quorum, so it is refused.
+ */
+function parseLockRedis(env: Env): RedisConfig[] | undefined {
+  const name = 'CONTEXT_CACHE_LOCK_REDIS_URLS';
+  const raw = read(env, name);
+  if (raw === undefined) return undefined;
+  const urls = raw.split(',').map((url) => url.trim());
+  const masters = urls.map((url, index) => {
+    const where = `entry ${index + 1} of ${urls.length}: `;
+    if (url === '') throw new ConfigError(name, `${where}is empty; separate the URLs with single commas`);
+    return parseRedisUrl(env, name, url, where);
+  });
+  const seen = new Map<string, number>();
+  masters.forEach((master, index) => {
+    const identity = `${master.host.toLowerCase()}:${master.port}/${master.db}`;
+    const first = seen.get(identity);
+    if (first !== undefined) {
+      throw new ConfigError(name, `entries ${first + 1} and ${index + 1} name the same Redis (${master.describe}/${master.db}); each must be an independent master, or it would count twice towards the majority`);
+    }
+    seen.set(identity, index);
+  });
+  return masters;
+}
+
 function parseRedis(env: Env): RedisConfig | undefined {
   const url = read(env, 'REDIS_URL');
   const host = read(env, 'REDIS_HOST');
@@ -161,32 +232,7 @@ function parseRedis(env: Env): RedisConfig | undefined {
   }
   if (url === undefined && host === undefined) return undefined;
 
-  if (url !== undefined) {
-    let parsed: URL;
-    try {
-      parsed = new URL(url);
-    } catch {
-      throw new ConfigError('REDIS_URL', 'is not a URL; use redis://[user:password@]host:port[/db] or rediss:// for TLS');
-    }
-    if (parsed.protocol !== 'redis:' && parsed.protocol !== 'rediss:') {
-      throw new ConfigError('REDIS_URL', `scheme "${parsed.protocol}" is not supported; use redis:// or rediss:// (TLS)`);
-    }
-    const dbPath = parsed.pathname.replace(/^\//, '');
-    if (dbPath !== '' && !/^\d+$/.test(dbPath)) {
-      throw new ConfigError('REDIS_URL', `database "${dbPath}" is not a number; use redis://host:port/0`);
-    }
-    const port = parsed.port === '' ? 6379 : Number(parsed.port);
-    const hostname = parsed.hostname.replace(/^\[(.*)\]$/, '$1');
-    return {
-      host: hostname,
-      port,
-      username: parsed.username ? decodeURIComponent(parsed.username) : read(env, 'REDIS_USERNAME'),
-      password: parsed.password ? decodeURIComponent(parsed.password) : read(env, 'REDIS_PASSWORD'),
-      db: dbPath === '' ? parseInteger(env, 'REDIS_DB', 0, 0, 1_000_000) : Number(dbPath),
-      tls: parsed.protocol === 'rediss:',
-      describe: `${parsed.protocol}//${hostname}:${port}`,
-    };
-  }
+  if (url !== undefined) return parseRedisUrl(env, 'REDIS_URL', url);
 
   const rawPort = read(env, 'REDIS_PORT');
   if (rawPort !== undefined && rawPort.includes('://')) {
@@ -243,7 +289,9 @@ export function loadConfig(env: Env = process.env): Config {
     redisCommandTimeoutMs: parseDuration(env, 'CONTEXT_CACHE_REDIS_COMMAND_TIMEOUT', 500, 10, 60_000),
     redisReconnectMaxMs: parseDuration(env, 'CONTEXT_CACHE_REDIS_RECONNECT_MAX', 5000, 100, 300_000),
     watchBuffer: parseInteger(env, 'CONTEXT_CACHE_WATCH_BUFFER', 1000, 16, 1_000_000),
+    leaseTtlMs: parseDuration(env, 'CONTEXT_CACHE_LEASE_TTL', 10_000, 100, 600_000),
     logLevel,
     redis: parseRedis(env),
+    lockRedis: parseLockRedis(env),
   });
 }

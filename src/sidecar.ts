@@ -10,8 +10,12 @@ import { ContextCacheService } from './gen/contextcache/v1/context_cache';
 import type { Logger } from './log';
 import { RedisLink, type LinkOptions } from './redis/connection';
 import { DataLossDetector } from './redis/data-loss';
+import { Mutex } from './redis/mutex';
 import { CallTracker } from './server/calls';
 import { contextCacheService } from './server/context-cache-service';
+import { contextHandlers } from './server/context-handlers';
+import { SessionStore } from './context/session-store';
+import { SessionKeys, SessionRedis } from './context/session-redis';
 import { lockHandlers } from './server/lock-handlers';
 import { GrpcServer, HEALTH_SERVICE_CACHE, HEALTH_SERVICE_OVERALL } from './server/grpc-server';
 import { addReflection, REFLECTION_SERVICES, ReflectionIndex } from './server/reflection';
@@ -30,6 +34,8 @@ class SharedParts implements SharedTier {
   readonly l2: L2Store;
   readonly bus: Bus;
   readonly dataLoss: DataLossDetector;
+  readonly leaseMutex: Mutex;
+  readonly sessions: SessionRedis;
 
   constructor(config: Config, keys: KeySpace, codec: ValueCodec, sidecarId: string, log: Logger) {
     const options: LinkOptions = {
@@ -45,6 +51,10 @@ class SharedParts implements SharedTier {
     );
     this.bus = new Bus(this.subscriber, keys.channel, sidecarId, log);
     this.dataLoss = new DataLossDetector(this.link, keys.epoch, log);
+    this.leaseMutex = new Mutex([this.link.client], config.redis!.db);
+    this.sessions = new SessionRedis(this.link.client, new SessionKeys(keys), codec, sidecarId, (sessionId, error) =>
+      log.warn({ sessionId, err: error.message }, 'unreadable session in Redis; deleted and treated as a miss'),
+    );
   }
 
   start(): void {
@@ -69,6 +79,7 @@ export class Sidecar {
   readonly events = new EventHub();
   readonly codec: ValueCodec;
   readonly shared: SharedParts | undefined;
+  readonly sessions: SessionStore;
   readonly watchCounters: WatchCounters = { delivered: 0, dropped: 0 };
   private readonly calls: CallTracker;
   private readonly grpc: GrpcServer;
@@ -85,6 +96,7 @@ export class Sidecar {
     this.shared = config.redis === undefined ? undefined : new SharedParts(config, keys, this.codec, this.sidecarId, log);
     this.cache = new TieredCache(this.l1, this.shared, this.events, this.sidecarId, log);
     this.shared?.dataLoss.on('data-lost', () => this.cache.resync('redis-data-lost'));
+    this.sessions = new SessionStore(this.cache, this.shared?.sessions, config.defaultTtlMs);
     this.calls = new CallTracker(log);
     this.grpc = new GrpcServer({ listen: config.listen, healthListen: config.healthListen, maxMessageBytes: config.maxMessageBytes });
     const stats = new SidecarStats({
@@ -97,15 +109,17 @@ export class Sidecar {
       events: this.events,
       watch: this.watchCounters,
     });
+    const validate = new RequestValidator(config);
     this.grpc.server.addService(
       ContextCacheService,
       contextCacheService({
         cache: this.cache,
-        validate: new RequestValidator(config),
+        validate,
         calls: this.calls,
         stats,
         watch: { hub: this.events, sidecarId: this.sidecarId, bufferLimit: config.watchBuffer, counters: this.watchCounters },
         locks: lockHandlers({ calls: this.calls }),
+        context: contextHandlers({ sessions: this.sessions, validate, calls: this.calls, maxKeysPerCall: config.maxKeysPerCall }),
       }),
     );
     addReflection(this.grpc.server, new ReflectionIndex([HEALTH_SERVICE_CACHE, 'grpc.health.v1.Health', ...REFLECTION_SERVICES]));

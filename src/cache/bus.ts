@@ -1,7 +1,8 @@
 import { EventEmitter } from 'node:events';
 import type { Logger } from '../log';
 import type { RedisLink } from '../redis/connection';
-import type { CacheEvent, EventEnvelope, NodeRecord } from './events';
+import type { NodeRecord } from '../context/node';
+import type { CacheEvent, EventEnvelope } from './events';
 
 /**
  * The wire form of an event on the namespace's Pub/Sub channel: compact
@@ -23,6 +24,8 @@ export interface BusMessage {
   g?: string[];
   s?: string;
   n?: NodeRecord;
+  /** Node events: the session's version before the append. */
+  p?: string;
 }
 
 export function decodeBusMessage(raw: string, receivedAt: number): EventEnvelope[] {
@@ -49,7 +52,7 @@ export function decodeBusMessage(raw: string, receivedAt: number): EventEnvelope
       return [envelope({ kind: 'session', sessionId: message.s ?? '', change: message.c === 'fill' ? 'filled' : 'invalidated', version: Number(message.v ?? 0) })];
     case 'n':
       if (message.n === undefined) throw new Error('node event without node');
-      return [envelope({ kind: 'node', node: message.n, sessionVersion: Number(message.v ?? 0) })];
+      return [envelope({ kind: 'node', node: message.n, sessionVersion: Number(message.v ?? 0), previousVersion: Number(message.p ?? 0) })];
     default:
       throw new Error(`unknown bus event type ${String(message.e)}`);
   }

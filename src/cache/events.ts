@@ -4,26 +4,15 @@
  * tags and sessions with versions; the only payload they carry is an
  * appended node, because live sync is what that event is for.
  */
-export type ResyncReason = 'subscription-restored' | 'redis-data-lost' | 'stream-overflow';
+import type { NodeRecord } from '../context/node';
 
-export interface NodeRecord {
-  id: string;
-  shortId: string;
-  sessionId: string;
-  parentId: string;
-  role: number;
-  content: string;
-  /** Epoch milliseconds; 0 when unset. */
-  createdAt: number;
-  metadata: Record<string, string>;
-  refs: string[];
-}
+export type ResyncReason = 'subscription-restored' | 'redis-data-lost' | 'stream-overflow';
 
 export type CacheEvent =
   | { kind: 'key'; key: string; change: 'set' | 'deleted'; version: number; tags: readonly string[] }
   | { kind: 'tags'; tags: readonly string[] }
   | { kind: 'session'; sessionId: string; change: 'invalidated' | 'filled'; version: number }
-  | { kind: 'node'; node: NodeRecord; sessionVersion: number }
+  | { kind: 'node'; node: NodeRecord; sessionVersion: number; previousVersion: number }
   | { kind: 'resync'; reason: ResyncReason };
 
 export interface EventEnvelope {

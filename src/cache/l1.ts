@@ -1,8 +1,8 @@
 import { LRUCache } from 'lru-cache';
 
-/** One cached value as the tiers hold it. */
-export interface Entry {
-  value: Buffer;
+/** One cached value as the tiers hold it: a byte value, or a decoded structure that knows its size. */
+export interface Entry<V = Buffer> {
+  value: V;
   /** Higher for a later write of the same key (an ETag). */
   version: number;
   tags: readonly string[];
@@ -13,8 +13,16 @@ export interface Entry {
 /** What an entry costs beyond its key and value: the object, the LRU node, tag links. */
 const ENTRY_OVERHEAD_BYTES = 160;
 
-export function entrySize(key: string, entry: Entry): number {
-  let size = ENTRY_OVERHEAD_BYTES + Buffer.byteLength(key) * 2 + entry.value.byteLength;
+/** A decoded value kept in L1 (a session) reports its own memory estimate. */
+export interface SizedValue {
+  readonly sizeBytes: number;
+}
+
+export type L1Value = Buffer | SizedValue;
+
+export function entrySize(key: string, entry: Entry<L1Value>): number {
+  const valueBytes = Buffer.isBuffer(entry.value) ? entry.value.byteLength : entry.value.sizeBytes;
+  let size = ENTRY_OVERHEAD_BYTES + Buffer.byteLength(key) * 2 + valueBytes;
   for (const tag of entry.tags) size += 48 + tag.length * 2;
   return size;
 }
@@ -29,11 +37,12 @@ export interface L1Counters {
 /**
  * The in-memory tier: bounded by bytes (keys, values and bookkeeping), per
  * entry TTL, least-recently-used eviction, and a tag index so that a tag
- * invalidation touches only the entries that carry the tag.
+ * invalidation touches only the entries that carry the tag. Generic values
+ * and sessions share it (and its byte budget) under distinct key prefixes.
  */
 export class L1Cache {
   readonly counters: L1Counters = { hits: 0, misses: 0, evictions: 0, expirations: 0 };
-  private readonly lru: LRUCache<string, Entry>;
+  private readonly lru: LRUCache<string, Entry<L1Value>>;
   private readonly keysByTag = new Map<string, Set<string>>();
   /**
    * Per key, the lowest version an entry may still have after an
@@ -44,7 +53,7 @@ export class L1Cache {
   private readonly floors = new LRUCache<string, number>({ max: 100_000, ttl: 60_000 });
 
   constructor(readonly maxBytes: number) {
-    this.lru = new LRUCache<string, Entry>({
+    this.lru = new LRUCache<string, Entry<L1Value>>({
       maxSize: maxBytes,
       sizeCalculation: (entry, key) => entrySize(key, entry),
       // Expired entries are dropped when touched or pushed out by the byte
@@ -59,16 +68,16 @@ export class L1Cache {
     });
   }
 
-  get(key: string): Entry | undefined {
-    const entry = this.lru.get(key);
+  get<V extends L1Value = Buffer>(key: string): Entry<V> | undefined {
+    const entry = this.lru.get(key) as Entry<V> | undefined;
     if (entry === undefined) this.counters.misses++;
     else this.counters.hits++;
     return entry;
   }
 
   /** Like get, but counts nothing and does not refresh recency. */
-  peek(key: string): Entry | undefined {
-    return this.lru.peek(key);
+  peek<V extends L1Value = Buffer>(key: string): Entry<V> | undefined {
+    return this.lru.peek(key) as Entry<V> | undefined;
   }
 
   /**
@@ -76,7 +85,7 @@ export class L1Cache {
    * tier; returns whether it was stored. An older version never replaces a
    * newer one, so out-of-order fills cannot resurrect a stale value.
    */
-  set(key: string, entry: Entry, now = Date.now()): boolean {
+  set(key: string, entry: Entry<L1Value>, now = Date.now()): boolean {
     const current = this.lru.peek(key);
     if (current !== undefined && current.version > entry.version) return false;
     if (entry.version < (this.floors.get(key) ?? 0)) return false;
@@ -99,7 +108,7 @@ export class L1Cache {
   }
 
   delete(key: string): boolean {
-    return this.lru.delete(key);
+    return this.removeLive(key);
   }
 
   /**
@@ -119,7 +128,7 @@ export class L1Cache {
     for (const tag of tags) {
       const keys = this.keysByTag.get(tag);
       if (keys === undefined) continue;
-      for (const key of [...keys]) if (this.lru.delete(key)) removed++;
+      for (const key of [...keys]) if (this.removeLive(key)) removed++;
     }
     return removed;
   }
@@ -139,7 +148,20 @@ export class L1Cache {
     return this.lru.calculatedSize;
   }
 
-  private unlinkTags(key: string, entry: Entry): void {
+  /**
+   * Removes the key; true only when it held a live entry. An entry past its
+   * TTL that was not purged yet is already gone: it is dropped as expired
+   * (lru.get purges it with reason 'expire') and not counted as removed.
+   */
+  private removeLive(key: string): boolean {
+    if (this.lru.peek(key) === undefined) {
+      this.lru.get(key);
+      return false;
+    }
+    return this.lru.delete(key);
+  }
+
+  private unlinkTags(key: string, entry: Entry<L1Value>): void {
     for (const tag of entry.tags) {
       const keys = this.keysByTag.get(tag);
       if (keys === undefined) continue;

@@ -25,6 +25,11 @@ export class KeySpace {
     return `${this.prefix}t:${tag}`;
   }
 
+  /** The fill lease of a generic key (a Mutex key: its value is the holder's token). */
+  lease(key: string): string {
+    return `${this.prefix}l:${key}`;
+  }
+
   /** Written once per namespace; missing after a reconnect means Redis lost its data. */
   get epoch(): string {
     return `${this.prefix}epoch`;
@@ -50,12 +55,16 @@ end
 `;
 
 /**
- * SET: compare-and-set checks, the write, the tag index and the Pub/Sub
- * announcement in one atomic step, so no write can go unannounced.
- * KEYS: entry, tag sets...  ARGV: data, ttl_ms, if_version, if_absent, channel, origin, key, tags...
- * Returns {status, version, expires_at}: status 1 written, -1 exists, -2 version mismatch.
+ * SET: lease and compare-and-set checks, the write, the tag index, the
+ * revocation of outstanding fill leases and the Pub/Sub announcement in one
+ * atomic step, so no write can go unannounced and no older fill can follow it.
+ * KEYS: entry, lease, tag sets...
+ * ARGV: data, ttl_ms, if_version, if_absent, channel, origin, key, lease_token, tags...
+ * Returns {status, version, expires_at}: status 1 written, -1 exists, -2 version mismatch, -3 stale lease.
  */
 const SET_SCRIPT = `${NEXT_VERSION}
+if ARGV[8] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[8] then return {-3, '0', '0'} end
+redis.call('DEL', KEYS[2])
 local current = redis.call('HGET', KEYS[1], 'v')
 if ARGV[4] == '1' and current then return {-1, current, '0'} end
 if ARGV[3] ~= '0' and current ~= ARGV[3] then return {-2, current or '0', '0'} end
@@ -64,13 +73,13 @@ local v = string.format('%.0f', version)
 local ttl = tonumber(ARGV[2])
 local expires = string.format('%.0f', now_ms + ttl)
 local tags = {}
-for i = 8, #ARGV do tags[#tags + 1] = ARGV[i] end
+for i = 9, #ARGV do tags[#tags + 1] = ARGV[i] end
 local tag_field = ''
 if #tags > 0 then tag_field = '${TAG_SEPARATOR}' .. table.concat(tags, '${TAG_SEPARATOR}') .. '${TAG_SEPARATOR}' end
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], 'v', v, 'd', ARGV[1], 'x', expires, 't', tag_field)
 redis.call('PEXPIRE', KEYS[1], ttl)
-for i = 2, #KEYS do
+for i = 3, #KEYS do
   redis.call('SADD', KEYS[i], ARGV[7])
   if redis.call('PTTL', KEYS[i]) < ttl then redis.call('PEXPIRE', KEYS[i], ttl) end
 end
@@ -79,8 +88,9 @@ return {1, v, expires}
 `;
 
 /**
- * DELETE: removes entries and announces them with a tombstone version each.
- * KEYS: entries...  ARGV: channel, origin, keys...
+ * DELETE: removes entries, revokes their fill leases, and announces them
+ * with a tombstone version each.
+ * KEYS: entries..., leases...  ARGV: channel, origin, keys...
  * Returns {existed_count, versions...}.
  */
 const DELETE_SCRIPT = `${NEXT_VERSION}
@@ -88,10 +98,11 @@ local existed = 0
 local versions = {}
 local keys = {}
 local now_ms = 0
-for i = 1, #KEYS do
+local n = #KEYS / 2
+for i = 1, n do
   local current = redis.call('HGET', KEYS[i], 'v')
   if current then existed = existed + 1 end
-  redis.call('DEL', KEYS[i])
+  redis.call('DEL', KEYS[i], KEYS[n + i])
   local version
   version, now_ms = next_version(current)
   versions[i] = string.format('%.0f', version)
@@ -142,6 +153,8 @@ export interface L2SetOptions {
   tags: readonly string[];
   ifVersion: number;
   ifAbsent: boolean;
+  /** A fill under this lease; '' for a plain write. */
+  leaseToken: string;
 }
 
 export interface L2Counters {
@@ -189,11 +202,13 @@ export class L2Store {
     });
   }
 
-  async set(key: string, value: Buffer, options: L2SetOptions): Promise<Entry> {
+  /** Throws E_CONFLICT for a failed condition; `staleLease` makes the error for a stale lease. */
+  async set(key: string, value: Buffer, options: L2SetOptions, staleLease: () => Error): Promise<Entry> {
     const encoded = this.codec.encode(value);
     const reply = await this.redis.ccSet(
-      1 + options.tags.length,
+      2 + options.tags.length,
       this.keys.entry(key),
+      this.keys.lease(key),
       ...options.tags.map((tag) => this.keys.tag(tag)),
       encoded.bytes,
       options.ttlMs,
@@ -202,10 +217,12 @@ export class L2Store {
       this.keys.channel,
       this.origin,
       key,
+      options.leaseToken,
       ...options.tags,
     );
     const status = Number(reply[0]);
     const version = Number(reply[1]);
+    if (status === -3) throw staleLease();
     if (status === -1) throw conflict(`key "${key}" exists (version ${version}); if_absent refused the write`);
     if (status === -2) {
       throw conflict(
@@ -219,7 +236,14 @@ export class L2Store {
 
   /** Returns how many existed and the tombstone version of each key. */
   async delete(keys: readonly string[]): Promise<{ existed: number; versions: number[] }> {
-    const reply = await this.redis.ccDelete(keys.length, ...keys.map((key) => this.keys.entry(key)), this.keys.channel, this.origin, ...keys);
+    const reply = await this.redis.ccDelete(
+      keys.length * 2,
+      ...keys.map((key) => this.keys.entry(key)),
+      ...keys.map((key) => this.keys.lease(key)),
+      this.keys.channel,
+      this.origin,
+      ...keys,
+    );
     return { existed: Number(reply[0]), versions: reply.slice(1).map(Number) };
   }
 

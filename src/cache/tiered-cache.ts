@@ -5,8 +5,13 @@ import type { Bus } from './bus';
 import type { CacheEvent, EventEnvelope, EventHub, ResyncReason } from './events';
 import { L1Cache, type Entry } from './l1';
 import type { L2Store } from './l2';
+import { LeaseManager, type LeaseGrant } from './leases';
+import type { Mutex } from '../redis/mutex';
 
 export type Tier = 'l1' | 'l2';
+
+/** L1 key of a generic entry; sessions live in the same L1 under another prefix. */
+export const lk = (key: string): string => `k:${key}`;
 /** `local`: only this sidecar's memory holds the write; `shared`: Redis and every sidecar do. */
 export type WriteScope = 'local' | 'shared';
 
@@ -21,6 +26,22 @@ export interface SetOptions {
   /** Compare-and-set on the current version (0: no condition). */
   ifVersion: number;
   ifAbsent: boolean;
+  /** A fill under a lease from a Get miss; '' for a plain write. */
+  leaseToken: string;
+}
+
+/** Asking for a lease on a miss: how long it lasts, and until when to wait for another caller's fill. */
+export interface LeaseRequest {
+  ttlMs: number;
+  waitUntil: number;
+}
+
+export interface LeasedRead {
+  read: ReadResult | undefined;
+  /** Granted to this caller on a miss. */
+  lease: LeaseGrant | undefined;
+  /** The value came from another caller's fill this call waited for. */
+  waited: boolean;
 }
 
 export interface WriteResult {
@@ -42,11 +63,12 @@ export class VersionClock {
   }
 }
 
-/** The shared tier, when Redis is configured: the store, its link and the bus. */
+/** The shared tier, when Redis is configured: the store, its link, the bus and the lease mutex. */
 export interface SharedTier {
   l2: L2Store;
   link: RedisLink;
   bus: Bus;
+  leaseMutex: Mutex;
 }
 
 /**
@@ -74,9 +96,11 @@ export interface TieredCacheCounters {
  */
 export class TieredCache {
   readonly counters: TieredCacheCounters = { l2Errors: 0, resyncs: 0, localWrites: 0, published: 0 };
-  private readonly versions = new VersionClock();
+  readonly leases: LeaseManager;
+  readonly versions = new VersionClock();
+  private readonly remoteAppliers: ((event: CacheEvent) => void)[] = [];
   /** Bumped on every flush; a read that began before a flush may not fill L1. */
-  private generation = 0;
+  private flushes = 0;
 
   constructor(
     readonly l1: L1Cache,
@@ -85,12 +109,18 @@ export class TieredCache {
     private readonly sidecarId: string,
     private readonly log: Logger,
   ) {
+    this.leases = new LeaseManager(() => (this.sharedUsable() ? this.shared!.leaseMutex : undefined), events);
     shared?.bus.on('events', (envelopes: EventEnvelope[]) => {
       for (const envelope of envelopes) this.applyRemote(envelope);
     });
     shared?.bus.on('subscribed', (restored: boolean) => {
       if (restored) this.resync('subscription-restored');
     });
+  }
+
+  /** Changes on every L1 flush: a read that began before a flush may not fill L1. */
+  get generation(): number {
+    return this.flushes;
   }
 
   get mode(): CoherenceMode {
@@ -103,19 +133,34 @@ export class TieredCache {
     return (await this.getMany([key]))[0];
   }
 
+  /** A read that, on a miss, grants a fill lease or waits for another caller's fill. */
+  async getOrLease(key: string, request: LeaseRequest): Promise<LeasedRead> {
+    const read = await this.get(key);
+    if (read !== undefined) return { read, lease: undefined, waited: false };
+    const outcome = await this.leases.onMiss(this.leaseKey(key), lk(key), request.ttlMs, request.waitUntil, () => this.get(key));
+    switch (outcome.kind) {
+      case 'filled':
+        return { read: outcome.value, lease: undefined, waited: true };
+      case 'lease':
+        return { read: undefined, lease: outcome.lease, waited: false };
+      case 'gave-up':
+        return { read: undefined, lease: undefined, waited: true };
+    }
+  }
+
   /** L1 first; the keys L1 cannot answer go to Redis in one round trip. */
   async getMany(keys: readonly string[]): Promise<(ReadResult | undefined)[]> {
     const mode = this.mode;
     const results: (ReadResult | undefined)[] = new Array(keys.length);
     const missing: number[] = [];
     keys.forEach((key, index) => {
-      const entry = mode === 'detached' ? undefined : this.l1.get(key);
+      const entry = mode === 'detached' ? undefined : this.l1.get(lk(key));
       if (entry !== undefined) results[index] = { entry, source: 'l1' };
       else missing.push(index);
     });
     if (missing.length === 0 || (mode !== 'coherent' && mode !== 'detached')) return results;
 
-    const generation = this.generation;
+    const generation = this.flushes;
     const missingKeys = missing.map((index) => keys[index]!);
     let entries: (Entry | undefined)[];
     try {
@@ -125,12 +170,12 @@ export class TieredCache {
       if (mode === 'detached') for (const index of missing) results[index] = this.l1Fallback(keys[index]!);
       return results;
     }
-    const fill = this.mode === 'coherent' && generation === this.generation;
+    const fill = this.mode === 'coherent' && generation === this.flushes;
     missing.forEach((index, position) => {
       const entry = entries[position];
       if (entry === undefined) return;
       results[index] = { entry, source: 'l2' };
-      if (fill) this.l1.set(keys[index]!, entry);
+      if (fill) this.l1.set(lk(keys[index]!), entry);
     });
     return results;
   }
@@ -138,9 +183,9 @@ export class TieredCache {
   async set(key: string, value: Buffer, options: SetOptions): Promise<WriteResult> {
     if (this.sharedUsable()) {
       try {
-        const entry = await this.shared!.l2.set(key, value, options);
+        const entry = await this.shared!.l2.set(key, value, options, () => this.leases.refused());
         this.counters.published++;
-        this.l1.set(key, entry);
+        this.l1.set(lk(key), entry);
         this.announce({ kind: 'key', key, change: 'set', version: entry.version, tags: entry.tags });
         return { entry, scope: 'shared' };
       } catch (error) {
@@ -158,7 +203,7 @@ export class TieredCache {
         const { existed, versions } = await this.shared!.l2.delete(unique);
         this.counters.published++;
         unique.forEach((key, index) => {
-          this.l1.invalidate(key, versions[index]!);
+          this.l1.invalidate(lk(key), versions[index]!);
           this.announce({ kind: 'key', key, change: 'deleted', version: versions[index]!, tags: [] });
         });
         return { deleted: existed, scope: 'shared' };
@@ -170,8 +215,9 @@ export class TieredCache {
     let deleted = 0;
     for (const key of unique) {
       const version = this.versions.next();
-      if (this.l1.peek(key) !== undefined) deleted++;
-      this.l1.invalidate(key, version);
+      this.leases.revokeLocal(this.leaseKey(key));
+      if (this.l1.peek(lk(key)) !== undefined) deleted++;
+      this.l1.invalidate(lk(key), version);
       this.announce({ kind: 'key', key, change: 'deleted', version, tags: [] });
     }
     return { deleted, scope: 'local' };
@@ -199,7 +245,7 @@ export class TieredCache {
    * Redis lost its data): drop L1 and tell every watcher to do the same.
    */
   resync(reason: ResyncReason): void {
-    this.generation++;
+    this.flushes++;
     this.counters.resyncs++;
     const dropped = this.l1.entries;
     this.l1.clear();
@@ -207,20 +253,29 @@ export class TieredCache {
     this.announce({ kind: 'resync', reason });
   }
 
+  /** Registers how another part (sessions) applies remote events to L1, before watchers hear of them. */
+  onRemoteEvent(apply: (event: CacheEvent) => void): void {
+    this.remoteAppliers.push(apply);
+  }
+
   /** Applies another sidecar's event to L1 and passes it on to watchers. */
   private applyRemote(envelope: EventEnvelope): void {
     const { event } = envelope;
-    if (event.kind === 'key') this.l1.invalidate(event.key, event.version);
+    if (event.kind === 'key') this.l1.invalidate(lk(event.key), event.version);
     else if (event.kind === 'tags') this.l1.invalidateTags(event.tags);
+    for (const apply of this.remoteAppliers) apply(event);
     this.events.emit(envelope);
   }
 
-  private announce(event: CacheEvent): void {
+  /** Tells this sidecar's watchers (and waiters) about a change made here. */
+  announce(event: CacheEvent): void {
     this.events.emit({ event, origin: this.sidecarId, time: Date.now() });
   }
 
   private setLocal(key: string, value: Buffer, options: SetOptions): WriteResult {
-    const current = this.l1.peek(key);
+    if (options.leaseToken !== '') this.leases.consumeLocal(this.leaseKey(key), options.leaseToken);
+    else this.leases.revokeLocal(this.leaseKey(key));
+    const current = this.l1.peek(lk(key));
     if (options.ifAbsent && current !== undefined) {
       throw conflict(`key "${key}" exists (version ${current.version}); if_absent refused the write`);
     }
@@ -233,22 +288,28 @@ export class TieredCache {
     }
     const now = Date.now();
     const entry: Entry = { value, version: this.versions.next(), tags: options.tags, expiresAt: now + options.ttlMs };
-    this.l1.set(key, entry, now);
+    this.l1.set(lk(key), entry, now);
     if (this.shared !== undefined) this.counters.localWrites++;
     this.announce({ kind: 'key', key, change: 'set', version: entry.version, tags: entry.tags });
     return { entry, scope: 'local' };
   }
 
+  private leaseKey(key: string): string {
+    return this.shared?.l2.keys.lease(key) ?? lk(key);
+  }
+
   private l1Fallback(key: string): ReadResult | undefined {
-    const entry = this.l1.get(key);
+    const entry = this.l1.get(lk(key));
     return entry === undefined ? undefined : { entry, source: 'l1' };
   }
 
-  private sharedUsable(): boolean {
+  /** Whether Redis can be used for this operation right now. */
+  sharedUsable(): boolean {
     return this.shared !== undefined && this.shared.link.connected;
   }
 
-  private l2Failed(error: unknown, operation: string): void {
+  /** Counts a failed Redis operation; a timeout marks the link down so later calls skip Redis. */
+  l2Failed(error: unknown, operation: string): void {
     this.counters.l2Errors++;
     const message = (error as Error).message ?? String(error);
     if (/timed? ?out/i.test(message)) this.shared?.link.reportTimeout();

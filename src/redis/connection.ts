@@ -59,7 +59,8 @@ export class RedisLink extends EventEmitter {
   private closed = false;
 
   constructor(
-    readonly role: 'commands' | 'subscriber',
+    /** `locks`: a lock master of CONTEXT_CACHE_LOCK_REDIS_URLS (the cache never uses it). */
+    readonly role: 'commands' | 'subscriber' | 'locks',
     config: RedisConfig,
     private readonly options: LinkOptions,
     private readonly log: Logger,
@@ -148,9 +149,10 @@ export class RedisLink extends EventEmitter {
     if (state === 'connected') {
       this.log.info({ link: this.role, ...(previous === 'down' ? { downForMs } : {}) }, previous === 'down' ? 'redis restored' : 'redis connected');
     } else if (state === 'down') {
+      const meanwhile = this.role === 'locks' ? 'locks need a majority of their masters' : 'serving from L1';
       this.log.warn(
         { link: this.role },
-        previous === 'connecting' ? 'redis unreachable; serving from L1 and retrying with backoff' : 'redis lost; serving from L1 and reconnecting with backoff',
+        previous === 'connecting' ? `redis unreachable; ${meanwhile} and retrying with backoff` : `redis lost; ${meanwhile} and reconnecting with backoff`,
       );
     }
     this.emit('state', state);

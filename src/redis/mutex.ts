@@ -76,7 +76,7 @@ export class Mutex {
       const lock = await this.redlock.extend(this.lockFor(key, token), ttlMs);
       return { token, expiresAt: lock.expiration };
     } catch (error) {
-      if (await isBusy(error)) throw notHeld(key);
+      if (await isRefuted(error)) throw notHeld(key);
       throw unavailable(error);
     }
   }
@@ -89,7 +89,7 @@ export class Mutex {
       const stats = await Promise.all(result.attempts);
       released = Math.max(0, ...stats.map((s) => s.votesFor.size));
     } catch (error) {
-      if (await isBusy(error)) throw notHeld(key);
+      if (await isRefuted(error)) throw notHeld(key);
       throw unavailable(error);
     }
     if (released === 0) throw notHeld(key);
@@ -101,12 +101,40 @@ export class Mutex {
   }
 }
 
-/** A failed quorum because the key is held (or holds another token), as opposed to Redis errors. */
+/**
+ * The votes of the last attempt behind a failed quorum: how many masters
+ * agreed, and how many answered no because of the key's content (held by
+ * another token, or not by this one) rather than failing. Undefined for
+ * anything else.
+ */
+async function votes(error: unknown): Promise<{ members: number; quorum: number; agreed: number; refused: number } | undefined> {
+  if (error instanceof ResourceLockedError) return { members: 1, quorum: 1, agreed: 0, refused: 1 };
+  if (!(error instanceof ExecutionError) || error.attempts.length === 0) return undefined;
+  const last = await error.attempts[error.attempts.length - 1]!;
+  const refused = [...last.votesAgainst.values()].filter((e) => e instanceof ResourceLockedError).length;
+  return { members: last.membershipSize, quorum: last.quorumSize, agreed: last.votesFor.size, refused };
+}
+
+/**
+ * A failed acquisition is "busy" when the masters that answered form a
+ * majority (so some of them hold the key for somebody else and a retry can
+ * succeed once it is free). With fewer answers nobody can decide: Redis is
+ * unavailable. On one master: busy exactly when it answered.
+ */
 async function isBusy(error: unknown): Promise<boolean> {
-  if (error instanceof ResourceLockedError) return true;
-  if (!(error instanceof ExecutionError)) return false;
-  const stats = await Promise.all(error.attempts);
-  return stats.some((s) => [...s.votesAgainst.values()].some((e) => e instanceof ResourceLockedError));
+  const v = await votes(error);
+  return v !== undefined && v.agreed + v.refused >= v.quorum;
+}
+
+/**
+ * A failed extension or release means "not held" only when so many masters
+ * refused the token that no majority can hold it, whatever the masters that
+ * did not answer would have said; otherwise the hold may still be valid and
+ * the failure is Redis being unavailable. On one master: when it refused.
+ */
+async function isRefuted(error: unknown): Promise<boolean> {
+  const v = await votes(error);
+  return v !== undefined && v.refused > v.members - v.quorum;
 }
 
 function notHeld(key: string): CacheError {

@@ -1,18 +1,20 @@
 import type { ServerWritableStream } from '@grpc/grpc-js';
 import type { EventHub } from '../cache/events';
 import type { Entry } from '../cache/l1';
+import type { LeaseGrant } from '../cache/leases';
 import type { ReadResult, Tier, TieredCache, WriteScope as CoreWriteScope } from '../cache/tiered-cache';
-import { unimplemented } from '../errors';
 import {
   Source,
   WriteScope,
   type ContextCacheServer,
   type EntryInfo,
   type GetManyResult,
+  type Lease,
   type WatchRequest,
   type WatchResponse,
 } from '../gen/contextcache/v1/context_cache';
 import type { CallTracker } from './calls';
+import type { ContextHandlers } from './context-handlers';
 import type { LockHandlers } from './lock-handlers';
 import type { StatsSource } from './stats';
 import type { RequestValidator } from './validation';
@@ -25,10 +27,11 @@ export interface ServiceDeps {
   stats: StatsSource;
   watch: { hub: EventHub; sidecarId: string; bufferLimit: number; counters: WatchCounters };
   locks: LockHandlers;
+  context: ContextHandlers;
 }
 
-const SOURCE: Record<Tier, Source> = { l1: Source.SOURCE_L1, l2: Source.SOURCE_L2 };
-const SCOPE: Record<CoreWriteScope, WriteScope> = { local: WriteScope.WRITE_SCOPE_LOCAL, shared: WriteScope.WRITE_SCOPE_SHARED };
+export const SOURCE: Record<Tier, Source> = { l1: Source.SOURCE_L1, l2: Source.SOURCE_L2 };
+export const SCOPE: Record<CoreWriteScope, WriteScope> = { local: WriteScope.WRITE_SCOPE_LOCAL, shared: WriteScope.WRITE_SCOPE_SHARED };
 
 export function entryInfo(entry: Entry, source: Tier | undefined, waitedForFill = false): EntryInfo {
   return {
@@ -41,6 +44,10 @@ export function entryInfo(entry: Entry, source: Tier | undefined, waitedForFill 
   };
 }
 
+export function leaseToProto(lease: LeaseGrant): Lease {
+  return { token: lease.token, expiresAt: new Date(lease.expiresAt) };
+}
+
 function manyResult(key: string, read: ReadResult | undefined): GetManyResult {
   if (read === undefined) return { key, found: false, value: Buffer.alloc(0), info: undefined };
   return { key, found: true, value: read.entry.value, info: entryInfo(read.entry, read.source) };
@@ -51,20 +58,21 @@ function manyResult(key: string, read: ReadResult | undefined): GetManyResult {
  * translates the request, delegates to the core, and translates the answer.
  * No caching logic lives here.
  */
-export function contextCacheService({ cache, validate, calls, stats, watch, locks }: ServiceDeps): ContextCacheServer {
-  const notYet = (method: string) => calls.unary<unknown, never>(method, () => Promise.reject(unimplemented(method)));
-
+export function contextCacheService({ cache, validate, calls, stats, watch, locks, context }: ServiceDeps): ContextCacheServer {
   return {
-    get: calls.unary('Get', async (request) => {
+    get: calls.unary('Get', async (request, call) => {
       const key = validate.key(request.key);
-      if (request.leaseOnMiss) throw unimplemented('Get with lease_on_miss');
-      const read = await cache.get(key);
-      if (read === undefined) return { found: false, value: Buffer.alloc(0), info: undefined, notModified: false, lease: undefined };
+      const { read, lease, waited } = request.leaseOnMiss
+        ? await cache.getOrLease(key, validate.leaseRequest(request.leaseTtl, request.leaseWait, call.getDeadline()))
+        : { read: await cache.get(key), lease: undefined, waited: false };
+      if (read === undefined) {
+        return { found: false, value: Buffer.alloc(0), info: undefined, notModified: false, lease: lease && leaseToProto(lease) };
+      }
       const notModified = request.ifVersionNot !== 0 && request.ifVersionNot === read.entry.version;
       return {
         found: true,
         value: notModified ? Buffer.alloc(0) : read.entry.value,
-        info: entryInfo(read.entry, read.source),
+        info: entryInfo(read.entry, read.source, waited),
         notModified,
         lease: undefined,
       };
@@ -81,8 +89,7 @@ export function contextCacheService({ cache, validate, calls, stats, watch, lock
       const value = validate.value(request.value);
       const ttlMs = validate.ttl(request.ttl);
       const tags = validate.tags(request.tags);
-      if (request.leaseToken !== '') throw unimplemented('Set with lease_token');
-      const written = await cache.set(key, value, { ttlMs, tags, ifVersion: request.ifVersion, ifAbsent: request.ifAbsent });
+      const written = await cache.set(key, value, { ttlMs, tags, ifVersion: request.ifVersion, ifAbsent: request.ifAbsent, leaseToken: request.leaseToken });
       return { info: entryInfo(written.entry, undefined), scope: SCOPE[written.scope] };
     }),
 
@@ -96,12 +103,7 @@ export function contextCacheService({ cache, validate, calls, stats, watch, lock
       return { localEntriesRemoved, scope: SCOPE[scope] };
     }),
 
-    getSessionNodes: notYet('GetSessionNodes'),
-    putSessionNodes: notYet('PutSessionNodes'),
-    appendNode: notYet('AppendNode'),
-    invalidateSession: notYet('InvalidateSession'),
-    resolveShortIds: notYet('ResolveShortIds'),
-    buildContext: notYet('BuildContext'),
+    ...context,
     ...locks,
     watch: calls.serverStream('Watch', (call: ServerWritableStream<WatchRequest, WatchResponse>) =>
       serveWatch(call, { ...watch, validate, subscribed: () => cache.mode === 'coherent' || cache.mode === 'l1-only' }),

@@ -78,7 +78,7 @@ export class SidecarStats implements StatsSource {
         resyncs: cache.counters.resyncs,
       },
       watch: { openStreams: events.size, eventsDelivered: watch.delivered, eventsDropped: watch.dropped },
-      leases: { granted: 0, waits: 0, staleFillsRefused: 0 },
+      leases: { ...cache.leases.counters },
       locks: { acquired: 0, busy: 0, held: 0 },
     };
   }

@@ -56,6 +56,20 @@ export class RequestValidator {
     return ms === 0 ? this.config.defaultTtlMs : ms;
   }
 
+  /**
+   * What a caller asks for with lease_on_miss: the lease's lifetime, and how
+   * long to wait for another caller's fill — bounded by the call's deadline
+   * and by the lease lifetime.
+   */
+  leaseRequest(leaseTtl: Duration | undefined, leaseWait: Duration | undefined, deadline: Date | number): { ttlMs: number; waitUntil: number } {
+    const ttlMs = this.duration(leaseTtl, 'lease_ttl', 600_000) || this.config.leaseTtlMs;
+    const waitMs = this.duration(leaseWait, 'lease_wait', 600_000) || ttlMs;
+    const deadlineMs = deadline instanceof Date ? deadline.getTime() : deadline;
+    // Leave a little of the deadline to answer in.
+    const callLimit = Number.isFinite(deadlineMs) ? deadlineMs - 20 : Infinity;
+    return { ttlMs, waitUntil: Math.min(Date.now() + waitMs, callLimit) };
+  }
+
   /** An optional duration in milliseconds, 0 when unset, within [0, maxMs]. */
   duration(duration: Duration | undefined, field: string, maxMs: number): number {
     const ms = durationMs(duration, field);

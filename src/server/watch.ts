@@ -1,5 +1,6 @@
 import type { ServerWritableStream } from '@grpc/grpc-js';
-import type { CacheEvent, EventEnvelope, EventHub, NodeRecord, ResyncReason } from '../cache/events';
+import type { CacheEvent, EventEnvelope, EventHub, ResyncReason } from '../cache/events';
+import type { NodeRecord } from '../context/node';
 import {
   KeyChange,
   ResyncReason as ProtoResyncReason,

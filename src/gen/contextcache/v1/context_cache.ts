@@ -755,7 +755,8 @@ export interface BuildContextRequest {
   sessionId: string;
   /**
    * When set, the conversation is the path from the root to this node (for
-   * a branching conversation); otherwise the whole session in order.
+   * a branching conversation); otherwise the whole session in order. A node
+   * that is not in the cached session: NOT_FOUND.
    */
   headNodeId: string;
   /** At most this many nodes in the result (0: no limit). */

@@ -1,0 +1,175 @@
+import { randomBytes } from 'node:crypto';
+import { CacheError } from '../errors';
+import type { Mutex } from '../redis/mutex';
+import type { EventEnvelope, EventHub } from './events';
+
+/** A fill lease granted to a caller after a miss. */
+export interface LeaseGrant {
+  token: string;
+  expiresAt: number;
+}
+
+export type MissOutcome<T> =
+  /** Another caller filled the key while this one waited. */
+  | { kind: 'filled'; value: T }
+  /** This caller holds the lease: load from the database, then fill with the token. */
+  | { kind: 'lease'; lease: LeaseGrant }
+  /** The wait ran out before a fill or a free lease: a plain miss. */
+  | { kind: 'gave-up' };
+
+export interface LeaseCounters {
+  granted: number;
+  waits: number;
+  staleFillsRefused: number;
+}
+
+/** Tokens of leases granted from memory (Redis unusable) carry this prefix, so Redis never accepts them. */
+const LOCAL_PREFIX = 'local.';
+const POLL_INTERVAL_MS = 50;
+
+/** The wake-up name of an L1 key's events: generic keys `k:…`, sessions `s:…`. */
+export function wakeKeyOf(envelope: EventEnvelope): string | undefined {
+  const { event } = envelope;
+  switch (event.kind) {
+    case 'key':
+      return `k:${event.key}`;
+    case 'session':
+      return `s:${event.sessionId}`;
+    case 'node':
+      return `s:${event.node.sessionId}`;
+    default:
+      return undefined;
+  }
+}
+
+/**
+ * Stampede protection for every miss path: at most one lease holder per key
+ * across all sidecars (through the shared Mutex on Redis); everybody else
+ * waits — woken by the fill's event, or by a short poll that notices a
+ * lapsed lease — and gets the filled value instead of going to the database.
+ * Writes revoke leases (in the same Lua step as the write), so a fill with a
+ * lease granted before a newer write is refused.
+ *
+ * Without a usable Redis the same protection holds within this sidecar,
+ * from an in-memory table.
+ */
+export class LeaseManager {
+  readonly counters: LeaseCounters = { granted: 0, waits: 0, staleFillsRefused: 0 };
+  private readonly sleepers = new Map<string, Set<() => void>>();
+  private readonly local = new Map<string, LeaseGrant>();
+
+  constructor(
+    /** The shared mutex when Redis is usable right now; undefined otherwise. */
+    private readonly shared: () => Mutex | undefined,
+    events: EventHub,
+  ) {
+    events.subscribe((envelope) => {
+      if (envelope.event.kind === 'resync') {
+        for (const key of [...this.sleepers.keys()]) this.wake(key);
+        return;
+      }
+      const key = wakeKeyOf(envelope);
+      if (key !== undefined) this.wake(key);
+    });
+  }
+
+  /**
+   * Handles a miss of `wakeKey` (an L1 key) whose lease lives at `leaseKey`
+   * in Redis: grant the lease, or wait until `waitUntil` (epoch ms) for
+   * somebody's fill, re-reading with `reread` whenever there may be news.
+   */
+  async onMiss<T>(leaseKey: string, wakeKey: string, ttlMs: number, waitUntil: number, reread: () => Promise<T | undefined>): Promise<MissOutcome<T>> {
+    let waited = false;
+    for (;;) {
+      const lease = await this.tryAcquire(leaseKey, ttlMs);
+      if (lease !== undefined) {
+        this.counters.granted++;
+        return { kind: 'lease', lease };
+      }
+      if (!waited) {
+        waited = true;
+        this.counters.waits++;
+      }
+      const remaining = waitUntil - Date.now();
+      if (remaining <= 0) return { kind: 'gave-up' };
+      await this.sleep(wakeKey, Math.min(remaining, POLL_INTERVAL_MS));
+      const value = await reread();
+      if (value !== undefined) return { kind: 'filled', value };
+    }
+  }
+
+  /** Whether a token is one this sidecar granted from memory. */
+  static isLocal(token: string): boolean {
+    return token.startsWith(LOCAL_PREFIX);
+  }
+
+  /**
+   * Consumes a memory-granted lease for a fill while Redis is unusable;
+   * a token that is not the current one is stale.
+   */
+  consumeLocal(leaseKey: string, token: string): void {
+    const held = this.local.get(leaseKey);
+    this.local.delete(leaseKey);
+    if (held === undefined || held.token !== token || held.expiresAt < Date.now()) {
+      this.counters.staleFillsRefused++;
+      throw staleLease();
+    }
+  }
+
+  /** A write landed: memory-granted leases of the key are void. */
+  revokeLocal(leaseKey: string): void {
+    this.local.delete(leaseKey);
+  }
+
+  refused(): CacheError {
+    this.counters.staleFillsRefused++;
+    return staleLease();
+  }
+
+  private async tryAcquire(leaseKey: string, ttlMs: number): Promise<LeaseGrant | undefined> {
+    const mutex = this.shared();
+    if (mutex !== undefined) {
+      try {
+        return await mutex.tryAcquire(leaseKey, ttlMs);
+      } catch (error) {
+        if (!(error instanceof CacheError) || error.code !== 'E_UNAVAILABLE') throw error;
+        // Redis went away between the check and the call: decide locally.
+      }
+    }
+    const now = Date.now();
+    const held = this.local.get(leaseKey);
+    if (held !== undefined && held.expiresAt > now) return undefined;
+    const lease = { token: LOCAL_PREFIX + randomBytes(12).toString('base64url'), expiresAt: now + ttlMs };
+    this.local.set(leaseKey, lease);
+    return lease;
+  }
+
+  private sleep(wakeKey: string, ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      let sleepers = this.sleepers.get(wakeKey);
+      if (sleepers === undefined) this.sleepers.set(wakeKey, (sleepers = new Set()));
+      const set = sleepers;
+      const done = () => {
+        clearTimeout(timer);
+        set.delete(done);
+        if (set.size === 0 && this.sleepers.get(wakeKey) === set) this.sleepers.delete(wakeKey);
+        resolve();
+      };
+      const timer = setTimeout(done, ms);
+      set.add(done);
+    });
+  }
+
+  private wake(wakeKey: string): void {
+    const sleepers = this.sleepers.get(wakeKey);
+    if (sleepers === undefined) return;
+    for (const done of [...sleepers]) done();
+  }
+}
+
+function staleLease(): CacheError {
+  return new CacheError(
+    'E_CONFLICT',
+    'the lease is stale: the key was written or invalidated after it was granted, or it expired and another caller took it; read again instead of filling',
+  );
+}
