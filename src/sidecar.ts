@@ -8,9 +8,11 @@ import { TieredCache, type SharedTier } from './cache/tiered-cache';
 import type { Config } from './config';
 import { ContextCacheService } from './gen/contextcache/v1/context_cache';
 import type { Logger } from './log';
-import { RedisLink, type LinkOptions } from './redis/connection';
+import { linkOptions, RedisLink } from './redis/connection';
 import { DataLossDetector } from './redis/data-loss';
 import { Mutex } from './redis/mutex';
+import { AdminServer } from './ops/admin-server';
+import { Metrics } from './ops/metrics';
 import { CallTracker } from './server/calls';
 import { contextCacheService } from './server/context-cache-service';
 import { contextHandlers } from './server/context-handlers';
@@ -38,22 +40,19 @@ class SharedParts implements SharedTier {
   readonly sessions: SessionRedis;
 
   constructor(config: Config, keys: KeySpace, codec: ValueCodec, sidecarId: string, log: Logger) {
-    const options: LinkOptions = {
-      commandTimeoutMs: config.redisCommandTimeoutMs,
-      connectTimeoutMs: Math.max(1000, config.redisCommandTimeoutMs * 2),
-      reconnectBaseMs: 100,
-      reconnectMaxMs: config.redisReconnectMaxMs,
-    };
+    const options = linkOptions(config);
     this.link = new RedisLink('commands', config.redis!, options, log);
     this.subscriber = new RedisLink('subscriber', config.redis!, options, log);
     this.l2 = new L2Store(this.link.client, keys, codec, sidecarId, (key, error) =>
       log.warn({ key, err: error.message }, 'unreadable value in Redis; deleted and treated as a miss'),
+      this.link.latency,
     );
     this.bus = new Bus(this.subscriber, keys.channel, sidecarId, log);
     this.dataLoss = new DataLossDetector(this.link, keys.epoch, log);
     this.leaseMutex = new Mutex([this.link.client], config.redis!.db);
     this.sessions = new SessionRedis(this.link.client, new SessionKeys(keys), codec, sidecarId, (sessionId, error) =>
       log.warn({ sessionId, err: error.message }, 'unreadable session in Redis; deleted and treated as a miss'),
+      this.link.latency,
     );
   }
 
@@ -81,6 +80,8 @@ export class Sidecar {
   readonly shared: SharedParts | undefined;
   readonly sessions: SessionStore;
   readonly watchCounters: WatchCounters = { delivered: 0, dropped: 0 };
+  readonly metrics: Metrics;
+  private readonly admin: AdminServer | undefined;
   private readonly calls: CallTracker;
   private readonly grpc: GrpcServer;
   private closing: Promise<void> | undefined;
@@ -109,6 +110,11 @@ export class Sidecar {
       events: this.events,
       watch: this.watchCounters,
     });
+    const health = () => this.grpc.healthStatuses();
+    this.metrics = new Metrics(() => stats.snapshot(), this.events, this.sidecarId, health);
+    this.calls.onCallEnd = (method, code, seconds) => this.metrics.rpcDuration.observe({ method, code: String(code) }, seconds);
+    if (this.shared) this.shared.link.latency.onSample = (us) => this.metrics.redisDuration.observe(us / 1e6);
+    this.admin = config.adminListen === undefined ? undefined : new AdminServer(config.adminListen, this.metrics, health, log);
     const validate = new RequestValidator(config);
     this.grpc.server.addService(
       ContextCacheService,
@@ -128,6 +134,12 @@ export class Sidecar {
   static async start(config: Config, log: Logger): Promise<Sidecar> {
     const sidecar = new Sidecar(config, log);
     sidecar.address = await sidecar.grpc.start();
+    try {
+      await sidecar.admin?.start();
+    } catch (error) {
+      await sidecar.grpc.stop(0);
+      throw error;
+    }
     sidecar.grpc.setHealth(HEALTH_SERVICE_OVERALL, 'SERVING');
     sidecar.grpc.setHealth(HEALTH_SERVICE_CACHE, 'SERVING');
     const { shared } = sidecar;
@@ -147,6 +159,7 @@ export class Sidecar {
       {
         address: sidecar.address,
         healthAddress: sidecar.grpc.healthAddress,
+        adminAddress: sidecar.admin?.address ?? 'off',
         namespace: config.namespace,
         sidecarId: sidecar.sidecarId,
         l1MaxBytes: config.l1MaxBytes,
@@ -164,6 +177,11 @@ export class Sidecar {
   get listenAddress(): string {
     if (this.address === undefined) throw new Error('Sidecar is not started');
     return this.address;
+  }
+
+  /** The HTTP admin address (with the real port), unless it is off. */
+  get adminAddress(): string | undefined {
+    return this.admin?.address;
   }
 
   /** The health-only address, when CONTEXT_CACHE_HEALTH_LISTEN is set. */
@@ -192,6 +210,7 @@ export class Sidecar {
     clearTimeout(timer);
     const remainingMs = Math.max(0, this.config.shutdownGraceMs - (Date.now() - started));
     await this.grpc.stop(remainingMs);
+    await this.admin?.close();
     await this.shared?.close();
     this.l1.clear();
     this.log.info({ tookMs: Date.now() - started }, 'shutdown complete');

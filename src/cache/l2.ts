@@ -1,6 +1,7 @@
 import type Redis from 'ioredis';
 import { conflict } from '../errors';
 import { CorruptValueError, type ValueCodec } from './codec';
+import type { LatencyWindow } from '../ops/latency';
 import type { Entry } from './l1';
 
 /**
@@ -28,6 +29,16 @@ export class KeySpace {
   /** The fill lease of a generic key (a Mutex key: its value is the holder's token). */
   lease(key: string): string {
     return `${this.prefix}l:${key}`;
+  }
+
+  /** A distributed lock (a Mutex key on every lock master: its value is the holder's token). */
+  lock(resource: string): string {
+    return `${this.prefix}lock:${resource}`;
+  }
+
+  /** The fencing counter of a lock's resource, on every lock master; kept without TTL. */
+  fence(resource: string): string {
+    return `${this.prefix}fence:${resource}`;
   }
 
   /** Written once per namespace; missing after a reconnect means Redis lost its data. */
@@ -177,6 +188,7 @@ export class L2Store {
     private readonly codec: ValueCodec,
     private readonly origin: string,
     private readonly onCorrupt: (key: string, error: CorruptValueError) => void,
+    private readonly latency: LatencyWindow,
   ) {
     redis.defineCommand('ccSet', { lua: SET_SCRIPT });
     redis.defineCommand('ccDelete', { lua: DELETE_SCRIPT });
@@ -193,7 +205,7 @@ export class L2Store {
   async getMany(keys: readonly string[]): Promise<(Entry | undefined)[]> {
     const pipeline = this.redis.pipeline();
     for (const key of keys) pipeline.hmgetBuffer(this.keys.entry(key), 'v', 'd', 'x', 't');
-    const replies = (await pipeline.exec()) ?? [];
+    const replies = (await this.latency.time(pipeline.exec())) ?? [];
     return keys.map((key, index) => {
       const [error, fields] = replies[index] ?? [new Error('no reply')];
       if (error && /^WRONGTYPE/.test(error.message)) return this.discard(key, new CorruptValueError('not a context-cache entry (wrong Redis type)'));
@@ -205,7 +217,7 @@ export class L2Store {
   /** Throws E_CONFLICT for a failed condition; `staleLease` makes the error for a stale lease. */
   async set(key: string, value: Buffer, options: L2SetOptions, staleLease: () => Error): Promise<Entry> {
     const encoded = this.codec.encode(value);
-    const reply = await this.redis.ccSet(
+    const reply = await this.latency.time(this.redis.ccSet(
       2 + options.tags.length,
       this.keys.entry(key),
       this.keys.lease(key),
@@ -219,7 +231,7 @@ export class L2Store {
       key,
       options.leaseToken,
       ...options.tags,
-    );
+    ));
     const status = Number(reply[0]);
     const version = Number(reply[1]);
     if (status === -3) throw staleLease();
@@ -236,19 +248,21 @@ export class L2Store {
 
   /** Returns how many existed and the tombstone version of each key. */
   async delete(keys: readonly string[]): Promise<{ existed: number; versions: number[] }> {
-    const reply = await this.redis.ccDelete(
-      keys.length * 2,
-      ...keys.map((key) => this.keys.entry(key)),
-      ...keys.map((key) => this.keys.lease(key)),
-      this.keys.channel,
-      this.origin,
-      ...keys,
+    const reply = await this.latency.time(
+      this.redis.ccDelete(
+        keys.length * 2,
+        ...keys.map((key) => this.keys.entry(key)),
+        ...keys.map((key) => this.keys.lease(key)),
+        this.keys.channel,
+        this.origin,
+        ...keys,
+      ),
     );
     return { existed: Number(reply[0]), versions: reply.slice(1).map(Number) };
   }
 
   async invalidateTags(tags: readonly string[]): Promise<number> {
-    return this.redis.ccInvalidateTags(tags.length, ...tags.map((tag) => this.keys.tag(tag)), this.keys.channel, this.origin, this.keys.prefix + 'e:', ...tags);
+    return this.latency.time(this.redis.ccInvalidateTags(tags.length, ...tags.map((tag) => this.keys.tag(tag)), this.keys.channel, this.origin, this.keys.prefix + 'e:', ...tags));
   }
 
   private parse(key: string, fields: (Buffer | null)[]): Entry | undefined {

@@ -1,6 +1,7 @@
 import type Redis from 'ioredis';
 import { CorruptValueError, type ValueCodec } from '../cache/codec';
 import type { KeySpace } from '../cache/l2';
+import type { LatencyWindow } from '../ops/latency';
 import type { NodeRecord } from './node';
 
 /**
@@ -160,6 +161,7 @@ export class SessionRedis {
     private readonly codec: ValueCodec,
     private readonly origin: string,
     private readonly onCorrupt: (sessionId: string, error: CorruptValueError) => void,
+    private readonly latency: LatencyWindow,
   ) {
     redis.defineCommand('ccSessionRead', { numberOfKeys: 2, lua: READ_SCRIPT, readOnly: true });
     redis.defineCommand('ccSessionPut', { numberOfKeys: 3, lua: PUT_SCRIPT });
@@ -173,7 +175,7 @@ export class SessionRedis {
   async getMany(sessionIds: readonly string[]): Promise<(StoredSession | undefined)[]> {
     const pipeline = this.redis.pipeline();
     for (const id of sessionIds) (pipeline as unknown as SessionScripts).ccSessionReadBuffer(this.keys.meta(id), this.keys.chunks(id));
-    const replies = (await pipeline.exec()) ?? [];
+    const replies = (await this.latency.time(pipeline.exec())) ?? [];
     return sessionIds.map((id, index) => {
       const [error, reply] = replies[index] ?? [new Error('no reply')];
       if (error) throw error;
@@ -183,7 +185,7 @@ export class SessionRedis {
 
   async put(sessionId: string, nodes: readonly NodeRecord[], ttlMs: number, leaseToken: string): Promise<{ version: number; expiresAt: number } | 'stale'> {
     const chunk = this.codec.encode(Buffer.from(JSON.stringify(nodes))).bytes;
-    const reply = await this.redis.ccSessionPut(
+    const reply = await this.latency.time(this.redis.ccSessionPut(
       this.keys.meta(sessionId),
       this.keys.chunks(sessionId),
       this.keys.lease(sessionId),
@@ -194,7 +196,7 @@ export class SessionRedis {
       this.origin,
       sessionId,
       nodes.length,
-    );
+    ));
     if (Number(reply[0]) === -3) return 'stale';
     return { version: Number(reply[1]), expiresAt: Number(reply[2]) };
   }
@@ -203,12 +205,16 @@ export class SessionRedis {
     const json = JSON.stringify(node);
     const chunk = this.codec.encode(Buffer.from(`[${json}]`)).bytes;
     const id = node.sessionId;
-    const reply = await this.redis.ccSessionAppend(this.keys.meta(id), this.keys.chunks(id), this.keys.lease(id), chunk, this.keys.channel, this.origin, id, json);
+    const reply = await this.latency.time(
+      this.redis.ccSessionAppend(this.keys.meta(id), this.keys.chunks(id), this.keys.lease(id), chunk, this.keys.channel, this.origin, id, json),
+    );
     return { appended: Number(reply[0]) === 1, version: Number(reply[1]), previousVersion: Number(reply[2]), expiresAt: Number(reply[3]) };
   }
 
   async invalidate(sessionId: string): Promise<{ existed: boolean; version: number }> {
-    const reply = await this.redis.ccSessionInvalidate(this.keys.meta(sessionId), this.keys.chunks(sessionId), this.keys.lease(sessionId), this.keys.channel, this.origin, sessionId);
+    const reply = await this.latency.time(
+      this.redis.ccSessionInvalidate(this.keys.meta(sessionId), this.keys.chunks(sessionId), this.keys.lease(sessionId), this.keys.channel, this.origin, sessionId),
+    );
     return { existed: Number(reply[0]) === 1, version: Number(reply[1]) };
   }
 

@@ -1,7 +1,8 @@
 import { EventEmitter } from 'node:events';
 import Redis, { type RedisOptions } from 'ioredis';
-import type { RedisConfig } from '../config';
+import type { Config, RedisConfig } from '../config';
 import type { Logger } from '../log';
+import { LatencyWindow } from '../ops/latency';
 
 export type LinkState = 'connecting' | 'connected' | 'down';
 
@@ -10,6 +11,16 @@ export interface LinkOptions {
   connectTimeoutMs: number;
   reconnectBaseMs: number;
   reconnectMaxMs: number;
+}
+
+/** The settings of every Redis connection the sidecar opens, from its configuration. */
+export function linkOptions(config: Pick<Config, 'redisCommandTimeoutMs' | 'redisReconnectMaxMs'>): LinkOptions {
+  return {
+    commandTimeoutMs: config.redisCommandTimeoutMs,
+    connectTimeoutMs: Math.max(1000, config.redisCommandTimeoutMs * 2),
+    reconnectBaseMs: 100,
+    reconnectMaxMs: config.redisReconnectMaxMs,
+  };
 }
 
 /**
@@ -54,6 +65,8 @@ export function redisOptions(config: RedisConfig, options: LinkOptions, role: st
  */
 export class RedisLink extends EventEmitter {
   readonly client: Redis;
+  /** Round trips of the commands sent over this link. */
+  readonly latency = new LatencyWindow();
   private currentState: LinkState = 'connecting';
   private since = Date.now();
   private closed = false;

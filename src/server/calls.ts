@@ -14,6 +14,9 @@ export class CallTracker {
   private readonly idleWaiters: (() => void)[] = [];
   private readonly streams = new Set<ServerWritableStream<unknown, unknown>>();
 
+  /** Told of every finished unary call (metrics). */
+  onCallEnd: ((method: string, code: number, seconds: number) => void) | undefined;
+
   constructor(private readonly log: Logger) {}
 
   get accepting(): boolean {
@@ -31,11 +34,20 @@ export class CallTracker {
         return;
       }
       this.inFlight++;
+      const started = process.hrtime.bigint();
+      const finish = (code: number) => this.onCallEnd?.(method, code, Number(process.hrtime.bigint() - started) / 1e9);
       Promise.resolve()
         .then(() => handler(call.request, call))
         .then(
-          (response) => callback(null, response),
-          (error: unknown) => callback(toServiceError(error, method, this.log)),
+          (response) => {
+            finish(0);
+            callback(null, response);
+          },
+          (error: unknown) => {
+            const status = toServiceError(error, method, this.log);
+            finish(status.code ?? 2);
+            callback(status);
+          },
         )
         .finally(() => this.done());
     };

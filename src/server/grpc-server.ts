@@ -64,6 +64,10 @@ export class GrpcServer {
   private boundAddress: string | undefined;
   private boundHealthAddress: string | undefined;
   private stopped = false;
+  private readonly statuses = new Map<string, ServingStatus>([
+    [HEALTH_SERVICE_OVERALL, 'NOT_SERVING'],
+    [HEALTH_SERVICE_CACHE, 'NOT_SERVING'],
+  ]);
 
   constructor(private readonly options: GrpcServerOptions) {
     this.server = new Server(serverOptions(options.maxMessageBytes));
@@ -88,7 +92,13 @@ export class GrpcServer {
   }
 
   setHealth(service: string, status: ServingStatus): void {
+    this.statuses.set(service, status);
     this.health.setStatus(service, status);
+  }
+
+  /** Every health service name and its status, for /healthz and metrics. */
+  healthStatuses(): Record<string, ServingStatus> {
+    return Object.fromEntries(this.statuses);
   }
 
   /** Stops accepting, lets calls finish within graceMs, then cuts what is left. Idempotent. */

@@ -21,6 +21,7 @@ export async function startSidecar(env: Record<string, string> = {}): Promise<Te
     CONTEXT_CACHE_LISTEN: '127.0.0.1:0',
     CONTEXT_CACHE_LOG_LEVEL: process.env.TEST_LOG_LEVEL ?? 'silent',
     CONTEXT_CACHE_SHUTDOWN_GRACE: '2s',
+    CONTEXT_CACHE_ADMIN_LISTEN: '127.0.0.1:0',
     ...env,
   });
   const sidecar = await Sidecar.start(config, createLogger(config.logLevel));

@@ -1,0 +1,97 @@
+import { createHash } from 'node:crypto';
+import type Redis from 'ioredis';
+import { CacheError, unavailable } from '../errors';
+
+/**
+ * SET if greater. KEYS[1]: the fence key. ARGV[1]: the candidate token.
+ * Returns 1 when the candidate was stored because it is greater than the
+ * stored value (a missing or unreadable value counts as 0), else 0.
+ */
+const ADVANCE_SCRIPT = `
+local current = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
+if tonumber(ARGV[1]) > current then
+  redis.call('SET', KEYS[1], ARGV[1])
+  return 1
+end
+return 0
+`;
+const ADVANCE_SHA = createHash('sha1').update(ADVANCE_SCRIPT).digest('hex');
+
+/**
+ * Fencing tokens for locks held through Redlock: one counter per resource on
+ * every lock master, no TTL.
+ *
+ * `next()` runs while the caller holds the resource's lock. It reads the
+ * counter from every master that answers (at least a majority must), takes
+ * the highest value plus one, and stores it with "SET if greater" on every
+ * master, succeeding when a majority stored it. Any two majorities share a
+ * master, so the next holder's read sees this token (or a higher one) and
+ * issues a greater one: tokens strictly increase in the order the lock was
+ * held, across all sidecars, even when a minority of masters is down or
+ * comes back empty.
+ *
+ * Two callers can only compute the same candidate when their holds overlap
+ * (a lock that lapsed during a pause); then each master stores the candidate
+ * for at most one of them, so at most one gets a majority, and the other
+ * fails with E_LOCK_BUSY. What it does not survive: a majority of masters
+ * losing the counters (restart without persistence, FLUSHALL, eviction of
+ * keys without TTL), after which tokens start again from 1.
+ */
+export class FencingCounter {
+  readonly quorum: number;
+
+  constructor(
+    private readonly clients: readonly Redis[],
+    /** Told about every failed command (by master index), e.g. to drop a link that timed out. */
+    private readonly onError: (index: number, error: Error) => void = () => undefined,
+  ) {
+    this.quorum = Math.floor(clients.length / 2) + 1;
+  }
+
+  /** The next token of the resource whose counter lives at `key`. */
+  async next(key: string): Promise<number> {
+    const reads = await Promise.allSettled(this.clients.map((client) => client.get(key)));
+    let answered = 0;
+    let highest = 0;
+    reads.forEach((read, index) => {
+      if (read.status === 'rejected') {
+        this.onError(index, asError(read.reason));
+        return;
+      }
+      answered++;
+      const value = read.value === null ? 0 : Number(read.value);
+      if (Number.isSafeInteger(value) && value > highest) highest = value;
+    });
+    if (answered < this.quorum) {
+      throw unavailable(`only ${answered} of ${this.clients.length} lock masters answered; a fencing token needs a majority (${this.quorum})`);
+    }
+
+    const candidate = highest + 1;
+    const writes = await Promise.allSettled(this.clients.map((client) => this.advance(client, key, candidate)));
+    let stored = 0;
+    let refused = 0;
+    writes.forEach((write, index) => {
+      if (write.status === 'rejected') this.onError(index, asError(write.reason));
+      else if (write.value === 1) stored++;
+      else refused++;
+    });
+    if (stored >= this.quorum) return candidate;
+    if (refused > this.clients.length - this.quorum) {
+      throw new CacheError('E_LOCK_BUSY', 'another holder took a fencing token of this resource at the same time (its lock and this one overlapped); try again');
+    }
+    throw unavailable(`only ${stored} of ${this.clients.length} lock masters stored the fencing token; it needs a majority (${this.quorum})`);
+  }
+
+  private async advance(client: Redis, key: string, candidate: number): Promise<number> {
+    try {
+      return Number(await client.evalsha(ADVANCE_SHA, 1, key, candidate));
+    } catch (error) {
+      if (!/NOSCRIPT/.test(asError(error).message)) throw error;
+      return Number(await client.eval(ADVANCE_SCRIPT, 1, key, candidate));
+    }
+  }
+}
+
+function asError(reason: unknown): Error {
+  return reason instanceof Error ? reason : new Error(String(reason));
+}
