@@ -6,6 +6,7 @@
  */
 export type CacheErrorCode =
   | 'E_INVALID_ARGUMENT'
+  | 'E_TOO_LARGE'
   | 'E_CONFLICT'
   | 'E_NOT_FOUND'
   | 'E_LOCK_NOT_HELD'
@@ -31,3 +32,4 @@ export const conflict = (message: string): CacheError => new CacheError('E_CONFL
 export const unavailable = (message: string): CacheError => new CacheError('E_UNAVAILABLE', message);
 export const unimplemented = (what: string): CacheError =>
   new CacheError('E_UNIMPLEMENTED', `${what} is not implemented by this sidecar version yet`);
+export const tooLarge = (message: string): CacheError => new CacheError('E_TOO_LARGE', message);

@@ -18,12 +18,13 @@ import { contextCacheService } from './server/context-cache-service';
 import { contextHandlers } from './server/context-handlers';
 import { SessionStore } from './context/session-store';
 import { SessionKeys, SessionRedis } from './context/session-redis';
+import { DistributedLocks } from './locks/distributed-locks';
 import { lockHandlers } from './server/lock-handlers';
 import { GrpcServer, HEALTH_SERVICE_CACHE, HEALTH_SERVICE_OVERALL } from './server/grpc-server';
 import { addReflection, REFLECTION_SERVICES, ReflectionIndex } from './server/reflection';
 import { SidecarStats } from './server/stats';
 import { RequestValidator } from './server/validation';
-import type { WatchCounters } from './server/watch';
+import { serializeWatchResponse, type WatchCounters } from './server/watch';
 
 /** Health names of the components; the overall service stays SERVING while they are down. */
 export const HEALTH_COMPONENT_REDIS = 'contextcache.v1.ContextCache/redis';
@@ -79,7 +80,9 @@ export class Sidecar {
   readonly codec: ValueCodec;
   readonly shared: SharedParts | undefined;
   readonly sessions: SessionStore;
-  readonly watchCounters: WatchCounters = { delivered: 0, dropped: 0 };
+  /** Distributed locks: on CONTEXT_CACHE_LOCK_REDIS_URLS, else on the main Redis link, else refused (L1-only). */
+  readonly locks: DistributedLocks;
+  readonly watchCounters: WatchCounters = { open: 0, delivered: 0, dropped: 0 };
   readonly metrics: Metrics;
   private readonly admin: AdminServer | undefined;
   private readonly calls: CallTracker;
@@ -97,6 +100,7 @@ export class Sidecar {
     this.shared = config.redis === undefined ? undefined : new SharedParts(config, keys, this.codec, this.sidecarId, log);
     this.cache = new TieredCache(this.l1, this.shared, this.events, this.sidecarId, log);
     this.shared?.dataLoss.on('data-lost', () => this.cache.resync('redis-data-lost'));
+    this.locks = DistributedLocks.create(config, this.shared?.link, keys, log);
     this.sessions = new SessionStore(this.cache, this.shared?.sessions, config.defaultTtlMs);
     this.calls = new CallTracker(log);
     this.grpc = new GrpcServer({ listen: config.listen, healthListen: config.healthListen, maxMessageBytes: config.maxMessageBytes });
@@ -107,8 +111,8 @@ export class Sidecar {
       cache: this.cache,
       codec: this.codec,
       shared: this.shared,
-      events: this.events,
       watch: this.watchCounters,
+      locks: this.locks,
     });
     const health = () => this.grpc.healthStatuses();
     this.metrics = new Metrics(() => stats.snapshot(), this.events, this.sidecarId, health);
@@ -117,14 +121,14 @@ export class Sidecar {
     this.admin = config.adminListen === undefined ? undefined : new AdminServer(config.adminListen, this.metrics, health, log);
     const validate = new RequestValidator(config);
     this.grpc.server.addService(
-      ContextCacheService,
+      { ...ContextCacheService, watch: { ...ContextCacheService.watch, responseSerialize: serializeWatchResponse } },
       contextCacheService({
         cache: this.cache,
         validate,
         calls: this.calls,
         stats,
         watch: { hub: this.events, sidecarId: this.sidecarId, bufferLimit: config.watchBuffer, counters: this.watchCounters },
-        locks: lockHandlers({ calls: this.calls }),
+        locks: lockHandlers({ calls: this.calls, locks: this.locks, validate, log }),
         context: contextHandlers({ sessions: this.sessions, validate, calls: this.calls, maxKeysPerCall: config.maxKeysPerCall }),
       }),
     );
@@ -155,6 +159,7 @@ export class Sidecar {
       shared.bus.on('unsubscribed', report);
       shared.start();
     }
+    sidecar.locks.start();
     log.info(
       {
         address: sidecar.address,
@@ -208,9 +213,13 @@ export class Sidecar {
     let timer: NodeJS.Timeout | undefined;
     await Promise.race([this.calls.idle(), new Promise<void>((resolve) => (timer = setTimeout(resolve, this.config.shutdownGraceMs)))]);
     clearTimeout(timer);
+    // Only streams can be left now (health watches, reflection); they got NOT_SERVING or
+    // UNAVAILABLE already, so they get a moment to close on their own, then are cut.
     const remainingMs = Math.max(0, this.config.shutdownGraceMs - (Date.now() - started));
-    await this.grpc.stop(remainingMs);
+    await this.grpc.stop(Math.min(remainingMs, 500));
     await this.admin?.close();
+    // Before the links close: releases the locks of HoldLock streams (ended above) and closes dedicated lock links.
+    await this.locks.close();
     await this.shared?.close();
     this.l1.clear();
     this.log.info({ tookMs: Date.now() - started }, 'shutdown complete');

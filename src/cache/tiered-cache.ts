@@ -1,4 +1,4 @@
-import { conflict, CacheError } from '../errors';
+import { conflict, CacheError, tooLarge } from '../errors';
 import type { Logger } from '../log';
 import type { RedisLink } from '../redis/connection';
 import type { Bus } from './bus';
@@ -288,7 +288,9 @@ export class TieredCache {
     }
     const now = Date.now();
     const entry: Entry = { value, version: this.versions.next(), tags: options.tags, expiresAt: now + options.ttlMs };
-    this.l1.set(lk(key), entry, now);
+    if (!this.l1.set(lk(key), entry, now)) {
+      throw tooLarge(`the value does not fit in this sidecar's memory tier (${this.l1.maxBytes} bytes) and Redis is not reachable, so it cannot be stored`);
+    }
     if (this.shared !== undefined) this.counters.localWrites++;
     this.announce({ kind: 'key', key, change: 'set', version: entry.version, tags: entry.tags });
     return { entry, scope: 'local' };

@@ -1,4 +1,3 @@
-import type { EventHub } from '../cache/events';
 import type { ValueCodec } from '../cache/codec';
 import type { L1Cache } from '../cache/l1';
 import type { SharedTier, TieredCache } from '../cache/tiered-cache';
@@ -33,8 +32,9 @@ export interface StatsParts {
   cache: TieredCache;
   codec: ValueCodec;
   shared: (SharedTier & { subscriber: { state: CoreLinkState; stateSince: number } }) | undefined;
-  events: EventHub;
   watch: WatchCounters;
+  /** Distributed locks (DistributedLocks.stats). */
+  locks: { stats(): NonNullable<GetStatsResponse['locks']> };
 }
 
 /** Assembles GetStats from the live counters of the sidecar's parts. */
@@ -44,7 +44,7 @@ export class SidecarStats implements StatsSource {
   constructor(private readonly parts: StatsParts) {}
 
   snapshot(): GetStatsResponse {
-    const { l1, cache, codec, shared, events, watch } = this.parts;
+    const { l1, cache, codec, shared, watch } = this.parts;
     const uptimeMs = Date.now() - this.startedAt;
     const disabledSince = new Date(this.startedAt);
     return {
@@ -77,9 +77,9 @@ export class SidecarStats implements StatsSource {
         messagesOut: cache.counters.published,
         resyncs: cache.counters.resyncs,
       },
-      watch: { openStreams: events.size, eventsDelivered: watch.delivered, eventsDropped: watch.dropped },
+      watch: { openStreams: watch.open, eventsDelivered: watch.delivered, eventsDropped: watch.dropped },
       leases: { ...cache.leases.counters },
-      locks: { acquired: 0, busy: 0, held: 0 },
+      locks: this.parts.locks.stats(),
     };
   }
 }

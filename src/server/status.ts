@@ -4,6 +4,7 @@ import type { Logger } from '../log';
 
 const STATUS_BY_CODE: Record<CacheErrorCode, status> = {
   E_INVALID_ARGUMENT: status.INVALID_ARGUMENT,
+  E_TOO_LARGE: status.RESOURCE_EXHAUSTED,
   E_CONFLICT: status.ABORTED,
   E_NOT_FOUND: status.NOT_FOUND,
   E_LOCK_NOT_HELD: status.FAILED_PRECONDITION,

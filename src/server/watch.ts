@@ -1,3 +1,4 @@
+import { BinaryWriter } from '@bufbuild/protobuf/wire';
 import type { ServerWritableStream } from '@grpc/grpc-js';
 import type { CacheEvent, EventEnvelope, EventHub, ResyncReason } from '../cache/events';
 import type { NodeRecord } from '../context/node';
@@ -6,8 +7,8 @@ import {
   ResyncReason as ProtoResyncReason,
   SessionChange,
   type Node,
+  WatchResponse,
   type WatchRequest,
-  type WatchResponse,
 } from '../gen/contextcache/v1/context_cache';
 import type { RequestValidator } from './validation';
 
@@ -78,7 +79,39 @@ function toEvent(event: CacheEvent): WatchResponse['event'] {
   }
 }
 
+/**
+ * One event goes to every matching stream; only the stream's sequence
+ * number differs. The rest is encoded once per event (a protobuf message
+ * may be split into concatenated fields), so fan-out to 1,000 streams costs
+ * 1,000 small copies, not 1,000 encodings.
+ */
+const encodedBodies = new WeakMap<EventEnvelope, Buffer>();
+
+function encodedBody(envelope: EventEnvelope): Buffer {
+  let body = encodedBodies.get(envelope);
+  if (body === undefined) {
+    body = Buffer.from(WatchResponse.encode({ sequence: 0, time: new Date(envelope.time), originSidecarId: envelope.origin, event: toEvent(envelope.event) }).finish());
+    encodedBodies.set(envelope, body);
+  }
+  return body;
+}
+
+/** Field 1 (sequence, varint) followed by an already encoded body. */
+export function frame(sequence: number, body: Buffer): Buffer {
+  const head = new BinaryWriter().uint32(8).uint64(sequence).finish();
+  return Buffer.concat([head, body], head.length + body.length);
+}
+
+/**
+ * Watch writes pre-encoded frames; other messages (started, overflow
+ * resyncs) are encoded as usual. Used in place of the generated serializer.
+ */
+export function serializeWatchResponse(value: WatchResponse | Buffer): Buffer {
+  return Buffer.isBuffer(value) ? value : Buffer.from(WatchResponse.encode(value).finish());
+}
+
 export interface WatchCounters {
+  open: number;
   delivered: number;
   dropped: number;
 }
@@ -105,6 +138,10 @@ export function serveWatch(
   const send = (origin: string, time: number, event: WatchResponse['event']) => {
     call.write({ sequence: ++sequence, time: new Date(time), originSidecarId: origin, event });
   };
+  const sendEncoded = (envelope: EventEnvelope) => {
+    // The service definition's serializer passes Buffers through (serializeWatchResponse).
+    (call as unknown as ServerWritableStream<WatchRequest, Buffer>).write(frame(++sequence, encodedBody(envelope)));
+  };
 
   const unsubscribe = deps.hub.subscribe((envelope: EventEnvelope) => {
     if (!filter.matches(envelope.event)) return;
@@ -120,9 +157,16 @@ export function serveWatch(
       return;
     }
     deps.counters.delivered++;
-    send(envelope.origin, envelope.time, toEvent(envelope.event));
+    sendEncoded(envelope);
   });
-  const end = () => unsubscribe();
+  deps.counters.open++;
+  let ended = false;
+  const end = () => {
+    if (ended) return;
+    ended = true;
+    deps.counters.open--;
+    unsubscribe();
+  };
   call.once('cancelled', end);
   call.once('close', end);
   call.once('finish', end);

@@ -163,7 +163,7 @@ describe('conversation context on two sidecars', () => {
   });
 
   it('rejects malformed nodes with INVALID_ARGUMENT', async () => {
-    const cases = [
+    const cases: [Parameters<typeof a.client.putSessionNodes>[0], RegExp][] = [
       [{ sessionId: 'bad', nodes: [node('bad', 0, { id: '' })] }, /nodes\[0\]\.id is empty/],
       [{ sessionId: 'bad', nodes: [node('bad', 0, { role: 99 as Role })] }, /nodes\[0\]\.role 99 is not a known value/],
       [{ sessionId: 'bad', nodes: [node('bad', 0, { role: Role.ROLE_UNSPECIFIED })] }, /nodes\[0\]\.role 0/],
@@ -171,7 +171,7 @@ describe('conversation context on two sidecars', () => {
       [{ sessionId: 'bad', nodes: [node('bad', 0, { shortId: 'has space' })] }, /short_id/],
       [{ sessionId: 'bad', nodes: [node('bad', 0, { refs: ['ok', '#'] })] }, /refs\[1\]/],
       [{ sessionId: '', nodes: [] }, /session_id is empty/],
-    ] as const;
+    ];
     for (const [request, message] of cases) {
       const error = await rejectionOf(a.client.putSessionNodes(request));
       expect(error.code, String(message)).toBe(status.INVALID_ARGUMENT);

@@ -7195,7 +7195,9 @@ export const GetStatsResponse: MessageFns<GetStatsResponse> = {
  *                       or an if_version that no longer matches. Re-read, then
  *                       retry.
  *   FAILED_PRECONDITION a lock token that is wrong or has expired.
- *   RESOURCE_EXHAUSTED  a whole message over the configured message size.
+ *   RESOURCE_EXHAUSTED  a whole message over the configured message size, or
+ *                       a value that fits neither in Redis (unreachable) nor
+ *                       in the sidecar's memory tier.
  *   UNAVAILABLE         the sidecar is shutting down, or an operation that
  *                       needs Redis (locks) was asked while Redis is away.
  *   DEADLINE_EXCEEDED   the caller's deadline passed (for example while

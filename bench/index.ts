@@ -1,0 +1,30 @@
+/**
+ * `npm run bench`: runs every benchmark module in turn and prints its
+ * report. Not part of `npm test`. Pass module names to run only those:
+ * `npm run bench -- l1-get`. BENCH_SCALE=0.1 shrinks every run.
+ */
+import { l1Get } from './l1-get';
+import { formatReport, type Bench } from './lib';
+
+const BENCHES: Bench[] = [l1Get];
+
+async function main(): Promise<void> {
+  const wanted = process.argv.slice(2);
+  const selected = wanted.length === 0 ? BENCHES : BENCHES.filter((bench) => wanted.includes(bench.name));
+  if (selected.length === 0) {
+    console.error(`no benchmark named ${wanted.join(', ')}; known: ${BENCHES.map((bench) => bench.name).join(', ')}`);
+    process.exitCode = 2;
+    return;
+  }
+  for (const bench of selected) {
+    const started = Date.now();
+    const report = await bench.run();
+    console.log(formatReport(report));
+    console.log(`(${bench.name} took ${((Date.now() - started) / 1000).toFixed(1)} s)\n`);
+  }
+}
+
+main().catch((error: unknown) => {
+  console.error(error);
+  process.exitCode = 1;
+});
