@@ -5,8 +5,9 @@
  */
 import { l1Get } from './l1-get';
 import { formatReport, type Bench } from './lib';
+import { locks } from './locks';
 
-const BENCHES: Bench[] = [l1Get];
+const BENCHES: Bench[] = [l1Get, locks];
 
 async function main(): Promise<void> {
   const wanted = process.argv.slice(2);

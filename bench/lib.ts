@@ -150,7 +150,7 @@ export function formatReport(report: BenchReport): string {
       fmt(r.throughput.callsPerSecond, 0),
     ]),
   );
-  return [`== ${report.title}`, table, ...report.notes].join('\n');
+  return [`== ${report.title}`, ...(report.results.length > 0 ? [table] : []), ...report.notes].join('\n');
 }
 
 /** A ratio "a / b" as text, e.g. "2.41x". */

@@ -24,7 +24,8 @@ import { GrpcServer, HEALTH_SERVICE_CACHE, HEALTH_SERVICE_OVERALL } from './serv
 import { addReflection, REFLECTION_SERVICES, ReflectionIndex } from './server/reflection';
 import { SidecarStats } from './server/stats';
 import { RequestValidator } from './server/validation';
-import { serializeWatchResponse, type WatchCounters } from './server/watch';
+import { WatchFanout, type WatchCounters } from './server/watch';
+import { acceptPreEncoded } from './server/encoding';
 
 /** Health names of the components; the overall service stays SERVING while they are down. */
 export const HEALTH_COMPONENT_REDIS = 'contextcache.v1.ContextCache/redis';
@@ -121,13 +122,19 @@ export class Sidecar {
     this.admin = config.adminListen === undefined ? undefined : new AdminServer(config.adminListen, this.metrics, health, log);
     const validate = new RequestValidator(config);
     this.grpc.server.addService(
-      { ...ContextCacheService, watch: { ...ContextCacheService.watch, responseSerialize: serializeWatchResponse } },
+      acceptPreEncoded(ContextCacheService, ['watch', 'buildContext', 'getSessionNodes']),
       contextCacheService({
         cache: this.cache,
         validate,
         calls: this.calls,
         stats,
-        watch: { hub: this.events, sidecarId: this.sidecarId, bufferLimit: config.watchBuffer, counters: this.watchCounters },
+        watch: new WatchFanout(this.events, {
+          validate,
+          sidecarId: this.sidecarId,
+          subscribed: () => this.cache.mode === 'coherent' || this.cache.mode === 'l1-only',
+          bufferLimit: config.watchBuffer,
+          counters: this.watchCounters,
+        }),
         locks: lockHandlers({ calls: this.calls, locks: this.locks, validate, log }),
         context: contextHandlers({ sessions: this.sessions, validate, calls: this.calls, maxKeysPerCall: config.maxKeysPerCall }),
       }),

@@ -38,6 +38,8 @@ export class ContextCacheClient {
     this.raw = new GeneratedClient(address, credentials.createInsecure(), {
       'grpc.keepalive_time_ms': 30_000,
       'grpc.keepalive_timeout_ms': 10_000,
+      // Contexts of hundreds of nodes are large responses: a 64 KiB HTTP/2 window would stall them.
+      'grpc-node.flow_control_window': 16 * 1024 * 1024,
       ...options,
     });
   }

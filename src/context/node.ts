@@ -16,9 +16,13 @@ export interface NodeRecord {
   refs: string[];
 }
 
-/** Rough memory of a decoded node: strings are UTF-16 in V8, plus object and map overhead. */
+/**
+ * Rough memory of a decoded node: strings are UTF-16 in V8, plus object and
+ * map overhead, plus its protobuf encoding once it has been served (about
+ * one byte per character again).
+ */
 export function nodeSize(node: NodeRecord): number {
-  let size = 240 + (node.id.length + node.shortId.length + node.sessionId.length + node.parentId.length + node.content.length) * 2;
+  let size = 300 + (node.id.length + node.shortId.length + node.sessionId.length + node.parentId.length) * 3 + node.content.length * 3;
   for (const [key, value] of Object.entries(node.metadata)) size += 64 + (key.length + value.length) * 2;
   for (const ref of node.refs) size += 32 + ref.length * 2;
   return size;

@@ -62,6 +62,8 @@ export class DistributedLocks {
   /** Operations in flight, so that close() can wait for them before closing connections. */
   private readonly pending = new Set<Promise<unknown>>();
   private readonly closing = new AbortController();
+  /** One per acquisition in flight: aborted by its caller's signal, or all at once by close(). */
+  private readonly waits = new Set<AbortController>();
   private closed: Promise<void> | undefined;
 
   /**
@@ -103,16 +105,19 @@ export class DistributedLocks {
     this.log.info({ masters: masters.describe, quorum: masters.fencing.quorum }, 'distributed locks use dedicated Redis masters');
   }
 
+  /** How many lock masters are connected right now (0 without Redis). */
+  get connectedMasters(): number {
+    return this.masters?.links.filter((link) => link.connected).length ?? 0;
+  }
+
   /** Whether enough masters are connected to grant a lock right now. */
   get ready(): boolean {
-    const masters = this.masters;
-    return masters !== undefined && masters.links.filter((link) => link.connected).length >= masters.fencing.quorum;
+    return this.masters !== undefined && this.connectedMasters >= this.masters.fencing.quorum;
   }
 
   /** GetStats' LockStats. `held`: granted here, not released here, and not expired as far as this sidecar knows. */
   stats(): { acquired: number; busy: number; held: number } {
-    const now = Date.now();
-    for (const [token, expiresAt] of this.granted) if (expiresAt <= now) this.granted.delete(token);
+    this.pruneGranted();
     return { ...this.counters, held: this.granted.size };
   }
 
@@ -167,6 +172,7 @@ export class DistributedLocks {
         release: (token) => this.releaseQuietly(masters, resource, token),
         done: (finished) => this.holds.delete(finished),
         track: (promise) => this.track(promise),
+        bug: (error) => this.log.error({ err: error }, 'a lock hold listener failed'),
       });
       this.holds.add(hold);
       return hold;
@@ -182,8 +188,12 @@ export class DistributedLocks {
   close(): Promise<void> {
     this.closed ??= (async () => {
       this.closing.abort();
+      for (const wait of this.waits) wait.abort();
+      const releaseHolds = () => Promise.all([...this.holds].map((hold) => hold.release()));
+      await releaseHolds();
+      // Acquisitions in flight end (releasing what they got); a hold granted just before the abort is released after.
       await this.settle();
-      await Promise.all([...this.holds].map((hold) => hold.release()));
+      await releaseHolds();
       await this.settle();
       if (this.masters?.owned) await Promise.all(this.masters.links.map((link) => link.close()));
     })();
@@ -191,7 +201,20 @@ export class DistributedLocks {
   }
 
   private async acquireOn(masters: Masters, resource: string, ttlMs: number, waitMs: number, signal: AbortSignal | undefined): Promise<LockGrant> {
-    const abort = signal === undefined ? this.closing.signal : AbortSignal.any([signal, this.closing.signal]);
+    const wait = new AbortController();
+    const forward = () => wait.abort();
+    if (signal?.aborted) wait.abort();
+    else signal?.addEventListener('abort', forward, { once: true });
+    this.waits.add(wait);
+    try {
+      return await this.acquireUntil(masters, resource, ttlMs, waitMs, wait.signal);
+    } finally {
+      this.waits.delete(wait);
+      signal?.removeEventListener('abort', forward);
+    }
+  }
+
+  private async acquireUntil(masters: Masters, resource: string, ttlMs: number, waitMs: number, abort: AbortSignal): Promise<LockGrant> {
     const key = this.keys.lock(resource);
     const giveUpAt = Date.now() + waitMs;
     for (;;) {
@@ -200,6 +223,10 @@ export class DistributedLocks {
         if (abort.aborted) throw this.abandoned();
         this.counters.busy++;
         throw busy(resource, waitMs);
+      }
+      if (abort.aborted) {
+        await this.releaseQuietly(masters, resource, hold.token);
+        throw this.abandoned();
       }
       let fence: number;
       try {
@@ -220,9 +247,16 @@ export class DistributedLocks {
         throw unavailable(`Redis took longer than the TTL (${ttlMs} ms) to grant the lock; it was released again. Use a longer ttl`);
       }
       this.counters.acquired++;
+      if (this.granted.size >= 10_000) this.pruneGranted();
       this.granted.set(hold.token, hold.expiresAt);
       return { resource, token: hold.token, fence, expiresAt: hold.expiresAt };
     }
+  }
+
+  /** Forgets locks that expired: callers that never release (relying on the TTL) must not grow the map. */
+  private pruneGranted(): void {
+    const now = Date.now();
+    for (const [token, expiresAt] of this.granted) if (expiresAt <= now) this.granted.delete(token);
   }
 
   private async releaseQuietly(masters: Masters, resource: string, token: string): Promise<void> {
@@ -289,6 +323,7 @@ export class Hold {
       release(token: string): Promise<void>;
       done(hold: Hold): void;
       track<T>(promise: Promise<T>): Promise<T>;
+      bug(error: unknown): void;
     },
   ) {}
 
@@ -313,7 +348,7 @@ export class Hold {
     this.released = this.owner.track(
       (async () => {
         // An extension in flight could land after the release; let it finish first.
-        await this.extending;
+        await this.extending?.catch(() => undefined);
         if (holding) await this.owner.release(this.current.token);
         this.owner.done(this);
       })(),
@@ -323,7 +358,7 @@ export class Hold {
 
   private schedule(delayMs: number): void {
     this.timer = setTimeout(() => {
-      this.extending = this.owner.track(this.extendOnce());
+      this.extending = this.owner.track(this.extendOnce().catch((error: unknown) => this.owner.bug(error)));
     }, delayMs);
   }
 

@@ -1,5 +1,4 @@
 import type { ServerWritableStream } from '@grpc/grpc-js';
-import type { EventHub } from '../cache/events';
 import type { Entry } from '../cache/l1';
 import type { LeaseGrant } from '../cache/leases';
 import type { ReadResult, Tier, TieredCache, WriteScope as CoreWriteScope } from '../cache/tiered-cache';
@@ -18,14 +17,14 @@ import type { ContextHandlers } from './context-handlers';
 import type { LockHandlers } from './lock-handlers';
 import type { StatsSource } from './stats';
 import type { RequestValidator } from './validation';
-import { serveWatch, type WatchCounters } from './watch';
+import type { WatchFanout } from './watch';
 
 export interface ServiceDeps {
   cache: TieredCache;
   validate: RequestValidator;
   calls: CallTracker;
   stats: StatsSource;
-  watch: { hub: EventHub; sidecarId: string; bufferLimit: number; counters: WatchCounters };
+  watch: WatchFanout;
   locks: LockHandlers;
   context: ContextHandlers;
 }
@@ -105,9 +104,7 @@ export function contextCacheService({ cache, validate, calls, stats, watch, lock
 
     ...context,
     ...locks,
-    watch: calls.serverStream('Watch', (call: ServerWritableStream<WatchRequest, WatchResponse>) =>
-      serveWatch(call, { ...watch, validate, subscribed: () => cache.mode === 'coherent' || cache.mode === 'l1-only' }),
-    ),
+    watch: calls.serverStream('Watch', (call: ServerWritableStream<WatchRequest, WatchResponse>) => watch.serve(call)),
 
     getStats: calls.unary('GetStats', () => stats.snapshot()),
   };

@@ -3,6 +3,8 @@ import { buildContext, type Inclusion } from '../context/build-context';
 import type { NodeRecord } from '../context/node';
 import { invalidArgument } from '../errors';
 import {
+  BuildContextResponse,
+  GetSessionNodesResponse,
   InclusionReason,
   Role,
   Source,
@@ -10,6 +12,7 @@ import {
   type EntryInfo,
   type Node,
 } from '../gen/contextcache/v1/context_cache';
+import { BinaryWriter, encodedNode, joinEncoded, writeNodes } from './encoding';
 import type { CallTracker } from './calls';
 import { leaseToProto, SCOPE, SOURCE } from './context-cache-service';
 import type { RequestValidator } from './validation';
@@ -110,7 +113,9 @@ export function contextHandlers(deps: { sessions: SessionStore; validate: Reques
         ? await sessions.getOrLease(sessionId, validate.leaseRequest(request.leaseTtl, request.leaseWait, call.getDeadline()))
         : { read: await sessions.get(sessionId), lease: undefined, waited: false };
       if (read === undefined) return { found: false, nodes: [], info: undefined, lease: lease && leaseToProto(lease) };
-      return { found: true, nodes: read.session.nodes.map(nodeToProto), info: sessionInfo(read, waited), lease: undefined };
+      // Pre-encoded: the service definition passes Buffers through (encoding.ts).
+      const head = GetSessionNodesResponse.encode({ found: true, nodes: [], info: sessionInfo(read, waited), lease: undefined }).finish();
+      return joinEncoded(head, writeNodes(new BinaryWriter(), 2, read.session.nodes)) as unknown as GetSessionNodesResponse;
     }),
 
     putSessionNodes: calls.unary('PutSessionNodes', async (request) => {
@@ -157,16 +162,25 @@ export function contextHandlers(deps: { sessions: SessionStore; validate: Reques
         extraRefs: check.shortIds(request.extraRefs, 'extra_refs', deps.maxKeysPerCall),
         maxRefDepth: request.maxRefDepth,
       });
-      return {
+      const head = BuildContextResponse.encode({
         sessionFound: built.sessionFound,
-        nodes: built.items.map((item) => ({ node: nodeToProto(item.node), reason: INCLUSION[item.reason], referencedBy: item.referencedBy })),
+        nodes: [],
         unresolvedShortIds: built.unresolvedShortIds,
         missingSessionIds: built.missingSessionIds,
         droppedNodes: built.droppedNodes,
         totalChars: built.totalChars,
         sessionVersion: built.sessionVersion,
         source: built.source === undefined ? Source.SOURCE_UNSPECIFIED : SOURCE[built.source],
-      };
+      }).finish();
+      // repeated ContextNode nodes = 2 { Node node = 1; InclusionReason reason = 2; string referenced_by = 3; }
+      const tail = new BinaryWriter();
+      for (const item of built.items) {
+        tail.uint32(18).fork().uint32(10).bytes(encodedNode(item.node)).uint32(16).int32(INCLUSION[item.reason]);
+        if (item.referencedBy !== '') tail.uint32(26).string(item.referencedBy);
+        tail.join();
+      }
+      // Pre-encoded: the service definition passes Buffers through (encoding.ts).
+      return joinEncoded(head, tail) as unknown as BuildContextResponse;
     }),
   };
 }

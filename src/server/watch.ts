@@ -102,75 +102,132 @@ export function frame(sequence: number, body: Buffer): Buffer {
   return Buffer.concat([head, body], head.length + body.length);
 }
 
-/**
- * Watch writes pre-encoded frames; other messages (started, overflow
- * resyncs) are encoded as usual. Used in place of the generated serializer.
- */
-export function serializeWatchResponse(value: WatchResponse | Buffer): Buffer {
-  return Buffer.isBuffer(value) ? value : Buffer.from(WatchResponse.encode(value).finish());
-}
-
 export interface WatchCounters {
   open: number;
   delivered: number;
   dropped: number;
 }
 
-/**
- * Serves one Watch stream. Events are written as they come; grpc-js buffers
- * what the client has not read yet. Past `bufferLimit` buffered messages the
- * stream stops buffering, counts what it drops, and once the client catches
- * up sends a single Resync (STREAM_OVERFLOW) so the app knows to revalidate:
- * one slow app cannot grow the sidecar's memory, and the stream survives.
- */
-export function serveWatch(
-  call: ServerWritableStream<WatchRequest, WatchResponse>,
-  deps: { hub: EventHub; validate: RequestValidator; sidecarId: string; subscribed: () => boolean; bufferLimit: number; counters: WatchCounters },
-): void {
-  const { request } = call;
-  const filter = new WatchFilter(
-    request.keyPrefixes.map((prefix, i) => deps.validate.key(prefix, `key_prefixes[${i}]`)),
-    request.tags.map((tag, i) => deps.validate.key(tag, `tags[${i}]`)),
-    request.sessionIds.map((id, i) => deps.validate.key(id, `session_ids[${i}]`)),
-  );
-  let sequence = 0;
-  let overflowed = false;
-  const send = (origin: string, time: number, event: WatchResponse['event']) => {
-    call.write({ sequence: ++sequence, time: new Date(time), originSidecarId: origin, event });
-  };
-  const sendEncoded = (envelope: EventEnvelope) => {
-    // The service definition's serializer passes Buffers through (serializeWatchResponse).
-    (call as unknown as ServerWritableStream<WatchRequest, Buffer>).write(frame(++sequence, encodedBody(envelope)));
-  };
+/** Deliveries per event-loop turn: a fan-out to many streams yields to I/O in between. */
+const DELIVERIES_PER_TURN = 128;
+/** Events waiting for fan-out beyond this are dropped for every stream (each then gets a Resync). */
+const MAX_PENDING_EVENTS = 10_000;
 
-  const unsubscribe = deps.hub.subscribe((envelope: EventEnvelope) => {
-    if (!filter.matches(envelope.event)) return;
-    if (overflowed || call.writableLength >= deps.bufferLimit) {
-      if (!overflowed) {
-        overflowed = true;
-        call.once('drain', () => {
-          overflowed = false;
-          send(deps.sidecarId, Date.now(), toEvent({ kind: 'resync', reason: 'stream-overflow' }));
-        });
-      }
-      deps.counters.dropped++;
+/** One open Watch stream. */
+class WatchStream {
+  private sequence = 0;
+  private overflowed = false;
+  ended = false;
+
+  constructor(
+    private readonly call: ServerWritableStream<WatchRequest, WatchResponse>,
+    readonly filter: WatchFilter,
+    private readonly sidecarId: string,
+    private readonly bufferLimit: number,
+    private readonly counters: WatchCounters,
+  ) {}
+
+  send(origin: string, time: number, event: WatchResponse['event']): void {
+    this.call.write({ sequence: ++this.sequence, time: new Date(time), originSidecarId: origin, event });
+  }
+
+  deliver(envelope: EventEnvelope): void {
+    if (this.ended) return;
+    if (this.overflowed || this.call.writableLength >= this.bufferLimit) {
+      this.overflow();
       return;
     }
-    deps.counters.delivered++;
-    sendEncoded(envelope);
-  });
-  deps.counters.open++;
-  let ended = false;
-  const end = () => {
-    if (ended) return;
-    ended = true;
-    deps.counters.open--;
-    unsubscribe();
-  };
-  call.once('cancelled', end);
-  call.once('close', end);
-  call.once('finish', end);
-  call.once('error', end);
+    this.counters.delivered++;
+    // Pre-encoded: the service definition passes Buffers through (encoding.ts).
+    (this.call as unknown as ServerWritableStream<WatchRequest, Buffer>).write(frame(++this.sequence, encodedBody(envelope)));
+  }
 
-  send(deps.sidecarId, Date.now(), { $case: 'started', value: { sidecarId: deps.sidecarId, subscribed: deps.subscribed() } });
+  /**
+   * Past its buffer the stream stops buffering and counts what it drops;
+   * once the client has caught up it gets one Resync (STREAM_OVERFLOW).
+   */
+  overflow(): void {
+    this.counters.dropped++;
+    if (this.overflowed) return;
+    this.overflowed = true;
+    const resume = () => {
+      this.overflowed = false;
+      if (!this.ended) this.send(this.sidecarId, Date.now(), toEvent({ kind: 'resync', reason: 'stream-overflow' }));
+    };
+    if (this.call.writableNeedDrain) this.call.once('drain', resume);
+    else setImmediate(resume);
+  }
+}
+
+/**
+ * Fan-out of events to Watch streams. Each event goes to the streams whose
+ * filter matches, in event order per stream, at most DELIVERIES_PER_TURN per
+ * event-loop turn, so a fan-out to 1,000 streams never stalls the other
+ * RPCs of this sidecar for its whole duration.
+ */
+export class WatchFanout {
+  private readonly streams = new Set<WatchStream>();
+  private readonly pending: { envelope: EventEnvelope; targets: WatchStream[]; next: number }[] = [];
+  private scheduled = false;
+
+  constructor(
+    hub: EventHub,
+    private readonly deps: { validate: RequestValidator; sidecarId: string; subscribed: () => boolean; bufferLimit: number; counters: WatchCounters },
+  ) {
+    hub.subscribe((envelope) => this.publish(envelope));
+  }
+
+  /** Serves one Watch call until it ends. */
+  serve(call: ServerWritableStream<WatchRequest, WatchResponse>): void {
+    const { request } = call;
+    const { validate, counters } = this.deps;
+    const filter = new WatchFilter(
+      request.keyPrefixes.map((prefix, i) => validate.key(prefix, `key_prefixes[${i}]`)),
+      request.tags.map((tag, i) => validate.key(tag, `tags[${i}]`)),
+      request.sessionIds.map((id, i) => validate.key(id, `session_ids[${i}]`)),
+    );
+    const stream = new WatchStream(call, filter, this.deps.sidecarId, this.deps.bufferLimit, counters);
+    this.streams.add(stream);
+    counters.open++;
+    const end = () => {
+      if (stream.ended) return;
+      stream.ended = true;
+      counters.open--;
+      this.streams.delete(stream);
+    };
+    call.once('cancelled', end);
+    call.once('close', end);
+    call.once('finish', end);
+    call.once('error', end);
+    stream.send(this.deps.sidecarId, Date.now(), { $case: 'started', value: { sidecarId: this.deps.sidecarId, subscribed: this.deps.subscribed() } });
+  }
+
+  private publish(envelope: EventEnvelope): void {
+    const targets: WatchStream[] = [];
+    for (const stream of this.streams) if (stream.filter.matches(envelope.event)) targets.push(stream);
+    if (targets.length === 0) return;
+    if (this.pending.length >= MAX_PENDING_EVENTS) {
+      for (const stream of targets) stream.overflow();
+      return;
+    }
+    this.pending.push({ envelope, targets, next: 0 });
+    if (!this.scheduled) this.drain();
+  }
+
+  private drain(): void {
+    this.scheduled = false;
+    let budget = DELIVERIES_PER_TURN;
+    while (budget > 0 && this.pending.length > 0) {
+      const job = this.pending[0]!;
+      while (budget > 0 && job.next < job.targets.length) {
+        job.targets[job.next++]!.deliver(job.envelope);
+        budget--;
+      }
+      if (job.next === job.targets.length) this.pending.shift();
+    }
+    if (this.pending.length > 0) {
+      this.scheduled = true;
+      setImmediate(() => this.drain());
+    }
+  }
 }

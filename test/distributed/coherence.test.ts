@@ -131,7 +131,9 @@ describe('three sidecars, compression, corrupt values and many watchers', () => 
   it('gives a slow watcher a STREAM_OVERFLOW resync instead of buffering without bound', async () => {
     const slow = await startSidecar({ REDIS_URL: redis.url, CONTEXT_CACHE_NAMESPACE: 'three', CONTEXT_CACHE_WATCH_BUFFER: '16' });
     await waitFor(() => slow.sidecar.cache.mode === 'coherent', 'slow sidecar subscribed');
-    const watcher = new WatchRecorder(slow.client.watch({ keyPrefixes: ['flood'] }));
+    // A client with the smallest HTTP/2 window, so that a paused reader pushes back quickly.
+    const reader = new ContextCacheClient(slow.address, { 'grpc-node.flow_control_window': 65_535 });
+    const watcher = new WatchRecorder(reader.watch({ keyPrefixes: ['flood'] }));
     await watcher.started();
     watcher.stream.call.pause();
     const payloadKey = 'flood:' + 'x'.repeat(900);
@@ -146,6 +148,7 @@ describe('three sidecars, compression, corrupt values and many watchers', () => 
     const later = await a.client.set({ key: 'flood:after', value: Buffer.from('v') });
     await watcher.waitFor((m) => m.event?.$case === 'keyInvalidated' && m.event.value.version === later.info?.version, 'a later event');
     watcher.cancel();
+    reader.close();
     await slow.close();
   });
 });

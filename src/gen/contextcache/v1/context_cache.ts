@@ -840,7 +840,10 @@ export interface AcquireLockResponse {
    * lower than the highest it has seen.
    */
   fencingToken: number;
-  /** When the lock lapses unless extended. */
+  /**
+   * When the lock lapses unless extended, on the sidecar's clock, with an
+   * allowance for clock drift between it and Redis already subtracted.
+   */
   expiresAt: Date | undefined;
 }
 
@@ -895,7 +898,10 @@ export interface HoldLockResponse {
     | undefined;
   /**
    * True in the last message when the lock was lost (an extension failed);
-   * the stream then ends with UNAVAILABLE or FAILED_PRECONDITION.
+   * the stream then ends with FAILED_PRECONDITION (the token no longer
+   * holds the lock) or UNAVAILABLE (Redis stayed unreachable until a third
+   * of the TTL was left; the lock may still lapse only at expires_at, so
+   * stop the protected work at once).
    */
   lost: boolean;
 }
@@ -1107,8 +1113,9 @@ export interface LockStats {
   /** Acquisitions that gave up because the lock stayed busy. */
   busy: number;
   /**
-   * Locks acquired through this sidecar and not yet released (some may
-   * have expired).
+   * Locks acquired through this sidecar, not released through it, and not
+   * past the expiry this sidecar last saw (a lock extended or released
+   * through another sidecar may be counted wrongly until then).
    */
   held: number;
 }
@@ -7193,7 +7200,8 @@ export const GetStatsResponse: MessageFns<GetStatsResponse> = {
  *                       normal response with found = false, not an error).
  *   ABORTED             an optimistic-concurrency check failed: a stale lease
  *                       or an if_version that no longer matches. Re-read, then
- *                       retry.
+ *                       retry. Also: a lock still held by another holder
+ *                       after wait_timeout (AcquireLock, HoldLock).
  *   FAILED_PRECONDITION a lock token that is wrong or has expired.
  *   RESOURCE_EXHAUSTED  a whole message over the configured message size, or
  *                       a value that fits neither in Redis (unreachable) nor
@@ -7364,8 +7372,10 @@ export const ContextCacheService = {
   /**
    * AcquireLock takes a distributed lock (Redlock) and returns a fencing
    * token that strictly increases per resource across all sidecars. Busy
-   * after wait_timeout: ABORTED. Redis unavailable: UNAVAILABLE (a lock is
-   * never granted from memory alone).
+   * after wait_timeout: ABORTED; when the call's deadline cut the wait
+   * short: DEADLINE_EXCEEDED. Redis unavailable (or too few of the lock
+   * masters answering to decide): UNAVAILABLE (a lock is never granted from
+   * memory alone, not even by an L1-only sidecar).
    */
   acquireLock: {
     path: "/contextcache.v1.ContextCache/AcquireLock" as const,
@@ -7404,10 +7414,13 @@ export const ContextCacheService = {
   },
   /**
    * HoldLock acquires a lock and keeps it for as long as this stream stays
-   * open, extending it in the background. The first message carries the
-   * tokens; the lock is released when the client closes or cancels the
-   * stream, or its connection dies, so a crashed application does not hold
-   * the lock until the TTL runs out.
+   * open, extending it in the background every third of the TTL (each
+   * extension is one more message). The first message carries the tokens;
+   * the lock is released when the client closes or cancels the stream, its
+   * deadline passes or its connection dies, so a crashed application does
+   * not hold the lock until the TTL runs out. A sidecar that shuts down ends
+   * the stream with UNAVAILABLE and releases the lock. Refusals (busy,
+   * Redis unavailable, invalid request) end the stream before any message.
    */
   holdLock: {
     path: "/contextcache.v1.ContextCache/HoldLock" as const,
@@ -7504,8 +7517,10 @@ export interface ContextCacheServer extends UntypedServiceImplementation {
   /**
    * AcquireLock takes a distributed lock (Redlock) and returns a fencing
    * token that strictly increases per resource across all sidecars. Busy
-   * after wait_timeout: ABORTED. Redis unavailable: UNAVAILABLE (a lock is
-   * never granted from memory alone).
+   * after wait_timeout: ABORTED; when the call's deadline cut the wait
+   * short: DEADLINE_EXCEEDED. Redis unavailable (or too few of the lock
+   * masters answering to decide): UNAVAILABLE (a lock is never granted from
+   * memory alone, not even by an L1-only sidecar).
    */
   acquireLock: handleUnaryCall<AcquireLockRequest, AcquireLockResponse>;
   /**
@@ -7520,10 +7535,13 @@ export interface ContextCacheServer extends UntypedServiceImplementation {
   releaseLock: handleUnaryCall<ReleaseLockRequest, ReleaseLockResponse>;
   /**
    * HoldLock acquires a lock and keeps it for as long as this stream stays
-   * open, extending it in the background. The first message carries the
-   * tokens; the lock is released when the client closes or cancels the
-   * stream, or its connection dies, so a crashed application does not hold
-   * the lock until the TTL runs out.
+   * open, extending it in the background every third of the TTL (each
+   * extension is one more message). The first message carries the tokens;
+   * the lock is released when the client closes or cancels the stream, its
+   * deadline passes or its connection dies, so a crashed application does
+   * not hold the lock until the TTL runs out. A sidecar that shuts down ends
+   * the stream with UNAVAILABLE and releases the lock. Refusals (busy,
+   * Redis unavailable, invalid request) end the stream before any message.
    */
   holdLock: handleServerStreamingCall<HoldLockRequest, HoldLockResponse>;
   /**
@@ -7744,8 +7762,10 @@ export interface ContextCacheClient extends Client {
   /**
    * AcquireLock takes a distributed lock (Redlock) and returns a fencing
    * token that strictly increases per resource across all sidecars. Busy
-   * after wait_timeout: ABORTED. Redis unavailable: UNAVAILABLE (a lock is
-   * never granted from memory alone).
+   * after wait_timeout: ABORTED; when the call's deadline cut the wait
+   * short: DEADLINE_EXCEEDED. Redis unavailable (or too few of the lock
+   * masters answering to decide): UNAVAILABLE (a lock is never granted from
+   * memory alone, not even by an L1-only sidecar).
    */
   acquireLock(
     request: AcquireLockRequest,
@@ -7802,10 +7822,13 @@ export interface ContextCacheClient extends Client {
   ): ClientUnaryCall;
   /**
    * HoldLock acquires a lock and keeps it for as long as this stream stays
-   * open, extending it in the background. The first message carries the
-   * tokens; the lock is released when the client closes or cancels the
-   * stream, or its connection dies, so a crashed application does not hold
-   * the lock until the TTL runs out.
+   * open, extending it in the background every third of the TTL (each
+   * extension is one more message). The first message carries the tokens;
+   * the lock is released when the client closes or cancels the stream, its
+   * deadline passes or its connection dies, so a crashed application does
+   * not hold the lock until the TTL runs out. A sidecar that shuts down ends
+   * the stream with UNAVAILABLE and releases the lock. Refusals (busy,
+   * Redis unavailable, invalid request) end the stream before any message.
    */
   holdLock(request: HoldLockRequest, options?: Partial<CallOptions>): ClientReadableStream<HoldLockResponse>;
   holdLock(

@@ -1,0 +1,143 @@
+/**
+ * BuildContext for a 200-node session with 10 cross-session references, from
+ * L1 and from L2, next to the same context assembled directly against Redis
+ * by the obvious client-side approach (sessions as Redis lists of JSON
+ * nodes, a hash for the short-ID index), in the same run; then 2,000 nodes to
+ * show how the cost grows.
+ */
+import Redis from 'ioredis';
+import { Source, type ContextCacheClient, type DeepPartial, type Node } from '../src/client';
+import type { NodeRecord } from '../src/context/node';
+import { chatSession, englishParagraphs } from './compression';
+import { startBenchSidecar, scaled } from './harness';
+import { measureLatency, ratio, startBenchRedis, type Bench, type BenchReport, type LatencyStats } from './lib';
+
+const REFS = 10;
+
+function toProto(node: NodeRecord): DeepPartial<Node> {
+  return { ...node, createdAt: new Date(node.createdAt) };
+}
+
+interface Fixture {
+  main: NodeRecord[];
+  refSessions: NodeRecord[][];
+}
+
+/** A main session whose last nodes reference one node in each of REFS other sessions. */
+function fixture(name: string, nodes: number, paragraphs: string[], offset: number): Fixture {
+  const refSessions = Array.from({ length: REFS }, (_, r) => chatSession(`${name}r${r}`, 20, paragraphs, offset + r * 31));
+  const main = chatSession(name, nodes, paragraphs, offset);
+  refSessions.forEach((session, r) => {
+    const target = session[r % session.length]!;
+    const citing = main[main.length - 1 - r * 3]!;
+    citing.refs = [target.shortId];
+  });
+  for (const node of main) if (node.refs.some((ref) => ref.startsWith('ref'))) node.refs = [];
+  return { main, refSessions };
+}
+
+async function load(client: ContextCacheClient, direct: Redis, f: Fixture): Promise<void> {
+  for (const session of [f.main, ...f.refSessions]) {
+    const sessionId = session[0]!.sessionId;
+    await client.putSessionNodes({ sessionId, nodes: session.map(toProto) });
+    const pipeline = direct.pipeline();
+    pipeline.del(`direct:s:${sessionId}`);
+    pipeline.rpush(`direct:s:${sessionId}`, ...session.map((node) => JSON.stringify(node)));
+    for (const node of session) pipeline.hset('direct:shortids', node.shortId, sessionId);
+    await pipeline.exec();
+  }
+}
+
+/**
+ * The obvious client-side assembly: read the session list, parse it, collect
+ * the refs, look their sessions up in the short-ID hash, read those sessions,
+ * pick the nodes, and put references first.
+ */
+async function assembleDirectly(redis: Redis, sessionId: string): Promise<number> {
+  const nodes = (await redis.lrange(`direct:s:${sessionId}`, 0, -1)).map((json) => JSON.parse(json) as NodeRecord);
+  const own = new Set(nodes.map((node) => node.shortId));
+  const refs = [...new Set(nodes.flatMap((node) => node.refs))].filter((ref) => !own.has(ref));
+  if (refs.length === 0) return nodes.length;
+  const owners = await redis.hmget('direct:shortids', ...refs);
+  const sessions = [...new Set(owners.filter((owner): owner is string => owner !== null))];
+  const pipeline = redis.pipeline();
+  for (const owner of sessions) pipeline.lrange(`direct:s:${owner}`, 0, -1);
+  const lists = (await pipeline.exec()) ?? [];
+  const wanted = new Set(refs);
+  const referenced: NodeRecord[] = [];
+  for (const [, list] of lists) {
+    for (const json of list as string[]) {
+      const node = JSON.parse(json) as NodeRecord;
+      if (wanted.has(node.shortId)) referenced.push(node);
+    }
+  }
+  referenced.sort((a, b) => a.createdAt - b.createdAt);
+  return referenced.length + nodes.length;
+}
+
+export const context: Bench = {
+  name: 'context',
+  async run(): Promise<BenchReport> {
+    const redis = await startBenchRedis();
+    const env = { REDIS_URL: redis.url, CONTEXT_CACHE_NAMESPACE: 'bench-ctx', CONTEXT_CACHE_L1_MAX_BYTES: '1GiB' };
+    const a = await startBenchSidecar(env);
+    const b = await startBenchSidecar(env);
+    const direct = new Redis(redis.url, { lazyConnect: true });
+    await direct.connect();
+    const paragraphs = englishParagraphs();
+    try {
+      const results: { name: string; latency: LatencyStats }[] = [];
+      const notes: string[] = [];
+      for (const [nodes, coldSessions, iterations] of [
+        [200, scaled(300, 40), scaled(3000)],
+        [2000, scaled(30, 10), scaled(300)],
+      ] as const) {
+        // Warm: one session, read on A again and again (L1 after the first call).
+        const hot = fixture(`hot${nodes}`, nodes, paragraphs, 0);
+        await load(a.client, direct, hot);
+        const request = { sessionId: hot.main[0]!.sessionId, includeRefs: true };
+        const check = await a.client.buildContext(request);
+        if (check.nodes.length !== nodes + REFS) throw new Error(`expected ${nodes + REFS} nodes, got ${check.nodes.length}`);
+        const l1 = await measureLatency(() => a.client.buildContext(request), { warmup: Math.min(200, iterations), iterations });
+
+        // Cold: many sessions B has never seen, one BuildContext each (main and referenced sessions from Redis).
+        const warmup = 10;
+        const cold = Array.from({ length: coldSessions + warmup }, (_, i) => fixture(`cold${nodes}x${i}`, nodes, paragraphs, (i + 1) * 53));
+        for (const f of cold) await load(a.client, direct, f);
+        let next = 0;
+        const l2 = await measureLatency(
+          async () => {
+            const built = await b.client.buildContext({ sessionId: cold[next++]!.main[0]!.sessionId, includeRefs: true });
+            if (built.source !== Source.SOURCE_L2 || built.nodes.length !== nodes + REFS) throw new Error('expected a full context from L2');
+          },
+          { warmup, iterations: coldSessions },
+        );
+        const directStats = await measureLatency(() => assembleDirectly(direct, hot.main[0]!.sessionId), { warmup: Math.min(200, iterations), iterations });
+        results.push(
+          { name: `BuildContext ${nodes} nodes + ${REFS} refs, L1`, latency: l1 },
+          { name: `BuildContext ${nodes} nodes + ${REFS} refs, L2`, latency: l2 },
+          { name: `direct Redis assembly, ${nodes} nodes`, latency: directStats },
+        );
+        notes.push(
+          `${nodes} nodes: L1 p50 ${(l1.p50Us / 1000).toFixed(2)} ms / p99 ${(l1.p99Us / 1000).toFixed(2)} ms; ` +
+            `L2 p50 ${(l2.p50Us / 1000).toFixed(2)} ms / p99 ${(l2.p99Us / 1000).toFixed(2)} ms; ` +
+            `direct p50 ${(directStats.p50Us / 1000).toFixed(2)} ms. L1/direct p50 ${ratio(l1.p50Us, directStats.p50Us)}, L2/direct p50 ${ratio(l2.p50Us, directStats.p50Us)}`,
+        );
+      }
+      notes.push(
+        'The sidecar figures include the gRPC round trip and decoding every node on the client; the direct figure is ioredis in this process, without gRPC.',
+        `Redis: ${redis.describe}.`,
+      );
+      return {
+        title: 'BuildContext: a session plus 10 cross-session references, sidecar (L1, L2) vs direct Redis assembly',
+        results: results.map((r) => ({ ...r, throughput: { calls: 0, concurrency: 1, seconds: 0, callsPerSecond: Number.NaN } })),
+        notes,
+      };
+    } finally {
+      direct.disconnect();
+      await a.close();
+      await b.close();
+      await redis.stop();
+    }
+  },
+};
