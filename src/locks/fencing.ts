@@ -33,9 +33,13 @@ const ADVANCE_SHA = createHash('sha1').update(ADVANCE_SCRIPT).digest('hex');
  * Two callers can only compute the same candidate when their holds overlap
  * (a lock that lapsed during a pause); then each master stores the candidate
  * for at most one of them, so at most one gets a majority, and the other
- * fails with E_LOCK_BUSY. What it does not survive: a majority of masters
- * losing the counters (restart without persistence, FLUSHALL, eviction of
- * keys without TTL), after which tokens start again from 1.
+ * fails with E_LOCK_BUSY.
+ *
+ * A token is also never lower than the wall clock in microseconds, so a
+ * majority of masters losing the counters (restart without persistence,
+ * FLUSHALL, eviction of keys without TTL) does not send tokens back to 1:
+ * they continue from the clock, above every token issued before the loss
+ * unless a sidecar's clock ran ahead of the others by more than the outage.
  */
 export class FencingCounter {
   readonly quorum: number;
@@ -66,7 +70,7 @@ export class FencingCounter {
       throw unavailable(`only ${answered} of ${this.clients.length} lock masters answered; a fencing token needs a majority (${this.quorum})`);
     }
 
-    const candidate = highest + 1;
+    const candidate = Math.max(highest + 1, Date.now() * 1000);
     const writes = await Promise.allSettled(this.clients.map((client) => this.advance(client, key, candidate)));
     let stored = 0;
     let refused = 0;

@@ -85,6 +85,8 @@ describe('locks when Redis goes away', () => {
     await waitFor(() => sc.sidecar.locks.ready, 'the sidecar reconnected', 5000);
     const again = await sc.client.acquireLock({ resource: 'held', ttl: ms(1000) });
     expect(again.token).not.toBe(held.token);
+    // Redis came back empty, counters and all: fencing tokens still do not go back.
+    expect(again.fencingToken).toBeGreaterThan(held.fencingToken);
     await sc.client.releaseLock({ resource: 'held', token: again.token });
   });
 });

@@ -107,7 +107,7 @@ describe('locks on a quorum of three Redis masters', () => {
     await waitFor(() => a.sidecar.locks.connectedMasters === 2 && b.sidecar.locks.connectedMasters === 2, 'both sidecars to notice');
 
     const after = await acquireFence(b.client);
-    expect(after.fencingToken).toBe(before.fencingToken + 1);
+    expect(after.fencingToken).toBeGreaterThan(before.fencingToken);
     // The write-back reached the empty master too, so it now knows the counter.
     expect(Number(String(await masters[0]!.command('GET', FENCE_KEY)))).toBe(after.fencingToken);
     await acquireFence(a.client);
