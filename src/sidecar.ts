@@ -30,6 +30,8 @@ import { acceptPreEncoded } from './server/encoding';
 /** Health names of the components; the overall service stays SERVING while they are down. */
 export const HEALTH_COMPONENT_REDIS = 'contextcache.v1.ContextCache/redis';
 export const HEALTH_COMPONENT_PUBSUB = 'contextcache.v1.ContextCache/pubsub';
+/** SERVING while a majority of the lock masters is connected. */
+export const HEALTH_COMPONENT_LOCKS = 'contextcache.v1.ContextCache/locks';
 
 /** The Redis side of a sidecar: two connections, the L2 store, the bus. */
 class SharedParts implements SharedTier {
@@ -165,6 +167,13 @@ export class Sidecar {
       shared.bus.on('subscribed', report);
       shared.bus.on('unsubscribed', report);
       shared.start();
+    }
+    if (sidecar.locks.configured) {
+      const reportLocks = () => {
+        if (!sidecar.closing) sidecar.grpc.setHealth(HEALTH_COMPONENT_LOCKS, sidecar.locks.ready ? 'SERVING' : 'NOT_SERVING');
+      };
+      reportLocks();
+      sidecar.locks.onStateChange(reportLocks);
     }
     sidecar.locks.start();
     log.info(

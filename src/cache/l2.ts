@@ -2,6 +2,7 @@ import type Redis from 'ioredis';
 import { conflict } from '../errors';
 import { CorruptValueError, type ValueCodec } from './codec';
 import type { LatencyWindow } from '../ops/latency';
+import { NEXT_VERSION_LUA } from '../redis/lua';
 import type { Entry } from './l1';
 
 /**
@@ -50,20 +51,6 @@ export class KeySpace {
 /** Separates tags in the stored tag field; tags may not contain it (validated at the edge). */
 export const TAG_SEPARATOR = '\x1f';
 
-/**
- * Shared Lua: the version of a write is Redis's clock in microseconds, bumped
- * past the key's previous version, so versions of a key grow across all
- * sidecars without a shared counter (and without a cross-slot key).
- */
-const NEXT_VERSION = `
-local function next_version(current)
-  local t = redis.call('TIME')
-  local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-  local prev = tonumber(current or '0') or 0
-  if prev >= now then now = prev + 1 end
-  return now, tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-`;
 
 /**
  * SET: lease and compare-and-set checks, the write, the tag index, the
@@ -73,14 +60,13 @@ end
  * ARGV: data, ttl_ms, if_version, if_absent, channel, origin, key, lease_token, tags...
  * Returns {status, version, expires_at}: status 1 written, -1 exists, -2 version mismatch, -3 stale lease.
  */
-const SET_SCRIPT = `${NEXT_VERSION}
+const SET_SCRIPT = `${NEXT_VERSION_LUA}
 if ARGV[8] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[8] then return {-3, '0', '0'} end
 redis.call('DEL', KEYS[2])
 local current = redis.call('HGET', KEYS[1], 'v')
 if ARGV[4] == '1' and current then return {-1, current, '0'} end
 if ARGV[3] ~= '0' and current ~= ARGV[3] then return {-2, current or '0', '0'} end
-local version, now_ms = next_version(current)
-local v = string.format('%.0f', version)
+local v, now_ms = next_version(current)
 local ttl = tonumber(ARGV[2])
 local expires = string.format('%.0f', now_ms + ttl)
 local tags = {}
@@ -104,7 +90,7 @@ return {1, v, expires}
  * KEYS: entries..., leases...  ARGV: channel, origin, keys...
  * Returns {existed_count, versions...}.
  */
-const DELETE_SCRIPT = `${NEXT_VERSION}
+const DELETE_SCRIPT = `${NEXT_VERSION_LUA}
 local existed = 0
 local versions = {}
 local keys = {}
@@ -114,9 +100,7 @@ for i = 1, n do
   local current = redis.call('HGET', KEYS[i], 'v')
   if current then existed = existed + 1 end
   redis.call('DEL', KEYS[i], KEYS[n + i])
-  local version
-  version, now_ms = next_version(current)
-  versions[i] = string.format('%.0f', version)
+  versions[i], now_ms = next_version(current)
   keys[i] = ARGV[i + 2]
 end
 redis.call('PUBLISH', ARGV[1], cjson.encode({o = ARGV[2], t = string.format('%.0f', now_ms), e = 'k', c = 'del', k = keys, v = versions}))

@@ -9,6 +9,21 @@ export interface LeaseGrant {
   expiresAt: number;
 }
 
+/** Asking for a lease on a miss: how long it lasts, and until when (epoch ms) to wait for another caller's fill. */
+export interface LeaseRequest {
+  ttlMs: number;
+  waitUntil: number;
+}
+
+/** A read with lease_on_miss: the value, or the lease, or neither (gave up waiting). */
+export interface LeasedRead<T> {
+  read: T | undefined;
+  /** Granted to this caller on a miss. */
+  lease: LeaseGrant | undefined;
+  /** The call waited for another caller's fill (and got it, or gave up). */
+  waited: boolean;
+}
+
 export type MissOutcome<T> =
   /** Another caller filled the key while this one waited. */
   | { kind: 'filled'; value: T }
@@ -98,6 +113,21 @@ export class LeaseManager {
     }
   }
 
+  /** Reads; on a miss, takes the lease or waits for another caller's fill (see onMiss). */
+  async readOrLease<T>(read: () => Promise<T | undefined>, leaseKey: string, wakeKey: string, request: LeaseRequest): Promise<LeasedRead<T>> {
+    const value = await read();
+    if (value !== undefined) return { read: value, lease: undefined, waited: false };
+    const outcome = await this.onMiss(leaseKey, wakeKey, request.ttlMs, request.waitUntil, read);
+    switch (outcome.kind) {
+      case 'filled':
+        return { read: outcome.value, lease: undefined, waited: true };
+      case 'lease':
+        return { read: undefined, lease: outcome.lease, waited: false };
+      case 'gave-up':
+        return { read: undefined, lease: undefined, waited: true };
+    }
+  }
+
   /** Whether a token is one this sidecar granted from memory. */
   static isLocal(token: string): boolean {
     return token.startsWith(LOCAL_PREFIX);
@@ -130,7 +160,9 @@ export class LeaseManager {
     const mutex = this.shared();
     if (mutex !== undefined) {
       try {
-        return await mutex.tryAcquire(leaseKey, ttlMs);
+        const hold = await mutex.tryAcquire(leaseKey, ttlMs);
+        // A grant that took longer than the lease itself (a stalled event loop) is worth nothing.
+        return hold !== undefined && hold.expiresAt > Date.now() ? hold : undefined;
       } catch (error) {
         if (!(error instanceof CacheError) || error.code !== 'E_UNAVAILABLE') throw error;
         // Redis went away between the check and the call: decide locally.

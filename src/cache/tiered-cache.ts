@@ -5,7 +5,7 @@ import type { Bus } from './bus';
 import type { CacheEvent, EventEnvelope, EventHub, ResyncReason } from './events';
 import { L1Cache, type Entry } from './l1';
 import type { L2Store } from './l2';
-import { LeaseManager, type LeaseGrant } from './leases';
+import { LeaseManager, type LeasedRead, type LeaseRequest } from './leases';
 import type { Mutex } from '../redis/mutex';
 
 export type Tier = 'l1' | 'l2';
@@ -28,20 +28,6 @@ export interface SetOptions {
   ifAbsent: boolean;
   /** A fill under a lease from a Get miss; '' for a plain write. */
   leaseToken: string;
-}
-
-/** Asking for a lease on a miss: how long it lasts, and until when to wait for another caller's fill. */
-export interface LeaseRequest {
-  ttlMs: number;
-  waitUntil: number;
-}
-
-export interface LeasedRead {
-  read: ReadResult | undefined;
-  /** Granted to this caller on a miss. */
-  lease: LeaseGrant | undefined;
-  /** The value came from another caller's fill this call waited for. */
-  waited: boolean;
 }
 
 export interface WriteResult {
@@ -134,18 +120,8 @@ export class TieredCache {
   }
 
   /** A read that, on a miss, grants a fill lease or waits for another caller's fill. */
-  async getOrLease(key: string, request: LeaseRequest): Promise<LeasedRead> {
-    const read = await this.get(key);
-    if (read !== undefined) return { read, lease: undefined, waited: false };
-    const outcome = await this.leases.onMiss(this.leaseKey(key), lk(key), request.ttlMs, request.waitUntil, () => this.get(key));
-    switch (outcome.kind) {
-      case 'filled':
-        return { read: outcome.value, lease: undefined, waited: true };
-      case 'lease':
-        return { read: undefined, lease: outcome.lease, waited: false };
-      case 'gave-up':
-        return { read: undefined, lease: undefined, waited: true };
-    }
+  getOrLease(key: string, request: LeaseRequest): Promise<LeasedRead<ReadResult>> {
+    return this.leases.readOrLease(() => this.get(key), this.leaseKey(key), lk(key), request);
   }
 
   /** L1 first; the keys L1 cannot answer go to Redis in one round trip. */

@@ -2,6 +2,7 @@ import type Redis from 'ioredis';
 import { CorruptValueError, type ValueCodec } from '../cache/codec';
 import type { KeySpace } from '../cache/l2';
 import type { LatencyWindow } from '../ops/latency';
+import { NEXT_VERSION_LUA } from '../redis/lua';
 import type { NodeRecord } from './node';
 
 /**
@@ -38,15 +39,6 @@ export class SessionKeys {
   }
 }
 
-const NEXT_VERSION = `
-local function next_version(current)
-  local t = redis.call('TIME')
-  local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-  local prev = tonumber(current or '0') or 0
-  if prev >= now then now = prev + 1 end
-  return string.format('%.0f', now), tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-`;
 
 /** KEYS: meta, chunks. Returns {} for a miss, else {version, expires_at, chunk...}. */
 const READ_SCRIPT = `
@@ -63,7 +55,7 @@ return result
  * KEYS: meta, chunks, lease.  ARGV: chunk, ttl_ms, lease_token, channel, origin, sid, count.
  * Returns {status, version, expires_at}: 1 stored, -3 stale lease.
  */
-const PUT_SCRIPT = `${NEXT_VERSION}
+const PUT_SCRIPT = `${NEXT_VERSION_LUA}
 if ARGV[3] ~= '' and redis.call('GET', KEYS[3]) ~= ARGV[3] then return {-3, '0', '0'} end
 local version, now_ms = next_version(redis.call('HGET', KEYS[1], 'v'))
 local ttl = tonumber(ARGV[2])
@@ -86,7 +78,7 @@ return {1, version, expires}
  * KEYS: meta, chunks, lease.  ARGV: chunk, channel, origin, sid, node_json.
  * Returns {appended, version, previous_version, expires_at}.
  */
-const APPEND_SCRIPT = `${NEXT_VERSION}
+const APPEND_SCRIPT = `${NEXT_VERSION_LUA}
 redis.call('DEL', KEYS[3])
 local meta = redis.call('HMGET', KEYS[1], 'v', 'x')
 local previous = meta[1]
@@ -107,7 +99,7 @@ return {appended, version, previous or '0', meta[2] or '0'}
  * KEYS: meta, chunks, lease.  ARGV: channel, origin, sid.
  * Returns {existed, version}.
  */
-const INVALIDATE_SCRIPT = `${NEXT_VERSION}
+const INVALIDATE_SCRIPT = `${NEXT_VERSION_LUA}
 local previous = redis.call('HGET', KEYS[1], 'v')
 redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
 local version, now_ms = next_version(previous)

@@ -1,8 +1,8 @@
 import { LRUCache } from 'lru-cache';
 import type { CacheEvent } from '../cache/events';
 import type { Entry } from '../cache/l1';
-import type { LeaseGrant } from '../cache/leases';
-import type { LeaseRequest, Tier, TieredCache, WriteScope } from '../cache/tiered-cache';
+import type { LeasedRead, LeaseRequest } from '../cache/leases';
+import type { Tier, TieredCache, WriteScope } from '../cache/tiered-cache';
 import { CacheError } from '../errors';
 import type { NodeRecord } from './node';
 import { appendToSession, buildSession, sessionL1Key, type SessionState } from './session';
@@ -13,12 +13,6 @@ export interface SessionRead {
   version: number;
   expiresAt: number;
   source: Tier;
-}
-
-export interface LeasedSessionRead {
-  read: SessionRead | undefined;
-  lease: LeaseGrant | undefined;
-  waited: boolean;
 }
 
 export interface ShortIdResolution {
@@ -83,18 +77,8 @@ export class SessionStore {
   }
 
   /** A read that, on a miss, grants a fill lease or waits for another caller's fill. */
-  async getOrLease(sessionId: string, request: LeaseRequest): Promise<LeasedSessionRead> {
-    const read = await this.get(sessionId);
-    if (read !== undefined) return { read, lease: undefined, waited: false };
-    const outcome = await this.cache.leases.onMiss(this.leaseKey(sessionId), sessionL1Key(sessionId), request.ttlMs, request.waitUntil, () => this.get(sessionId));
-    switch (outcome.kind) {
-      case 'filled':
-        return { read: outcome.value, lease: undefined, waited: true };
-      case 'lease':
-        return { read: undefined, lease: outcome.lease, waited: false };
-      case 'gave-up':
-        return { read: undefined, lease: undefined, waited: true };
-    }
+  getOrLease(sessionId: string, request: LeaseRequest): Promise<LeasedRead<SessionRead>> {
+    return this.cache.leases.readOrLease(() => this.get(sessionId), this.leaseKey(sessionId), sessionL1Key(sessionId), request);
   }
 
   /** The cache-aside fill after the app loaded the session from its database. */

@@ -105,6 +105,16 @@ export class DistributedLocks {
     this.log.info({ masters: masters.describe, quorum: masters.fencing.quorum }, 'distributed locks use dedicated Redis masters');
   }
 
+  /** Whether locks are configured at all (not L1-only). */
+  get configured(): boolean {
+    return this.masters !== undefined;
+  }
+
+  /** Calls `listener` whenever a lock master's connection changes state. */
+  onStateChange(listener: () => void): void {
+    for (const link of this.masters?.links ?? []) link.on('state', listener);
+  }
+
   /** How many lock masters are connected right now (0 without Redis). */
   get connectedMasters(): number {
     return this.masters?.links.filter((link) => link.connected).length ?? 0;

@@ -1,6 +1,6 @@
 import { afterAll, afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { ResyncReason, Source, WriteScope } from '../../src/client';
-import { HEALTH_COMPONENT_PUBSUB, HEALTH_COMPONENT_REDIS } from '../../src/sidecar';
+import { HEALTH_COMPONENT_LOCKS, HEALTH_COMPONENT_PUBSUB, HEALTH_COMPONENT_REDIS } from '../../src/sidecar';
 import { checkHealth, healthClient, ServingStatus } from '../helpers/health';
 import { startRedis, type TestRedis } from '../helpers/redis';
 import { closeAllSidecars, startSidecar, type TestSidecar } from '../helpers/sidecar';
@@ -51,6 +51,7 @@ describe('Redis trouble: degradation, recovery and resync', () => {
       expect(await checkHealth(health, '')).toBe(ServingStatus.SERVING);
       expect(await checkHealth(health, HEALTH_COMPONENT_REDIS)).toBe(ServingStatus.NOT_SERVING);
       expect(await checkHealth(health, HEALTH_COMPONENT_PUBSUB)).toBe(ServingStatus.NOT_SERVING);
+      expect(await checkHealth(health, HEALTH_COMPONENT_LOCKS)).toBe(ServingStatus.NOT_SERVING);
     } finally {
       health.close();
     }
@@ -83,6 +84,7 @@ describe('Redis trouble: degradation, recovery and resync', () => {
     const health = healthClient(b.address);
     try {
       await waitFor(async () => (await checkHealth(health, HEALTH_COMPONENT_REDIS)) === ServingStatus.SERVING, 'redis component SERVING');
+      await waitFor(async () => (await checkHealth(health, HEALTH_COMPONENT_LOCKS)) === ServingStatus.SERVING, 'locks component SERVING');
     } finally {
       health.close();
     }

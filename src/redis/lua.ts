@@ -1,0 +1,17 @@
+/**
+ * Lua shared by the write scripts. The version of a write is Redis's clock
+ * in microseconds, bumped past the previous version of the same key, so
+ * versions of a key grow across all sidecars without a shared counter (and
+ * without touching a key in another cluster slot). Returns the version as a
+ * decimal string (Lua numbers would print 16 digits in exponent form) and
+ * Redis's clock in milliseconds.
+ */
+export const NEXT_VERSION_LUA = `
+local function next_version(current)
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  local prev = tonumber(current or '0') or 0
+  if prev >= now then now = prev + 1 end
+  return string.format('%.0f', now), tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+`;
