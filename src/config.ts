@@ -1,3 +1,5 @@
+import { readFileSync } from 'node:fs';
+
 /**
  * The sidecar's configuration: read from the environment once at start-up,
  * validated, and frozen into a typed object. An invalid value stops start-up
@@ -14,6 +16,8 @@ export interface RedisConfig {
   password: string | undefined;
   db: number;
   tls: boolean;
+  /** PEM certificates to trust for TLS (REDIS_TLS_CA_FILE); undefined: the system's CAs. */
+  tlsCa: Buffer | undefined;
   /** Where the settings came from, for the start-up log (never the password). */
   describe: string;
 }
@@ -99,6 +103,7 @@ export const CONFIG_VARIABLES = {
   REDIS_PASSWORD: { default: '(unset)', help: 'Redis password; from a Secret, never logged.' },
   REDIS_DB: { default: '0', help: 'Redis database number.' },
   REDIS_TLS: { default: 'false', help: 'true for TLS, with REDIS_HOST.' },
+  REDIS_TLS_CA_FILE: { default: '(system CAs)', help: 'PEM file of CA certificates to trust for TLS to Redis (a private CA); the server name is always verified.' },
   CONTEXT_CACHE_LOCK_REDIS_URLS: {
     default: '(the main Redis)',
     help: 'Comma-separated redis:// or rediss:// URLs of independent Redis masters for distributed locks; a majority must agree (use 1, 3 or 5). User, password and database default to REDIS_USERNAME, REDIS_PASSWORD and REDIS_DB.',
@@ -197,6 +202,7 @@ function parseRedisUrl(env: Env, name: ConfigVariable, url: string, where = ''):
     password: parsed.password ? decodeURIComponent(parsed.password) : read(env, 'REDIS_PASSWORD'),
     db: dbPath === '' ? parseInteger(env, 'REDIS_DB', 0, 0, 1_000_000) : Number(dbPath),
     tls: parsed.protocol === 'rediss:',
+    tlsCa: parseTlsCa(env),
     describe: `${parsed.protocol}//${hostname}:${port}`,
   };
 }
@@ -225,6 +231,19 @@ function parseLockRedis(env: Env): RedisConfig[] | undefined {
     seen.set(identity, index);
   });
   return masters;
+}
+
+/** REDIS_TLS_CA_FILE: read once at start-up; a file that cannot be read stops start-up. */
+function parseTlsCa(env: Env): Buffer | undefined {
+  const path = read(env, 'REDIS_TLS_CA_FILE');
+  if (path === undefined) return undefined;
+  try {
+    const pem = readFileSync(path);
+    if (!pem.toString('utf8').includes('-----BEGIN CERTIFICATE-----')) throw new Error('no PEM certificate in it');
+    return pem;
+  } catch (error) {
+    throw new ConfigError('REDIS_TLS_CA_FILE', `cannot use "${path}": ${(error as Error).message}; give the path of a PEM file with the CA certificates to trust`);
+  }
 }
 
 function parseTcpListen(env: Env, name: ConfigVariable, fallback: string): string {
@@ -260,6 +279,7 @@ function parseRedis(env: Env): RedisConfig | undefined {
     password: read(env, 'REDIS_PASSWORD'),
     db: parseInteger(env, 'REDIS_DB', 0, 0, 1_000_000),
     tls: tlsRaw === 'true',
+    tlsCa: parseTlsCa(env),
     describe: `${tlsRaw === 'true' ? 'rediss' : 'redis'}://${host}:${port}`,
   };
 }

@@ -1,4 +1,5 @@
 import { EventEmitter } from 'node:events';
+import { isIP } from 'node:net';
 import Redis, { type RedisOptions } from 'ioredis';
 import type { Config, RedisConfig } from '../config';
 import type { Logger } from '../log';
@@ -39,7 +40,8 @@ export function redisOptions(config: RedisConfig, options: LinkOptions, role: st
     username: config.username,
     password: config.password,
     db: config.db,
-    tls: config.tls ? { servername: config.host } : undefined,
+    // SNI takes a host name, never an IP address; the certificate is verified against the host either way.
+    tls: config.tls ? { ...(isIP(config.host) ? {} : { servername: config.host }), ...(config.tlsCa ? { ca: config.tlsCa } : {}) } : undefined,
     connectionName: `context-cache:${role}`,
     lazyConnect: true,
     // Commands fail fast while Redis is away instead of piling up in memory.
