@@ -98,6 +98,14 @@ export class LeaseManager {
     for (;;) {
       const lease = await this.tryAcquire(leaseKey, ttlMs);
       if (lease !== undefined) {
+        // A fill writes the value and frees the lease in one step, so a free lease
+        // may mean "just filled": look once more before sending this caller to the database.
+        const filled = await reread();
+        if (filled !== undefined) {
+          if (!waited) this.counters.waits++;
+          await this.release(leaseKey, lease);
+          return { kind: 'filled', value: filled };
+        }
         this.counters.granted++;
         return { kind: 'lease', lease };
       }
@@ -154,6 +162,17 @@ export class LeaseManager {
   refused(): CacheError {
     this.counters.staleFillsRefused++;
     return staleLease();
+  }
+
+  /** Gives back a lease this call does not need after all; best effort (it lapses anyway). */
+  private async release(leaseKey: string, lease: LeaseGrant): Promise<void> {
+    if (LeaseManager.isLocal(lease.token)) {
+      if (this.local.get(leaseKey)?.token === lease.token) this.local.delete(leaseKey);
+      return;
+    }
+    await this.shared()
+      ?.release(leaseKey, lease.token)
+      .catch(() => undefined);
   }
 
   private async tryAcquire(leaseKey: string, ttlMs: number): Promise<LeaseGrant | undefined> {
