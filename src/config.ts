@@ -81,7 +81,7 @@ const NAMESPACE_PATTERN = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
 export const CONFIG_VARIABLES = {
   CONTEXT_CACHE_LISTEN: { default: '127.0.0.1:50051', help: 'gRPC address: host:port, [::1]:port, or unix:/path/to.sock. Loopback by default.' },
   CONTEXT_CACHE_HEALTH_LISTEN: { default: '(off)', help: 'Extra address that serves only grpc.health.v1 (for kubelet gRPC probes while the API stays on loopback or a Unix socket).' },
-  CONTEXT_CACHE_ADMIN_LISTEN: { default: '127.0.0.1:9464', help: 'HTTP admin address (/metrics, /healthz, /readyz): host:port, or off.' },
+  CONTEXT_CACHE_ADMIN_LISTEN: { default: '127.0.0.1:50053', help: 'HTTP admin address (/metrics, /healthz, /readyz): host:port, or off.' },
   CONTEXT_CACHE_NAMESPACE: { default: 'default', help: 'Every key in memory and in Redis lives under it; sidecars sharing a namespace share a cache.' },
   CONTEXT_CACHE_L1_MAX_BYTES: { default: '256MiB', help: 'Bound on the in-memory tier: keys, values and bookkeeping.' },
   CONTEXT_CACHE_DEFAULT_TTL: { default: '900s', help: 'TTL of entries written without one (units: ms, s, m, h; a bare number is seconds).' },
@@ -305,7 +305,7 @@ export function loadConfig(env: Env = process.env): Config {
   return Object.freeze({
     listen: parseListen(env, 'CONTEXT_CACHE_LISTEN', '127.0.0.1:50051'),
     healthListen: parseListen(env, 'CONTEXT_CACHE_HEALTH_LISTEN', undefined),
-    adminListen: read(env, 'CONTEXT_CACHE_ADMIN_LISTEN') === 'off' ? undefined : parseTcpListen(env, 'CONTEXT_CACHE_ADMIN_LISTEN', '127.0.0.1:9464'),
+    adminListen: read(env, 'CONTEXT_CACHE_ADMIN_LISTEN') === 'off' ? undefined : parseTcpListen(env, 'CONTEXT_CACHE_ADMIN_LISTEN', '127.0.0.1:50053'),
     namespace,
     l1MaxBytes,
     defaultTtlMs: parseDuration(env, 'CONTEXT_CACHE_DEFAULT_TTL', 900_000, 1000, 30 * 24 * 3_600_000),

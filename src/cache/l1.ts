@@ -10,8 +10,26 @@ export interface Entry<V = Buffer> {
   expiresAt: number;
 }
 
-/** What an entry costs beyond its key and value: the object, the LRU node, tag links. */
-const ENTRY_OVERHEAD_BYTES = 160;
+/**
+ * What an entry costs beyond its key and value: the entry object, the LRU
+ * node, the Buffer object and its own allocation, tag links. Measured on
+ * Node 24: 100,000 entries of 512-byte values took about 440 bytes each
+ * beyond the value and key.
+ */
+const ENTRY_OVERHEAD_BYTES = 400;
+
+/**
+ * Values arrive as views into larger buffers (a gRPC message, a Redis reply,
+ * Node's 8-64 KiB allocation pools). Kept as they are, a 500-byte value
+ * could pin a 64 KiB buffer, and L1's byte bound would mean nothing. L1
+ * keeps exact-size copies of its own (outside the pool).
+ */
+export function detached(value: Buffer): Buffer {
+  if (value.byteOffset === 0 && value.buffer.byteLength === value.byteLength) return value;
+  const copy = Buffer.allocUnsafeSlow(value.byteLength);
+  value.copy(copy);
+  return copy;
+}
 
 /** A decoded value kept in L1 (a session) reports its own memory estimate. */
 export interface SizedValue {
@@ -98,7 +116,8 @@ export class L1Cache {
       this.lru.delete(key);
       return false;
     }
-    this.lru.set(key, entry, { ttl });
+    const stored = Buffer.isBuffer(entry.value) ? { ...entry, value: detached(entry.value) } : entry;
+    this.lru.set(key, stored, { ttl });
     for (const tag of entry.tags) {
       let keys = this.keysByTag.get(tag);
       if (keys === undefined) this.keysByTag.set(tag, (keys = new Set()));

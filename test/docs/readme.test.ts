@@ -70,8 +70,8 @@ describe('README', () => {
         for (const command of commands) {
           const argv = words(command);
           if (argv[0] === 'curl') {
-            const target = argv.find((word) => word.startsWith('127.0.0.1:9464'))!;
-            const response = await fetch(`http://${target.replace('127.0.0.1:9464', sc.sidecar.adminAddress!)}`);
+            const target = argv.find((word) => word.startsWith('127.0.0.1:50053'))!;
+            const response = await fetch(`http://${target.replace('127.0.0.1:50053', sc.sidecar.adminAddress!)}`);
             expect(response.status, command).toBe(200);
             expect(await response.text(), command).toMatch(/^context_cache_/m);
             continue;

@@ -118,6 +118,19 @@ describe('L1 over gRPC', () => {
 });
 
 describe('L1Cache (unit)', () => {
+  it('keeps exact-size copies of values that are views into larger buffers, so the byte bound is real memory', () => {
+    const l1 = new L1Cache(MiB);
+    const message = Buffer.alloc(64 * KiB, 1);
+    const view = message.subarray(100, 100 + 512);
+    expect(l1.set('k', { value: view, version: 1, tags: [], expiresAt: 0 })).toBe(true);
+    const stored = l1.peek('k')!.value;
+    expect(stored.equals(view)).toBe(true);
+    expect(stored.buffer.byteLength).toBe(512);
+    const exact = Buffer.allocUnsafeSlow(100);
+    l1.set('exact', { value: exact, version: 1, tags: [], expiresAt: 0 });
+    expect(l1.peek('exact')!.value).toBe(exact);
+  });
+
   describe('versions', () => {
     it('never lets an older version overwrite a newer one', () => {
       const l1 = new L1Cache(MiB);
