@@ -174,6 +174,19 @@ function parseListen(env: Env, name: ConfigVariable, fallback: string | undefine
 }
 
 /**
+ * The Redlock scripts of the lock library select the database explicitly and
+ * only know 0 to 15 (Redis's default `databases 16`); a higher number would
+ * silently put leases and locks in database 0.
+ */
+const MAX_REDIS_DB = 15;
+
+function urlDb(name: ConfigVariable, dbPath: string, where: string): number {
+  const db = Number(dbPath);
+  if (db > MAX_REDIS_DB) throw new ConfigError(name, `${where}database ${db} is out of range; use 0 to ${MAX_REDIS_DB}`);
+  return db;
+}
+
+/**
  * One redis:// or rediss:// URL. User, password and database fall back to
  * REDIS_USERNAME, REDIS_PASSWORD and REDIS_DB. `where` locates the URL in a
  * list for the error message; messages never repeat the URL (it may carry a
@@ -200,7 +213,7 @@ function parseRedisUrl(env: Env, name: ConfigVariable, url: string, where = ''):
     port,
     username: parsed.username ? decodeURIComponent(parsed.username) : read(env, 'REDIS_USERNAME'),
     password: parsed.password ? decodeURIComponent(parsed.password) : read(env, 'REDIS_PASSWORD'),
-    db: dbPath === '' ? parseInteger(env, 'REDIS_DB', 0, 0, 1_000_000) : Number(dbPath),
+    db: dbPath === '' ? parseInteger(env, 'REDIS_DB', 0, 0, MAX_REDIS_DB) : urlDb(name, dbPath, where),
     tls: parsed.protocol === 'rediss:',
     tlsCa: parseTlsCa(env),
     describe: `${parsed.protocol}//${hostname}:${port}`,
@@ -277,7 +290,7 @@ function parseRedis(env: Env): RedisConfig | undefined {
     port,
     username: read(env, 'REDIS_USERNAME'),
     password: read(env, 'REDIS_PASSWORD'),
-    db: parseInteger(env, 'REDIS_DB', 0, 0, 1_000_000),
+    db: parseInteger(env, 'REDIS_DB', 0, 0, MAX_REDIS_DB),
     tls: tlsRaw === 'true',
     tlsCa: parseTlsCa(env),
     describe: `${tlsRaw === 'true' ? 'rediss' : 'redis'}://${host}:${port}`,

@@ -103,6 +103,7 @@ export class Sidecar {
     this.shared = config.redis === undefined ? undefined : new SharedParts(config, keys, this.codec, this.sidecarId, log);
     this.cache = new TieredCache(this.l1, this.shared, this.events, this.sidecarId, log);
     this.shared?.dataLoss.on('data-lost', () => this.cache.resync('redis-data-lost'));
+    this.events.onListenerError = (error) => log.error({ err: error }, 'an event listener failed; the event was still delivered to the others');
     this.locks = DistributedLocks.create(config, this.shared?.link, keys, log);
     this.sessions = new SessionStore(this.cache, this.shared?.sessions, config.defaultTtlMs);
     this.calls = new CallTracker(log);
@@ -136,6 +137,7 @@ export class Sidecar {
           subscribed: () => this.cache.mode === 'coherent' || this.cache.mode === 'l1-only',
           bufferLimit: config.watchBuffer,
           counters: this.watchCounters,
+          onError: (error) => log.error({ err: error }, 'delivering a Watch event failed'),
         }),
         locks: lockHandlers({ calls: this.calls, locks: this.locks, validate, log }),
         context: contextHandlers({ sessions: this.sessions, validate, calls: this.calls, maxKeysPerCall: config.maxKeysPerCall }),

@@ -28,33 +28,73 @@ export interface BusMessage {
   p?: string;
 }
 
+/** Thrown for a message this version cannot trust; the message is ignored and counted. */
+class MalformedMessage extends Error {}
+
+const isString = (value: unknown): value is string => typeof value === 'string';
+const isStringArray = (value: unknown): value is string[] => Array.isArray(value) && value.every(isString);
+
+function integer(value: unknown, what: string): number {
+  const number = typeof value === 'string' || typeof value === 'number' ? Number(value) : Number.NaN;
+  if (!Number.isSafeInteger(number) || number < 0) throw new MalformedMessage(`${what} is not a non-negative integer`);
+  return number;
+}
+
+/** A node as published by APPEND_SCRIPT (JSON.stringify of a NodeRecord); anything else is refused. */
+function node(value: unknown): NodeRecord {
+  const n = value as Partial<NodeRecord> | null;
+  if (
+    n === null ||
+    typeof n !== 'object' ||
+    ![n.id, n.shortId, n.sessionId, n.parentId, n.content].every(isString) ||
+    typeof n.role !== 'number' ||
+    typeof n.createdAt !== 'number' ||
+    !isStringArray(n.refs) ||
+    typeof n.metadata !== 'object' ||
+    n.metadata === null ||
+    !Object.values(n.metadata).every(isString)
+  ) {
+    throw new MalformedMessage('node event with a malformed node');
+  }
+  return n as NodeRecord;
+}
+
+/**
+ * Parses and checks one message. Messages come from other sidecars — of
+ * another version during a rollout — or from anyone with PUBLISH rights on
+ * the channel: nothing in them is trusted until checked.
+ */
 export function decodeBusMessage(raw: string, receivedAt: number): EventEnvelope[] {
-  const message = JSON.parse(raw) as BusMessage;
-  if (typeof message.o !== 'string') throw new Error('bus message without origin');
-  const time = message.t === undefined ? receivedAt : Number(message.t);
-  const envelope = (event: CacheEvent): EventEnvelope => ({ event, origin: message.o, time });
-  const versions = Array.isArray(message.v) ? message.v : [];
+  let message: BusMessage;
+  try {
+    message = JSON.parse(raw) as BusMessage;
+  } catch {
+    throw new MalformedMessage('not JSON');
+  }
+  if (message === null || typeof message !== 'object' || !isString(message.o)) throw new MalformedMessage('no origin');
+  const time = message.t === undefined ? receivedAt : integer(message.t, 'time');
+  const origin = message.o;
+  const envelope = (event: CacheEvent): EventEnvelope => ({ event, origin, time });
+  // cjson encodes an empty Lua table as {}: anything but an array of strings means none.
+  const tags = isStringArray(message.g) ? message.g : [];
   switch (message.e) {
-    case 'k':
-      return (message.k ?? []).map((key, index) =>
-        envelope({
-          kind: 'key',
-          key,
-          change: message.c === 'del' ? 'deleted' : 'set',
-          version: Number(versions[index] ?? 0),
-          // cjson encodes an empty Lua table as {}: anything but an array means no tags.
-          tags: Array.isArray(message.g) ? message.g : [],
-        }),
+    case 'k': {
+      const keys = message.k;
+      const versions = message.v;
+      if (!isStringArray(keys) || !isStringArray(versions) || versions.length !== keys.length) throw new MalformedMessage('key event without keys and versions');
+      return keys.map((key, index) =>
+        envelope({ kind: 'key', key, change: message.c === 'del' ? 'deleted' : 'set', version: integer(versions[index], 'version'), tags }),
       );
+    }
     case 'g':
-      return [envelope({ kind: 'tags', tags: Array.isArray(message.g) ? message.g : [] })];
+      return [envelope({ kind: 'tags', tags })];
     case 's':
-      return [envelope({ kind: 'session', sessionId: message.s ?? '', change: message.c === 'fill' ? 'filled' : 'invalidated', version: Number(message.v ?? 0) })];
+      if (!isString(message.s)) throw new MalformedMessage('session event without session');
+      return [envelope({ kind: 'session', sessionId: message.s, change: message.c === 'fill' ? 'filled' : 'invalidated', version: integer(message.v, 'version') })];
     case 'n':
-      if (message.n === undefined) throw new Error('node event without node');
-      return [envelope({ kind: 'node', node: message.n, sessionVersion: Number(message.v ?? 0), previousVersion: Number(message.p ?? 0) })];
+      return [envelope({ kind: 'node', node: node(message.n), sessionVersion: integer(message.v, 'version'), previousVersion: integer(message.p ?? '0', 'previous version') })];
     default:
-      throw new Error(`unknown bus event type ${String(message.e)}`);
+      throw new MalformedMessage(`unknown event type ${String(message.e)}`);
   }
 }
 
@@ -128,6 +168,11 @@ export class Bus extends EventEmitter {
       return;
     }
     this.counters.messagesIn++;
-    this.emit('events', envelopes);
+    try {
+      this.emit('events', envelopes);
+    } catch (error) {
+      // Inside ioredis's socket handler: a throw here would take the process down.
+      this.log.error({ err: error }, 'applying a pub/sub event failed');
+    }
   }
 }

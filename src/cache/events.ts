@@ -42,7 +42,16 @@ export class EventHub {
     return this.listeners.size;
   }
 
+  /** Set by the owner: where a listener's failure is reported (it never stops the others). */
+  onListenerError: (error: unknown) => void = () => undefined;
+
   emit(envelope: EventEnvelope): void {
-    for (const listener of this.listeners) listener(envelope);
+    for (const listener of this.listeners) {
+      try {
+        listener(envelope);
+      } catch (error) {
+        this.onListenerError(error);
+      }
+    }
   }
 }

@@ -130,6 +130,11 @@ export class L1Cache {
     return this.removeLive(key);
   }
 
+  /** The highest version this tier knows of for the key: its entry's, or an invalidation's. */
+  knownVersion(key: string): number {
+    return Math.max(this.lru.peek(key)?.version ?? 0, this.floors.get(key) ?? 0);
+  }
+
   /**
    * Another writer produced `version` of the key (a newer value or a
    * deletion): drop any older copy and refuse older fills from now on.

@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto';
+import { LRUCache } from 'lru-cache';
 import { CacheError } from '../errors';
 import type { Mutex } from '../redis/mutex';
 import type { EventEnvelope, EventHub } from './events';
@@ -13,6 +14,8 @@ export interface LeaseGrant {
 export interface LeaseRequest {
   ttlMs: number;
   waitUntil: number;
+  /** The caller's deadline (epoch ms; Infinity for none): a lease granted after it would reach nobody. */
+  callDeadline: number;
 }
 
 /** A read with lease_on_miss: the value, or the lease, or neither (gave up waiting). */
@@ -71,7 +74,8 @@ export function wakeKeyOf(envelope: EventEnvelope): string | undefined {
 export class LeaseManager {
   readonly counters: LeaseCounters = { granted: 0, waits: 0, staleFillsRefused: 0 };
   private readonly sleepers = new Map<string, Set<() => void>>();
-  private readonly local = new Map<string, LeaseGrant>();
+  /** Leases granted from memory; each entry lapses with its lease, and the table is bounded. */
+  private readonly local = new LRUCache<string, LeaseGrant>({ max: 100_000 });
 
   constructor(
     /** The shared mutex when Redis is usable right now; undefined otherwise. */
@@ -93,7 +97,8 @@ export class LeaseManager {
    * in Redis: grant the lease, or wait until `waitUntil` (epoch ms) for
    * somebody's fill, re-reading with `reread` whenever there may be news.
    */
-  async onMiss<T>(leaseKey: string, wakeKey: string, ttlMs: number, waitUntil: number, reread: () => Promise<T | undefined>): Promise<MissOutcome<T>> {
+  async onMiss<T>(leaseKey: string, wakeKey: string, request: LeaseRequest, reread: () => Promise<T | undefined>): Promise<MissOutcome<T>> {
+    const { ttlMs, waitUntil, callDeadline } = request;
     let waited = false;
     for (;;) {
       const lease = await this.tryAcquire(leaseKey, ttlMs);
@@ -105,6 +110,11 @@ export class LeaseManager {
           if (!waited) this.counters.waits++;
           await this.release(leaseKey, lease);
           return { kind: 'filled', value: filled };
+        }
+        if (Date.now() >= callDeadline) {
+          // Nobody would fill it: free it for the next caller instead of making everyone wait out its TTL.
+          await this.release(leaseKey, lease);
+          return { kind: 'gave-up' };
         }
         this.counters.granted++;
         return { kind: 'lease', lease };
@@ -125,7 +135,7 @@ export class LeaseManager {
   async readOrLease<T>(read: () => Promise<T | undefined>, leaseKey: string, wakeKey: string, request: LeaseRequest): Promise<LeasedRead<T>> {
     const value = await read();
     if (value !== undefined) return { read: value, lease: undefined, waited: false };
-    const outcome = await this.onMiss(leaseKey, wakeKey, request.ttlMs, request.waitUntil, read);
+    const outcome = await this.onMiss(leaseKey, wakeKey, request, read);
     switch (outcome.kind) {
       case 'filled':
         return { read: outcome.value, lease: undefined, waited: true };
@@ -180,8 +190,10 @@ export class LeaseManager {
     if (mutex !== undefined) {
       try {
         const hold = await mutex.tryAcquire(leaseKey, ttlMs);
+        if (hold === undefined || hold.expiresAt > Date.now()) return hold;
         // A grant that took longer than the lease itself (a stalled event loop) is worth nothing.
-        return hold !== undefined && hold.expiresAt > Date.now() ? hold : undefined;
+        await this.release(leaseKey, hold);
+        return undefined;
       } catch (error) {
         if (!(error instanceof CacheError) || error.code !== 'E_UNAVAILABLE') throw error;
         // Redis went away between the check and the call: decide locally.
@@ -191,7 +203,7 @@ export class LeaseManager {
     const held = this.local.get(leaseKey);
     if (held !== undefined && held.expiresAt > now) return undefined;
     const lease = { token: LOCAL_PREFIX + randomBytes(12).toString('base64url'), expiresAt: now + ttlMs };
-    this.local.set(leaseKey, lease);
+    this.local.set(leaseKey, lease, { ttl: ttlMs });
     return lease;
   }
 

@@ -37,14 +37,16 @@ export interface WriteResult {
 
 /**
  * Issues versions for writes that could not reach Redis: microseconds of
- * wall clock, bumped past the last issued one — the same scale as the
- * versions Redis assigns, so the two order sensibly.
+ * wall clock — the scale of the versions Redis assigns — bumped past the
+ * last one issued and past `known`, the highest version of the key seen so
+ * far (from Redis's clock, which may run ahead of this host's), so a local
+ * write always supersedes what L1 knows.
  */
 export class VersionClock {
   private last = 0;
 
-  next(): number {
-    this.last = Math.max(this.last + 1, Date.now() * 1000);
+  next(known = 0): number {
+    this.last = Math.max(this.last + 1, Date.now() * 1000, known + 1);
     return this.last;
   }
 }
@@ -85,8 +87,12 @@ export class TieredCache {
   readonly leases: LeaseManager;
   readonly versions = new VersionClock();
   private readonly remoteAppliers: ((event: CacheEvent) => void)[] = [];
-  /** Bumped on every flush; a read that began before a flush may not fill L1. */
-  private flushes = 0;
+  /**
+   * Bumped on every flush and every tag invalidation: a read that began
+   * before either may not fill L1 (its value may be one of those invalidated,
+   * and a tag invalidation leaves no per-key floor behind).
+   */
+  private epoch = 0;
 
   constructor(
     readonly l1: L1Cache,
@@ -100,13 +106,15 @@ export class TieredCache {
       for (const envelope of envelopes) this.applyRemote(envelope);
     });
     shared?.bus.on('subscribed', (restored: boolean) => {
-      if (restored) this.resync('subscription-restored');
+      // Before this subscription nothing told L1 about other sidecars' writes: whatever it
+      // holds (local writes while Redis was away, or an earlier subscription's state) is suspect.
+      if (restored || this.l1.entries > 0) this.resync('subscription-restored');
     });
   }
 
-  /** Changes on every L1 flush: a read that began before a flush may not fill L1. */
+  /** Changes on every L1 flush and tag invalidation: a read that began before may not fill L1. */
   get generation(): number {
-    return this.flushes;
+    return this.epoch;
   }
 
   get mode(): CoherenceMode {
@@ -136,7 +144,7 @@ export class TieredCache {
     });
     if (missing.length === 0 || (mode !== 'coherent' && mode !== 'detached')) return results;
 
-    const generation = this.flushes;
+    const generation = this.epoch;
     const missingKeys = missing.map((index) => keys[index]!);
     let entries: (Entry | undefined)[];
     try {
@@ -146,7 +154,7 @@ export class TieredCache {
       if (mode === 'detached') for (const index of missing) results[index] = this.l1Fallback(keys[index]!);
       return results;
     }
-    const fill = this.mode === 'coherent' && generation === this.flushes;
+    const fill = this.mode === 'coherent' && generation === this.epoch;
     missing.forEach((index, position) => {
       const entry = entries[position];
       if (entry === undefined) return;
@@ -160,6 +168,7 @@ export class TieredCache {
     if (this.sharedUsable()) {
       try {
         const entry = await this.shared!.l2.set(key, value, options, () => this.leases.refused());
+        this.leases.revokeLocal(this.leaseKey(key));
         this.counters.published++;
         this.l1.set(lk(key), entry);
         this.announce({ kind: 'key', key, change: 'set', version: entry.version, tags: entry.tags });
@@ -190,7 +199,7 @@ export class TieredCache {
     this.counters.localWrites++;
     let deleted = 0;
     for (const key of unique) {
-      const version = this.versions.next();
+      const version = this.versions.next(this.l1.knownVersion(lk(key)));
       this.leases.revokeLocal(this.leaseKey(key));
       if (this.l1.peek(lk(key)) !== undefined) deleted++;
       this.l1.invalidate(lk(key), version);
@@ -211,6 +220,7 @@ export class TieredCache {
       }
     }
     if (scope === 'local') this.counters.localWrites++;
+    this.epoch++;
     const localEntriesRemoved = this.l1.invalidateTags(tags);
     this.announce({ kind: 'tags', tags });
     return { localEntriesRemoved, scope };
@@ -221,7 +231,7 @@ export class TieredCache {
    * Redis lost its data): drop L1 and tell every watcher to do the same.
    */
   resync(reason: ResyncReason): void {
-    this.flushes++;
+    this.epoch++;
     this.counters.resyncs++;
     const dropped = this.l1.entries;
     this.l1.clear();
@@ -238,7 +248,10 @@ export class TieredCache {
   private applyRemote(envelope: EventEnvelope): void {
     const { event } = envelope;
     if (event.kind === 'key') this.l1.invalidate(lk(event.key), event.version);
-    else if (event.kind === 'tags') this.l1.invalidateTags(event.tags);
+    else if (event.kind === 'tags') {
+      this.epoch++;
+      this.l1.invalidateTags(event.tags);
+    }
     for (const apply of this.remoteAppliers) apply(event);
     this.events.emit(envelope);
   }
@@ -263,7 +276,7 @@ export class TieredCache {
       );
     }
     const now = Date.now();
-    const entry: Entry = { value, version: this.versions.next(), tags: options.tags, expiresAt: now + options.ttlMs };
+    const entry: Entry = { value, version: this.versions.next(this.l1.knownVersion(lk(key))), tags: options.tags, expiresAt: now + options.ttlMs };
     if (!this.l1.set(lk(key), entry, now)) {
       throw tooLarge(`the value does not fit in this sidecar's memory tier (${this.l1.maxBytes} bytes) and Redis is not reachable, so it cannot be stored`);
     }

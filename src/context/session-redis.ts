@@ -40,11 +40,11 @@ export class SessionKeys {
 }
 
 
-/** KEYS: meta, chunks. Returns {} for a miss, else {version, expires_at, chunk...}. */
+/** KEYS: meta, chunks. Returns {} for a miss, else {version, expires_at, node_count, chunk...}. */
 const READ_SCRIPT = `
-local meta = redis.call('HMGET', KEYS[1], 'v', 'x')
+local meta = redis.call('HMGET', KEYS[1], 'v', 'x', 'n')
 if not meta[1] then return {} end
-local result = {meta[1], meta[2] or '0'}
+local result = {meta[1], meta[2] or '0', meta[3] or '0'}
 for _, chunk in ipairs(redis.call('LRANGE', KEYS[2], 0, -1)) do result[#result + 1] = chunk end
 return result
 `;
@@ -84,6 +84,11 @@ local meta = redis.call('HMGET', KEYS[1], 'v', 'x')
 local previous = meta[1]
 local version, now_ms = next_version(previous)
 local appended = 0
+if previous and redis.call('EXISTS', KEYS[2]) == 0 then
+  -- The chunks were evicted without the metadata: the session is gone, not appendable.
+  redis.call('DEL', KEYS[1])
+  previous = nil
+end
 if previous then
   redis.call('RPUSH', KEYS[2], ARGV[1])
   redis.call('HSET', KEYS[1], 'v', version)
@@ -251,12 +256,15 @@ export class SessionRedis {
       const version = Number(reply[0]!.toString());
       if (!Number.isSafeInteger(version) || version <= 0) throw new CorruptValueError(`session version "${reply[0]!.toString()}" is not a number`);
       const nodes: NodeRecord[] = [];
-      for (const chunk of reply.slice(2)) {
+      for (const chunk of reply.slice(3)) {
         const parsed: unknown = JSON.parse(this.codec.decode(chunk).toString('utf8'));
         if (!Array.isArray(parsed)) throw new CorruptValueError('a session chunk is not a list of nodes');
         for (const node of parsed as NodeRecord[]) nodes.push(node);
       }
-      return { nodes, version, expiresAt: Number(reply[1]!.toString()), chunks: reply.length - 2 };
+      const expected = Number(reply[2]!.toString());
+      // Metadata and chunks are two keys: an eviction can take one without the other.
+      if (nodes.length !== expected) throw new CorruptValueError(`session holds ${nodes.length} nodes, its metadata says ${expected}`);
+      return { nodes, version, expiresAt: Number(reply[1]!.toString()), chunks: reply.length - 3 };
     } catch (error) {
       const corrupt = error instanceof CorruptValueError ? error : new CorruptValueError(`session does not decode (${(error as Error).message})`);
       this.counters.corrupt++;

@@ -3,7 +3,7 @@ import type { CacheEvent } from '../cache/events';
 import type { Entry } from '../cache/l1';
 import type { LeasedRead, LeaseRequest } from '../cache/leases';
 import type { Tier, TieredCache, WriteScope } from '../cache/tiered-cache';
-import { CacheError } from '../errors';
+import { CacheError, tooLarge } from '../errors';
 import type { NodeRecord } from './node';
 import { appendToSession, buildSession, sessionL1Key, type SessionState } from './session';
 import type { SessionRedis, StoredSession } from './session-redis';
@@ -89,9 +89,9 @@ export class SessionStore {
         const stored = await this.redis!.put(sessionId, session.nodes, ttlMs, leaseToken);
         if (stored === 'stale') throw this.cache.leases.refused();
         this.remember(sessionId, { value: session, version: stored.version, expiresAt: stored.expiresAt, tags: [] });
-        await this.redis!.indexShortIds(session.nodes, ttlMs);
         this.cache.counters.published++;
         this.cache.announce({ kind: 'session', sessionId, change: 'filled', version: stored.version });
+        await this.indexShortIds(session.nodes, ttlMs);
         return { ...stored, scope: 'shared' };
       } catch (error) {
         if (error instanceof CacheError) throw error;
@@ -100,9 +100,11 @@ export class SessionStore {
     }
     if (leaseToken !== '') this.cache.leases.consumeLocal(this.leaseKey(sessionId), leaseToken);
     else this.cache.leases.revokeLocal(this.leaseKey(sessionId));
-    const version = this.cache.versions.next();
+    const version = this.cache.versions.next(this.cache.l1.knownVersion(sessionL1Key(sessionId)));
     const expiresAt = Date.now() + ttlMs;
-    this.remember(sessionId, { value: session, version, expiresAt, tags: [] });
+    if (!this.remember(sessionId, { value: session, version, expiresAt, tags: [] })) {
+      throw tooLarge(`the session does not fit in this sidecar's memory tier (${this.cache.l1.maxBytes} bytes) and Redis is not reachable, so it cannot be stored`);
+    }
     this.cache.counters.localWrites++;
     this.cache.announce({ kind: 'session', sessionId, change: 'filled', version });
     return { version, expiresAt, scope: 'local' };
@@ -115,9 +117,9 @@ export class SessionStore {
       try {
         const result = await this.redis!.append(node);
         this.applyAppend(node, result.previousVersion, result.version);
-        if (result.appended && node.shortId !== '') await this.redis!.indexShortIds([node], Math.max(1000, result.expiresAt - Date.now()));
         this.cache.counters.published++;
         this.cache.announce({ kind: 'node', node, sessionVersion: result.version, previousVersion: result.previousVersion });
+        if (result.appended && node.shortId !== '') await this.indexShortIds([node], Math.max(1000, result.expiresAt - Date.now()));
         return { appended: result.appended, version: result.version, scope: 'shared' };
       } catch (error) {
         if (error instanceof CacheError) throw error;
@@ -126,11 +128,11 @@ export class SessionStore {
     }
     this.cache.leases.revokeLocal(this.leaseKey(sessionId));
     const current = this.cache.l1.peek<SessionState>(sessionL1Key(sessionId));
-    const version = this.cache.versions.next();
-    this.applyAppend(node, current?.version ?? 0, version);
+    const version = this.cache.versions.next(this.cache.l1.knownVersion(sessionL1Key(sessionId)));
+    const appended = this.applyAppend(node, current?.version ?? 0, version);
     this.cache.counters.localWrites++;
     this.cache.announce({ kind: 'node', node, sessionVersion: version, previousVersion: current?.version ?? 0 });
-    return { appended: current !== undefined, version, scope: 'local' };
+    return { appended, version, scope: 'local' };
   }
 
   async invalidate(sessionId: string): Promise<{ existed: boolean; scope: WriteScope }> {
@@ -147,7 +149,7 @@ export class SessionStore {
     }
     this.cache.leases.revokeLocal(this.leaseKey(sessionId));
     const existed = this.cache.l1.peek(sessionL1Key(sessionId)) !== undefined;
-    const version = this.cache.versions.next();
+    const version = this.cache.versions.next(this.cache.l1.knownVersion(sessionL1Key(sessionId)));
     this.cache.l1.invalidate(sessionL1Key(sessionId), version);
     this.cache.counters.localWrites++;
     this.cache.announce({ kind: 'session', sessionId, change: 'invalidated', version });
@@ -202,24 +204,42 @@ export class SessionStore {
     return { nodes, unresolved: pending, missingSessions };
   }
 
+  /**
+   * The short-ID index, after the session itself was stored: best effort,
+   * because the write already happened and was announced. A failure only
+   * means cross-session lookups of these IDs miss until the next fill.
+   */
+  private async indexShortIds(nodes: readonly NodeRecord[], ttlMs: number): Promise<void> {
+    try {
+      await this.redis!.indexShortIds(nodes, ttlMs);
+    } catch (error) {
+      this.cache.l2Failed(error, 'index short IDs');
+    }
+  }
+
   private leaseKey(sessionId: string): string {
     return this.redis?.keys.lease(sessionId) ?? sessionL1Key(sessionId);
   }
 
-  private remember(sessionId: string, entry: Entry<SessionState>): void {
-    if (!this.cache.l1.set(sessionL1Key(sessionId), entry)) return;
+  /** Stores a session in L1 and indexes its short IDs; false when L1 refused it (too large, or older than what it knows). */
+  private remember(sessionId: string, entry: Entry<SessionState>): boolean {
+    if (!this.cache.l1.set(sessionL1Key(sessionId), entry)) return false;
     for (const shortId of entry.value.byShortId.keys()) this.shortIdIndex.set(shortId, sessionId);
+    return true;
   }
 
-  /** Applies an append to the L1 copy when it is exactly the predecessor; otherwise drops the copy. */
-  private applyAppend(node: NodeRecord, previousVersion: number, version: number): void {
+  /**
+   * Applies an append to the L1 copy when it is exactly the predecessor;
+   * otherwise drops the copy. True when L1 holds the session with the node.
+   */
+  private applyAppend(node: NodeRecord, previousVersion: number, version: number): boolean {
     const key = sessionL1Key(node.sessionId);
     const current = this.cache.l1.peek<SessionState>(key);
-    if (current !== undefined && current.version === previousVersion) {
-      this.remember(node.sessionId, { ...current, value: appendToSession(current.value, node), version });
-    } else {
-      this.cache.l1.invalidate(key, version);
+    if (current !== undefined && current.version === previousVersion && this.remember(node.sessionId, { ...current, value: appendToSession(current.value, node), version })) {
+      return true;
     }
+    this.cache.l1.invalidate(key, version);
+    return false;
   }
 
   private applyRemote(event: CacheEvent): void {

@@ -59,7 +59,8 @@ export class Metrics {
       registers: [registry],
     });
     events.subscribe((envelope) => {
-      if (envelope.origin !== sidecarId && envelope.event.kind !== 'resync') this.propagation.observe(Math.max(0, Date.now() - envelope.time) / 1000);
+      const lag = Date.now() - envelope.time;
+      if (envelope.origin !== sidecarId && envelope.event.kind !== 'resync' && Number.isFinite(lag)) this.propagation.observe(Math.max(0, lag) / 1000);
     });
 
     const reads = new MirroredCounter(registry, 'reads_total', 'Reads by tier and result.', ['tier', 'result']);

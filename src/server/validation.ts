@@ -61,13 +61,13 @@ export class RequestValidator {
    * long to wait for another caller's fill — bounded by the call's deadline
    * and by the lease lifetime.
    */
-  leaseRequest(leaseTtl: Duration | undefined, leaseWait: Duration | undefined, deadline: Date | number): { ttlMs: number; waitUntil: number } {
+  leaseRequest(leaseTtl: Duration | undefined, leaseWait: Duration | undefined, deadline: Date | number): { ttlMs: number; waitUntil: number; callDeadline: number } {
     const ttlMs = this.duration(leaseTtl, 'lease_ttl', 600_000) || this.config.leaseTtlMs;
     const waitMs = this.duration(leaseWait, 'lease_wait', 600_000) || ttlMs;
     const deadlineMs = deadline instanceof Date ? deadline.getTime() : deadline;
     // Leave a little of the deadline to answer in.
     const callLimit = Number.isFinite(deadlineMs) ? deadlineMs - 20 : Infinity;
-    return { ttlMs, waitUntil: Math.min(Date.now() + waitMs, callLimit) };
+    return { ttlMs, waitUntil: Math.min(Date.now() + waitMs, callLimit), callDeadline: Number.isFinite(deadlineMs) ? deadlineMs : Infinity };
   }
 
   /** An optional duration in milliseconds, 0 when unset, within [0, maxMs]. */

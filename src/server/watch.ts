@@ -172,7 +172,14 @@ export class WatchFanout {
 
   constructor(
     hub: EventHub,
-    private readonly deps: { validate: RequestValidator; sidecarId: string; subscribed: () => boolean; bufferLimit: number; counters: WatchCounters },
+    private readonly deps: {
+      validate: RequestValidator;
+      sidecarId: string;
+      subscribed: () => boolean;
+      bufferLimit: number;
+      counters: WatchCounters;
+      onError: (error: unknown) => void;
+    },
   ) {
     hub.subscribe((envelope) => this.publish(envelope));
   }
@@ -220,7 +227,14 @@ export class WatchFanout {
     while (budget > 0 && this.pending.length > 0) {
       const job = this.pending[0]!;
       while (budget > 0 && job.next < job.targets.length) {
-        job.targets[job.next++]!.deliver(job.envelope);
+        const stream = job.targets[job.next++]!;
+        try {
+          stream.deliver(job.envelope);
+        } catch (error) {
+          // Runs from setImmediate: a throw would be uncaught. The stream gets a resync instead.
+          this.deps.onError(error);
+          stream.overflow();
+        }
         budget--;
       }
       if (job.next === job.targets.length) this.pending.shift();

@@ -517,7 +517,7 @@ describe.each(variants)('rendered: $name', (variant) => {
 
   it('the probes dial the health-only port that CONTEXT_CACHE_HEALTH_LISTEN binds, for health services the sidecar reports', (ctx) => {
     const docs = renderedOrSkip(ctx);
-    const { sidecar } = findSidecarPod(docs);
+    const { sidecar, deployment } = findSidecarPod(docs);
     const config: Config = loadConfig(resolveEnv(sidecar, docs).env);
     expect(config.healthListen, 'CONTEXT_CACHE_HEALTH_LISTEN must be set: kubelet probes dial the pod IP').toBeDefined();
     const health = parseListen(config.healthListen!);
@@ -536,7 +536,7 @@ describe.each(variants)('rendered: $name', (variant) => {
     expect(((sidecar.readinessProbe as Obj).grpc as Obj).service).toBe(HEALTH_SERVICE_CACHE);
     // Prometheus scrapes the admin port the sidecar binds.
     if (config.adminListen !== undefined) {
-      const annotations = ((((docs.find((d) => d.kind === 'Deployment') as Obj).spec as Obj).template as Obj).metadata as Obj).annotations as Record<string, string> | undefined;
+      const annotations = (((deployment.spec as Obj).template as Obj).metadata as Obj).annotations as Record<string, string> | undefined;
       if (annotations?.['prometheus.io/port'] !== undefined) expect(Number(annotations['prometheus.io/port'])).toBe(parseListen(config.adminListen).port);
     }
 

@@ -152,3 +152,36 @@ describe('three sidecars, compression, corrupt values and many watchers', () => 
     await slow.close();
   });
 });
+
+describe('hostile or malformed Pub/Sub messages', () => {
+  it('are ignored and counted; the sidecars keep working', async () => {
+    const redis = await startRedis();
+    try {
+      const sc = await startSidecar({ REDIS_URL: redis.url, CONTEXT_CACHE_NAMESPACE: 'hostile' });
+      await waitFor(() => sc.sidecar.cache.mode === 'coherent', 'subscribed');
+      const watcher = new WatchRecorder(sc.client.watch({}));
+      await watcher.started();
+      const garbage = [
+        'not json',
+        'null',
+        '{"o":"x","t":"abc","e":"g","g":["t"]}',
+        '{"o":"x","e":"k","k":["a"],"v":["nan"]}',
+        '{"o":"x","e":"k","k":["a","b"],"v":["1"]}',
+        '{"o":"x","e":"n","s":"s","v":"5","n":{"id":"i","sessionId":"s"}}',
+        '{"o":"x","e":"s","v":"1"}',
+        '{"o":"x","e":"zzz"}',
+      ];
+      for (const message of garbage) await redis.command('PUBLISH', 'cc:hostile:events', message);
+      // A valid message after the garbage is applied: the subscriber is alive and well.
+      await redis.command('PUBLISH', 'cc:hostile:events', '{"o":"other","e":"g","g":["after"]}');
+      await watcher.waitFor((m) => m.event?.$case === 'tagsInvalidated' && m.event.value.tags[0] === 'after', 'the valid event');
+      expect(sc.sidecar.shared!.bus.counters.malformed).toBe(garbage.length);
+      await sc.client.set({ key: 'still', value: Buffer.from('works') });
+      expect(Buffer.from((await sc.client.get({ key: 'still' })).value).toString()).toBe('works');
+      watcher.cancel();
+      await sc.close();
+    } finally {
+      await redis.stop();
+    }
+  });
+});

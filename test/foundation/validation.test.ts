@@ -234,6 +234,14 @@ describe('loadConfig', () => {
     expect(error.message).toMatch(/REDIS_URL or REDIS_HOST/);
   });
 
+  it('keeps the Redis database within 0 to 15 (the lock library only selects those)', () => {
+    expect(configError({ REDIS_HOST: 'redis', REDIS_DB: '16' }).variable).toBe('REDIS_DB');
+    const fromUrl = configError({ REDIS_URL: 'redis://redis:6379/16' });
+    expect(fromUrl.variable).toBe('REDIS_URL');
+    expect(fromUrl.message).toMatch(/0 to 15/);
+    expect(loadConfig({ REDIS_URL: 'redis://redis:6379/15' }).redis?.db).toBe(15);
+  });
+
   it('explains a Kubernetes service link in REDIS_PORT', () => {
     const error = configError({ REDIS_HOST: 'redis', REDIS_PORT: 'tcp://10.0.0.1:6379' });
     expect(error.variable).toBe('REDIS_PORT');

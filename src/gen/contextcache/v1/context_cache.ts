@@ -75,9 +75,10 @@ export enum WriteScope {
   /** WRITE_SCOPE_UNSPECIFIED - Not set. */
   WRITE_SCOPE_UNSPECIFIED = 0,
   /**
-   * WRITE_SCOPE_LOCAL - Only this sidecar's memory: Redis is not configured or was unreachable.
+   * WRITE_SCOPE_LOCAL - Only this sidecar's memory: Redis is not configured, was unreachable, or
+   * did not confirm the write in time (it may or may not have applied it).
    * Other sidecars were not told, and the write is lost when this sidecar
-   * restarts. Repeat it later if it matters.
+   * restarts or resynchronizes. Repeat it later if it matters.
    */
   WRITE_SCOPE_LOCAL = 1,
   /** WRITE_SCOPE_SHARED - Stored in Redis and announced to every sidecar of the namespace. */
