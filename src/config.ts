@@ -43,6 +43,7 @@ export interface Config {
   compressionThreshold: number;
   redisCommandTimeoutMs: number;
   redisReconnectMaxMs: number;
+  pubsubHeartbeatMs: number;
   watchBuffer: number;
   leaseTtlMs: number;
   logLevel: LogLevel;
@@ -93,6 +94,7 @@ export const CONFIG_VARIABLES = {
   CONTEXT_CACHE_COMPRESSION_THRESHOLD: { default: '1KiB', help: 'Values this large or larger are snappy-compressed in Redis when that makes them smaller.' },
   CONTEXT_CACHE_REDIS_COMMAND_TIMEOUT: { default: '500ms', help: 'A Redis command that takes longer fails, and the link is treated as down until it reconnects.' },
   CONTEXT_CACHE_REDIS_RECONNECT_MAX: { default: '5s', help: 'Cap of the exponential reconnect backoff (full jitter, from 100 ms).' },
+  CONTEXT_CACHE_PUBSUB_HEARTBEAT: { default: '5s', help: 'How often the Pub/Sub subscription PINGs on its own connection; no answer within the command timeout drops and re-subscribes it (then resyncs).' },
   CONTEXT_CACHE_WATCH_BUFFER: { default: '1000', help: 'Events buffered per Watch stream; a stream that falls further behind gets a Resync (STREAM_OVERFLOW) instead.' },
   CONTEXT_CACHE_LEASE_TTL: { default: '10s', help: 'Default lifetime of a fill lease granted on a miss (lease_ttl overrides it per call).' },
   CONTEXT_CACHE_LOG_LEVEL: { default: 'info', help: 'fatal, error, warn, info, debug, trace or silent.' },
@@ -331,6 +333,7 @@ export function loadConfig(env: Env = process.env): Config {
     compressionThreshold: parseSize(env, 'CONTEXT_CACHE_COMPRESSION_THRESHOLD', 1024, 0, 1024 * MiB),
     redisCommandTimeoutMs: parseDuration(env, 'CONTEXT_CACHE_REDIS_COMMAND_TIMEOUT', 500, 10, 60_000),
     redisReconnectMaxMs: parseDuration(env, 'CONTEXT_CACHE_REDIS_RECONNECT_MAX', 5000, 100, 300_000),
+    pubsubHeartbeatMs: parseDuration(env, 'CONTEXT_CACHE_PUBSUB_HEARTBEAT', 5000, 100, 300_000),
     watchBuffer: parseInteger(env, 'CONTEXT_CACHE_WATCH_BUFFER', 1000, 16, 1_000_000),
     leaseTtlMs: parseDuration(env, 'CONTEXT_CACHE_LEASE_TTL', 10_000, 100, 600_000),
     logLevel,

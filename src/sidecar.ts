@@ -51,7 +51,7 @@ class SharedParts implements SharedTier {
       log.warn({ key, err: error.message }, 'unreadable value in Redis; deleted and treated as a miss'),
       this.link.latency,
     );
-    this.bus = new Bus(this.subscriber, keys.channel, sidecarId, log);
+    this.bus = new Bus(this.subscriber, keys.channel, sidecarId, log, config.pubsubHeartbeatMs);
     this.dataLoss = new DataLossDetector(this.link, keys.epoch, log);
     this.leaseMutex = new Mutex([this.link.client], config.redis!.db);
     this.sessions = new SessionRedis(this.link.client, new SessionKeys(keys), codec, sidecarId, (sessionId, error) =>
@@ -66,6 +66,7 @@ class SharedParts implements SharedTier {
   }
 
   async close(): Promise<void> {
+    this.bus.stop();
     await Promise.all([this.subscriber.close(), this.link.close()]);
   }
 }

@@ -112,13 +112,22 @@ export function decodeBusMessage(raw: string, receivedAt: number): EventEnvelope
 export class Bus extends EventEmitter {
   private subscribedNow = false;
   private everSubscribed = false;
+  private heartbeat: NodeJS.Timeout | undefined;
   readonly counters = { messagesIn: 0, echoes: 0, malformed: 0 };
 
+  /**
+   * `heartbeatMs`: how often the subscription proves it is alive with a PING
+   * on its own connection. A subscriber socket can go half-open (a failover,
+   * a NAT or conntrack entry lost) while commands still work; without the
+   * heartbeat nothing would notice for minutes, and no invalidation would
+   * arrive meanwhile.
+   */
   constructor(
     private readonly link: RedisLink,
     private readonly channel: string,
     private readonly origin: string,
     private readonly log: Logger,
+    private readonly heartbeatMs = 5000,
   ) {
     super();
     link.client.on('message', (channel: string, raw: string) => {
@@ -139,6 +148,23 @@ export class Bus extends EventEmitter {
 
   start(): void {
     this.link.start();
+    this.heartbeat = setInterval(() => this.beat(), this.heartbeatMs);
+    this.heartbeat.unref();
+  }
+
+  /** Stops the heartbeat; the link is closed by its owner. Idempotent. */
+  stop(): void {
+    clearInterval(this.heartbeat);
+  }
+
+  private beat(): void {
+    if (!this.subscribedNow) return;
+    // A PING that does not come back within the command timeout: drop the connection; the
+    // reconnect re-subscribes, and the re-subscription resynchronizes.
+    this.link.client.ping().catch((error: Error) => {
+      this.log.warn({ err: error.message }, 'pub/sub heartbeat failed');
+      this.link.reconnect('the pub/sub heartbeat got no answer');
+    });
   }
 
   private subscribe(): void {
@@ -150,7 +176,11 @@ export class Bus extends EventEmitter {
         if (restored) this.log.info({ channel: this.channel }, 'pub/sub subscription restored');
         this.emit('subscribed', restored);
       },
-      (error: Error) => this.log.warn({ err: error.message, channel: this.channel }, 'pub/sub subscribe failed; retrying on reconnect'),
+      (error: Error) => {
+        // Reconnect (with backoff) to try again, rather than stay unsubscribed until something else breaks.
+        this.log.warn({ err: error.message, channel: this.channel }, 'pub/sub subscribe failed; reconnecting to retry');
+        this.link.reconnect('SUBSCRIBE failed');
+      },
     );
   }
 

@@ -303,7 +303,7 @@ export class TieredCache {
   l2Failed(error: unknown, operation: string): void {
     this.counters.l2Errors++;
     const message = (error as Error).message ?? String(error);
-    if (/timed? ?out/i.test(message)) this.shared?.link.reportTimeout();
+    if (/timed? ?out/i.test(message)) this.shared?.link.reconnect();
     this.log.debug({ operation, err: message }, 'redis operation failed; degrading to L1');
   }
 }

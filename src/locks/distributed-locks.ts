@@ -92,7 +92,7 @@ export class DistributedLocks {
     const clients = masters.links.map((link) => link.client);
     const onError = (index: number, error: Error) => {
       // A hung master: drop its connection so that later commands fail at once instead of waiting for the timeout.
-      if (/timed? ?out/i.test(error.message)) masters.links[index]?.reportTimeout();
+      if (/timed? ?out/i.test(error.message)) masters.links[index]?.reconnect();
     };
     this.masters = { ...masters, mutex: new Mutex(clients, masters.db, RETRY_DELAY_MS), fencing: new FencingCounter(clients, onError) };
   }

@@ -135,9 +135,9 @@ export class RedisLink extends EventEmitter {
    * that still looks open (a hung or paused Redis): the socket is dropped so
    * ioredis reconnects with backoff, and callers skip Redis meanwhile.
    */
-  reportTimeout(): void {
+  reconnect(reason = 'a command timed out'): void {
     if (this.closed || this.currentState !== 'connected') return;
-    this.log.warn({ link: this.role }, 'redis command timed out; dropping the connection to reconnect');
+    this.log.warn({ link: this.role, reason }, 'dropping the redis connection to reconnect');
     this.setState('down');
     this.client.disconnect(true);
   }
@@ -146,6 +146,8 @@ export class RedisLink extends EventEmitter {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    // Late callers (after the shutdown grace) see a link that is down, and skip Redis.
+    this.currentState = 'down';
     this.removeAllListeners();
     try {
       if (this.client.status === 'ready') await Promise.race([this.client.quit(), new Promise((resolve) => setTimeout(resolve, 500))]);

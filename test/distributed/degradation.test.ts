@@ -144,4 +144,21 @@ describe('Redis trouble: degradation, recovery and resync', () => {
     }
     await waitFor(() => a.sidecar.cache.mode === 'coherent', 'A to reconnect after Redis resumes');
   });
+
+  it('notices a silent subscription by its heartbeat, re-subscribes and resyncs', async () => {
+    const quiet = await startSidecar({ REDIS_URL: redis.url, CONTEXT_CACHE_NAMESPACE: 'deg', CONTEXT_CACHE_PUBSUB_HEARTBEAT: '200ms', CONTEXT_CACHE_REDIS_RECONNECT_MAX: '200ms' });
+    await waitFor(() => quiet.sidecar.cache.mode === 'coherent', 'subscribed');
+    await quiet.client.set({ key: 'q', value: Buffer.from('v') });
+    const resyncsBefore = quiet.sidecar.cache.counters.resyncs;
+    await redis.pause();
+    try {
+      // No call is made: only the heartbeat can find out that nothing arrives any more.
+      await waitFor(() => !quiet.sidecar.shared!.bus.subscribed, 'the heartbeat to drop the silent subscription', 5000);
+    } finally {
+      await redis.resume();
+    }
+    await waitFor(() => quiet.sidecar.cache.mode === 'coherent', 'the subscription to come back');
+    await waitFor(() => quiet.sidecar.cache.counters.resyncs > resyncsBefore, 'a resync after re-subscribing');
+    await quiet.close();
+  });
 });
