@@ -2,7 +2,7 @@ import type Redis from 'ioredis';
 import { conflict } from '../errors';
 import { CorruptValueError, type ValueCodec } from './codec';
 import type { LatencyWindow } from '../ops/latency';
-import { NEXT_VERSION_LUA } from '../redis/lua';
+import { LEASE_LUA, NEXT_VERSION_LUA } from '../redis/lua';
 import type { Entry } from './l1';
 
 /**
@@ -25,6 +25,11 @@ export class KeySpace {
 
   tag(tag: string): string {
     return `${this.prefix}t:${tag}`;
+  }
+
+  /** When a tag was last invalidated (Redis µs): fills under older leases that would carry it are refused. */
+  tagStamp(tag: string): string {
+    return `${this.prefix}ts:${tag}`;
   }
 
   /** The fill lease of a generic key (a Mutex key: its value is the holder's token). */
@@ -56,12 +61,22 @@ export const TAG_SEPARATOR = '\x1f';
  * SET: lease and compare-and-set checks, the write, the tag index, the
  * revocation of outstanding fill leases and the Pub/Sub announcement in one
  * atomic step, so no write can go unannounced and no older fill can follow it.
- * KEYS: entry, lease, tag sets...
- * ARGV: data, ttl_ms, if_version, if_absent, channel, origin, key, lease_token, tags...
+ * A fill is also refused when one of its tags was invalidated after its lease
+ * was granted (the database row may have changed in between).
+ * Tag sets are sorted by expiry and pruned of expired members on every write.
+ * KEYS: entry, lease, tag sets (n), tag stamps (n)
+ * ARGV: data, ttl_ms, if_version, if_absent, channel, origin, key, lease_token, tags (n)
  * Returns {status, version, expires_at}: status 1 written, -1 exists, -2 version mismatch, -3 stale lease.
  */
-const SET_SCRIPT = `${NEXT_VERSION_LUA}
-if ARGV[8] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[8] then return {-3, '0', '0'} end
+const SET_SCRIPT = `${NEXT_VERSION_LUA}${LEASE_LUA}
+local n = #ARGV - 8
+if ARGV[8] ~= '' then
+  if redis.call('GET', KEYS[2]) ~= lease_base(ARGV[8]) then return {-3, '0', '0'} end
+  local granted = lease_granted_at(ARGV[8])
+  for i = 1, n do
+    if (tonumber(redis.call('GET', KEYS[2 + n + i]) or '0') or 0) >= granted then return {-3, '0', '0'} end
+  end
+end
 redis.call('DEL', KEYS[2])
 local current = redis.call('HGET', KEYS[1], 'v')
 if ARGV[4] == '1' and current then return {-1, current, '0'} end
@@ -76,8 +91,9 @@ if #tags > 0 then tag_field = '${TAG_SEPARATOR}' .. table.concat(tags, '${TAG_SE
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], 'v', v, 'd', ARGV[1], 'x', expires, 't', tag_field)
 redis.call('PEXPIRE', KEYS[1], ttl)
-for i = 3, #KEYS do
-  redis.call('SADD', KEYS[i], ARGV[7])
+for i = 3, 2 + n do
+  redis.call('ZADD', KEYS[i], expires, ARGV[7])
+  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', string.format('%.0f', now_ms))
   if redis.call('PTTL', KEYS[i]) < ttl then redis.call('PEXPIRE', KEYS[i], ttl) end
 end
 redis.call('PUBLISH', ARGV[5], cjson.encode({o = ARGV[6], t = string.format('%.0f', now_ms), e = 'k', c = 'set', k = {ARGV[7]}, v = {v}, g = tags}))
@@ -111,18 +127,21 @@ return result
 
 /**
  * INVALIDATE TAGS: deletes every entry that still carries one of the tags
- * (an entry rewritten without the tag survives), clears the tag sets, and
- * announces the tags.
- * KEYS: tag sets...  ARGV: channel, origin, entry prefix, tags...
+ * (an entry rewritten without the tag survives), clears the tag sets, stamps
+ * the tags with Redis's clock (for lease fills, see SET), and announces them.
+ * KEYS: tag sets (n), tag stamps (n).  ARGV: channel, origin, entry prefix, tags (n).
  */
 const INVALIDATE_TAGS_SCRIPT = `
+local t = redis.call('TIME')
+local now_us = string.format('%.0f', tonumber(t[1]) * 1000000 + tonumber(t[2]))
+local n = #KEYS / 2
 local removed = 0
 local tags = {}
-for i = 1, #KEYS do
+for i = 1, n do
   local tag = ARGV[i + 3]
   tags[i] = tag
   local needle = '${TAG_SEPARATOR}' .. tag .. '${TAG_SEPARATOR}'
-  for _, key in ipairs(redis.call('SMEMBERS', KEYS[i])) do
+  for _, key in ipairs(redis.call('ZRANGE', KEYS[i], 0, -1)) do
     local entry = ARGV[3] .. key
     local field = redis.call('HGET', entry, 't')
     if field and string.find(field, needle, 1, true) then
@@ -130,8 +149,10 @@ for i = 1, #KEYS do
     end
   end
   redis.call('DEL', KEYS[i])
+  -- Leases live at most 10 minutes: so does the stamp.
+  redis.call('SET', KEYS[n + i], now_us, 'PX', 600000)
 end
-redis.call('PUBLISH', ARGV[1], cjson.encode({o = ARGV[2], e = 'g', g = tags}))
+redis.call('PUBLISH', ARGV[1], cjson.encode({o = ARGV[2], t = string.format('%.0f', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)), e = 'g', g = tags}))
 return removed
 `;
 
@@ -202,10 +223,11 @@ export class L2Store {
   async set(key: string, value: Buffer, options: L2SetOptions, staleLease: () => Error): Promise<Entry> {
     const encoded = this.codec.encode(value);
     const reply = await this.latency.time(this.redis.ccSet(
-      2 + options.tags.length,
+      2 + options.tags.length * 2,
       this.keys.entry(key),
       this.keys.lease(key),
       ...options.tags.map((tag) => this.keys.tag(tag)),
+      ...options.tags.map((tag) => this.keys.tagStamp(tag)),
       encoded.bytes,
       options.ttlMs,
       options.ifVersion,
@@ -245,8 +267,14 @@ export class L2Store {
     return { existed: Number(reply[0]), versions: reply.slice(1).map(Number) };
   }
 
+  /** Redis's clock in microseconds: lease grant times are compared with tag stamps on this clock. */
+  async clockUs(): Promise<number> {
+    const [seconds, micros] = await this.redis.time();
+    return Number(seconds) * 1_000_000 + Number(micros);
+  }
+
   async invalidateTags(tags: readonly string[]): Promise<number> {
-    return this.latency.time(this.redis.ccInvalidateTags(tags.length, ...tags.map((tag) => this.keys.tag(tag)), this.keys.channel, this.origin, this.keys.prefix + 'e:', ...tags));
+    return this.latency.time(this.redis.ccInvalidateTags(tags.length * 2, ...tags.map((tag) => this.keys.tag(tag)), ...tags.map((tag) => this.keys.tagStamp(tag)), this.keys.channel, this.origin, this.keys.prefix + 'e:', ...tags));
   }
 
   private parse(key: string, fields: (Buffer | null)[]): Entry | undefined {

@@ -43,6 +43,27 @@ export interface LeaseCounters {
 
 /** Tokens of leases granted from memory (Redis unusable) carry this prefix, so Redis never accepts them. */
 const LOCAL_PREFIX = 'local.';
+
+/** Where shared leases live, when Redis is usable: the Mutex, and Redis's clock. */
+export interface SharedLeases {
+  mutex: Mutex;
+  /** Redis's clock in µs, the clock tag invalidation stamps are written on. */
+  clockUs(): Promise<number>;
+}
+
+/**
+ * The token handed to the caller: the Mutex token, then the grant time
+ * (Redis µs for shared leases, local ms for memory ones), read just before
+ * the grant. Fills compare it with the tags' invalidation stamps.
+ */
+function withGrantTime(token: string, grantedAt: number): string {
+  return `${token}.${grantedAt}`;
+}
+
+function splitToken(token: string): { base: string; grantedAt: number } {
+  const match = /^(.+)\.(\d+)$/.exec(token);
+  return match ? { base: match[1]!, grantedAt: Number(match[2]) } : { base: token, grantedAt: 0 };
+}
 const POLL_INTERVAL_MS = 50;
 
 /** The wake-up name of an L1 key's events: generic keys `k:…`, sessions `s:…`. */
@@ -76,10 +97,12 @@ export class LeaseManager {
   private readonly sleepers = new Map<string, Set<() => void>>();
   /** Leases granted from memory; each entry lapses with its lease, and the table is bounded. */
   private readonly local = new LRUCache<string, LeaseGrant>({ max: 100_000 });
+  /** When each tag was last invalidated here (ms), for fills under memory leases; leases live ≤ 10 min. */
+  private readonly localTagStamps = new LRUCache<string, number>({ max: 100_000, ttl: 600_000 });
 
   constructor(
-    /** The shared mutex when Redis is usable right now; undefined otherwise. */
-    private readonly shared: () => Mutex | undefined,
+    /** The shared leases when Redis is usable right now; undefined otherwise. */
+    private readonly shared: () => SharedLeases | undefined,
     events: EventHub,
   ) {
     events.subscribe((envelope) => {
@@ -152,16 +175,24 @@ export class LeaseManager {
   }
 
   /**
-   * Consumes a memory-granted lease for a fill while Redis is unusable;
-   * a token that is not the current one is stale.
+   * Consumes a memory-granted lease for a fill while Redis is unusable; a
+   * token that is not the current one is stale, and so is one granted
+   * before one of the fill's tags was invalidated.
    */
-  consumeLocal(leaseKey: string, token: string): void {
+  consumeLocal(leaseKey: string, token: string, tags: readonly string[] = []): void {
     const held = this.local.get(leaseKey);
     this.local.delete(leaseKey);
-    if (held === undefined || held.token !== token || held.expiresAt < Date.now()) {
+    const { grantedAt } = splitToken(token);
+    if (held === undefined || held.token !== token || held.expiresAt < Date.now() || tags.some((tag) => (this.localTagStamps.get(tag) ?? 0) >= grantedAt)) {
       this.counters.staleFillsRefused++;
       throw staleLease();
     }
+  }
+
+  /** Tags were invalidated here: memory leases granted before may not fill entries carrying them. */
+  stampTags(tags: readonly string[]): void {
+    const now = Date.now();
+    for (const tag of tags) this.localTagStamps.set(tag, now);
   }
 
   /** A write landed: memory-granted leases of the key are void. */
@@ -181,28 +212,32 @@ export class LeaseManager {
       return;
     }
     await this.shared()
-      ?.release(leaseKey, lease.token)
+      ?.mutex.release(leaseKey, splitToken(lease.token).base)
       .catch(() => undefined);
   }
 
   private async tryAcquire(leaseKey: string, ttlMs: number): Promise<LeaseGrant | undefined> {
-    const mutex = this.shared();
-    if (mutex !== undefined) {
+    const shared = this.shared();
+    if (shared !== undefined) {
       try {
-        const hold = await mutex.tryAcquire(leaseKey, ttlMs);
-        if (hold === undefined || hold.expiresAt > Date.now()) return hold;
+        // Read before the grant: an invalidation stamped at or after this time refuses the fill.
+        const grantedAt = await shared.clockUs();
+        const hold = await shared.mutex.tryAcquire(leaseKey, ttlMs);
+        if (hold === undefined) return undefined;
+        const lease = { token: withGrantTime(hold.token, grantedAt), expiresAt: hold.expiresAt };
+        if (hold.expiresAt > Date.now()) return lease;
         // A grant that took longer than the lease itself (a stalled event loop) is worth nothing.
-        await this.release(leaseKey, hold);
+        await this.release(leaseKey, lease);
         return undefined;
       } catch (error) {
-        if (!(error instanceof CacheError) || error.code !== 'E_UNAVAILABLE') throw error;
+        if (error instanceof CacheError && error.code !== 'E_UNAVAILABLE') throw error;
         // Redis went away between the check and the call: decide locally.
       }
     }
     const now = Date.now();
     const held = this.local.get(leaseKey);
     if (held !== undefined && held.expiresAt > now) return undefined;
-    const lease = { token: LOCAL_PREFIX + randomBytes(12).toString('base64url'), expiresAt: now + ttlMs };
+    const lease = { token: withGrantTime(LOCAL_PREFIX + randomBytes(12).toString('base64url'), now), expiresAt: now + ttlMs };
     this.local.set(leaseKey, lease, { ttl: ttlMs });
     return lease;
   }

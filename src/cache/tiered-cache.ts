@@ -101,7 +101,10 @@ export class TieredCache {
     private readonly sidecarId: string,
     private readonly log: Logger,
   ) {
-    this.leases = new LeaseManager(() => (this.sharedUsable() ? this.shared!.leaseMutex : undefined), events);
+    this.leases = new LeaseManager(
+      () => (this.sharedUsable() ? { mutex: this.shared!.leaseMutex, clockUs: () => this.shared!.l2.clockUs() } : undefined),
+      events,
+    );
     shared?.bus.on('events', (envelopes: EventEnvelope[]) => {
       for (const envelope of envelopes) this.applyRemote(envelope);
     });
@@ -221,6 +224,7 @@ export class TieredCache {
     }
     if (scope === 'local') this.counters.localWrites++;
     this.epoch++;
+    this.leases.stampTags(tags);
     const localEntriesRemoved = this.l1.invalidateTags(tags);
     this.announce({ kind: 'tags', tags });
     return { localEntriesRemoved, scope };
@@ -262,7 +266,7 @@ export class TieredCache {
   }
 
   private setLocal(key: string, value: Buffer, options: SetOptions): WriteResult {
-    if (options.leaseToken !== '') this.leases.consumeLocal(this.leaseKey(key), options.leaseToken);
+    if (options.leaseToken !== '') this.leases.consumeLocal(this.leaseKey(key), options.leaseToken, options.tags);
     else this.leases.revokeLocal(this.leaseKey(key));
     const current = this.l1.peek(lk(key));
     if (options.ifAbsent && current !== undefined) {

@@ -2,7 +2,7 @@ import type Redis from 'ioredis';
 import { CorruptValueError, type ValueCodec } from '../cache/codec';
 import type { KeySpace } from '../cache/l2';
 import type { LatencyWindow } from '../ops/latency';
-import { NEXT_VERSION_LUA } from '../redis/lua';
+import { LEASE_LUA, NEXT_VERSION_LUA } from '../redis/lua';
 import type { NodeRecord } from './node';
 
 /**
@@ -55,8 +55,8 @@ return result
  * KEYS: meta, chunks, lease.  ARGV: chunk, ttl_ms, lease_token, channel, origin, sid, count.
  * Returns {status, version, expires_at}: 1 stored, -3 stale lease.
  */
-const PUT_SCRIPT = `${NEXT_VERSION_LUA}
-if ARGV[3] ~= '' and redis.call('GET', KEYS[3]) ~= ARGV[3] then return {-3, '0', '0'} end
+const PUT_SCRIPT = `${NEXT_VERSION_LUA}${LEASE_LUA}
+if ARGV[3] ~= '' and redis.call('GET', KEYS[3]) ~= lease_base(ARGV[3]) then return {-3, '0', '0'} end
 local version, now_ms = next_version(redis.call('HGET', KEYS[1], 'v'))
 local ttl = tonumber(ARGV[2])
 local expires = string.format('%.0f', now_ms + ttl)

@@ -15,3 +15,17 @@ local function next_version(current)
   return string.format('%.0f', now), tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 `;
+
+/**
+ * A fill lease's token as handed to the caller is `<mutex token>.<grant
+ * time>`: the Mutex key holds the first part; the second is Redis's clock
+ * (µs) read just before the grant, compared with tag invalidation stamps.
+ */
+export const LEASE_LUA = `
+local function lease_base(token)
+  return string.match(token, '^(.+)%.%d+$') or token
+end
+local function lease_granted_at(token)
+  return tonumber(string.match(token, '%.(%d+)$') or '0') or 0
+end
+`;

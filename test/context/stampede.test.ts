@@ -1,9 +1,10 @@
+import { status } from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { ContextCacheClient } from '../../src/client';
 import { session } from '../helpers/nodes';
 import { startRedis, type TestRedis } from '../helpers/redis';
 import { closeAllSidecars, startSidecar, type TestSidecar } from '../helpers/sidecar';
-import { waitFor } from '../helpers/wait';
+import { rejectionOf, waitFor } from '../helpers/wait';
 
 const databaseDelay = () => new Promise((resolve) => setTimeout(resolve, 150));
 
@@ -82,6 +83,24 @@ describe('stampede protection across sidecars', () => {
     expect(Date.now() - started).toBeLessThan(2000);
     const byDeadline = await b.client.get({ key: 'slow', leaseOnMiss: true }, { deadline: 400 });
     expect(byDeadline.found).toBe(false);
+  });
+
+  it('a tag invalidation after the grant refuses a fill that carries the tag', async () => {
+    const miss = await a.client.get({ key: 'tagged', leaseOnMiss: true });
+    expect(miss.lease?.token).toBeTruthy();
+    // The app reads its database; meanwhile the rows behind tag "docs" change and are invalidated.
+    await b.client.invalidateTags({ tags: ['docs'] });
+    const fill = await rejectionOf(a.client.set({ key: 'tagged', value: Buffer.from('loaded before'), tags: ['docs'], leaseToken: miss.lease!.token }));
+    expect(fill.code).toBe(status.ABORTED);
+    expect((await a.client.get({ key: 'tagged' })).found).toBe(false);
+    // A lease granted after the invalidation fills normally.
+    const again = await a.client.get({ key: 'tagged', leaseOnMiss: true });
+    await a.client.set({ key: 'tagged', value: Buffer.from('loaded after'), tags: ['docs'], leaseToken: again.lease!.token });
+    expect(Buffer.from((await b.client.get({ key: 'tagged' })).value).toString()).toBe('loaded after');
+    // An invalidation of another tag does not disturb a fill.
+    const other = await a.client.get({ key: 'tagged-2', leaseOnMiss: true });
+    await b.client.invalidateTags({ tags: ['unrelated'] });
+    await a.client.set({ key: 'tagged-2', value: Buffer.from('fine'), tags: ['docs'], leaseToken: other.lease!.token });
   });
 
   it('a plain write revokes outstanding leases: the older fill is refused', async () => {

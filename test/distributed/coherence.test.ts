@@ -74,6 +74,14 @@ describe('three sidecars, compression, corrupt values and many watchers', () => 
     expect(text((await c.client.get({ key: 'retag' })).value)).toBe('2');
   });
 
+  it('prunes expired members from a tag set on every write, so it does not grow without bound', async () => {
+    for (let i = 0; i < 50; i++) await a.client.set({ key: `churn:${i}`, value: Buffer.from('x'), tags: ['churn'], ttl: { seconds: 0, nanos: 100e6 } });
+    expect(await redis.command('ZCARD', 'cc:three:t:churn')).toBe(50);
+    await waitFor(async () => (await redis.command('EXISTS', 'cc:three:e:churn:49')) === 0, 'the short-lived entries to expire');
+    await a.client.set({ key: 'churn:last', value: Buffer.from('x'), tags: ['churn'] });
+    expect(await redis.command('ZCARD', 'cc:three:t:churn')).toBe(1);
+  });
+
   it('compresses values at or above the threshold in Redis and round-trips them', async () => {
     const big = Buffer.from('The assistant replied with a long and repetitive answer. '.repeat(200));
     const small = Buffer.from('short value under the threshold');
