@@ -94,7 +94,7 @@ export const CONFIG_VARIABLES = {
   CONTEXT_CACHE_COMPRESSION_THRESHOLD: { default: '1KiB', help: 'Values this large or larger are snappy-compressed in Redis when that makes them smaller.' },
   CONTEXT_CACHE_REDIS_COMMAND_TIMEOUT: { default: '500ms', help: 'A Redis command that takes longer fails, and the link is treated as down until it reconnects.' },
   CONTEXT_CACHE_REDIS_RECONNECT_MAX: { default: '5s', help: 'Cap of the exponential reconnect backoff (full jitter, from 100 ms).' },
-  CONTEXT_CACHE_PUBSUB_HEARTBEAT: { default: '5s', help: 'How often the Pub/Sub subscription PINGs on its own connection; no answer within the command timeout drops and re-subscribes it (then resyncs).' },
+  CONTEXT_CACHE_PUBSUB_HEARTBEAT: { default: '5s', help: 'How often the Pub/Sub subscription PINGs on its own connection (no answer within the command timeout: re-subscribe and resync), and Redis is checked for lost data (FLUSHALL, restart).' },
   CONTEXT_CACHE_WATCH_BUFFER: { default: '1000', help: 'Events buffered per Watch stream; a stream that falls further behind gets a Resync (STREAM_OVERFLOW) instead.' },
   CONTEXT_CACHE_LEASE_TTL: { default: '10s', help: 'Default lifetime of a fill lease granted on a miss (lease_ttl overrides it per call).' },
   CONTEXT_CACHE_LOG_LEVEL: { default: 'info', help: 'fatal, error, warn, info, debug, trace or silent.' },

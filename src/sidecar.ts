@@ -52,7 +52,7 @@ class SharedParts implements SharedTier {
       this.link.latency,
     );
     this.bus = new Bus(this.subscriber, keys.channel, sidecarId, log, config.pubsubHeartbeatMs);
-    this.dataLoss = new DataLossDetector(this.link, keys.epoch, log);
+    this.dataLoss = new DataLossDetector(this.link, keys.epoch, log, config.pubsubHeartbeatMs);
     this.leaseMutex = new Mutex([this.link.client], config.redis!.db);
     this.sessions = new SessionRedis(this.link.client, new SessionKeys(keys), codec, sidecarId, (sessionId, error) =>
       log.warn({ sessionId, err: error.message }, 'unreadable session in Redis; deleted and treated as a miss'),
@@ -63,10 +63,12 @@ class SharedParts implements SharedTier {
   start(): void {
     this.link.start();
     this.bus.start();
+    this.dataLoss.start();
   }
 
   async close(): Promise<void> {
     this.bus.stop();
+    this.dataLoss.stop();
     await Promise.all([this.subscriber.close(), this.link.close()]);
   }
 }

@@ -9,21 +9,45 @@ import type { RedisLink } from './connection';
  * restart, a failover or a FLUSHALL changes one of them; then anything this
  * sidecar cached may have been invalidated in ways it never heard of.
  *
+ * Checked on every (re)connection, and every `intervalMs` while connected:
+ * a FLUSHALL does not drop any connection.
+ *
  * Events: 'data-lost' (details).
  */
 export class DataLossDetector extends EventEmitter {
   private runId: string | undefined;
   private epoch: string | undefined;
+  private timer: NodeJS.Timeout | undefined;
+  private checking = false;
 
   constructor(
     private readonly link: RedisLink,
     private readonly epochKey: string,
     private readonly log: Logger,
+    private readonly intervalMs = 5000,
   ) {
     super();
-    link.on('ready', () => {
-      this.check().catch((error: Error) => this.log.warn({ err: error.message }, 'could not check Redis for data loss; will check on the next reconnect'));
-    });
+    link.on('ready', () => this.checkSafely());
+  }
+
+  start(): void {
+    this.timer = setInterval(() => {
+      if (this.link.connected) this.checkSafely();
+    }, this.intervalMs);
+    this.timer.unref();
+  }
+
+  /** Idempotent. */
+  stop(): void {
+    clearInterval(this.timer);
+  }
+
+  private checkSafely(): void {
+    if (this.checking) return;
+    this.checking = true;
+    this.check()
+      .catch((error: Error) => this.log.debug({ err: error.message }, 'could not check Redis for data loss; checking again later'))
+      .finally(() => (this.checking = false));
   }
 
   private async check(): Promise<void> {

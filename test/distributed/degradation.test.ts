@@ -161,4 +161,20 @@ describe('Redis trouble: degradation, recovery and resync', () => {
     await waitFor(() => quiet.sidecar.cache.counters.resyncs > resyncsBefore, 'a resync after re-subscribing');
     await quiet.close();
   });
+
+  it('notices a FLUSHALL (no connection drops) and resyncs', async () => {
+    const watched = await startSidecar({ REDIS_URL: redis.url, CONTEXT_CACHE_NAMESPACE: 'deg', CONTEXT_CACHE_PUBSUB_HEARTBEAT: '200ms' });
+    await waitFor(() => watched.sidecar.cache.mode === 'coherent', 'subscribed');
+    const watcher = new WatchRecorder(watched.client.watch({}));
+    await watcher.started();
+    await watched.client.set({ key: 'f', value: Buffer.from('v') });
+    await redis.command('FLUSHALL');
+    await watcher.waitFor(
+      (m) => m.event?.$case === 'resync' && m.event.value.reason === ResyncReason.RESYNC_REASON_REDIS_DATA_LOST,
+      'a data-lost resync after FLUSHALL',
+    );
+    expect((await watched.client.get({ key: 'f' })).found).toBe(false);
+    watcher.cancel();
+    await watched.close();
+  });
 });
