@@ -3,11 +3,14 @@
  * report. Not part of `npm test`. Pass module names to run only those:
  * `npm run bench -- l1-get`. BENCH_SCALE=0.1 shrinks every run.
  */
+import { compression } from './compression';
+import { context } from './context';
+import { distributed } from './distributed';
 import { l1Get } from './l1-get';
 import { formatReport, type Bench } from './lib';
 import { locks } from './locks';
 
-const BENCHES: Bench[] = [l1Get, locks];
+const BENCHES: Bench[] = [l1Get, distributed, compression, context, locks];
 
 async function main(): Promise<void> {
   const wanted = process.argv.slice(2);
