@@ -1,3 +1,4 @@
+import { isAscii } from 'node:buffer';
 import type Redis from 'ioredis';
 import { CorruptValueError, type ValueCodec } from '../cache/codec';
 import type { KeySpace } from '../cache/l2';
@@ -129,6 +130,11 @@ return 1
 
 type Reply = (string | Buffer | number)[];
 
+/** UTF-8 to string; pure ASCII (most chat text) takes the much faster latin1 path, which reads it the same. */
+function text(bytes: Buffer): string {
+  return isAscii(bytes) ? bytes.toString('latin1') : bytes.toString('utf8');
+}
+
 interface SessionScripts extends Redis {
   ccSessionReadBuffer(...args: (string | number)[]): Promise<Buffer[]>;
   ccSessionPut(...args: (string | number | Buffer)[]): Promise<Reply>;
@@ -257,7 +263,7 @@ export class SessionRedis {
       if (!Number.isSafeInteger(version) || version <= 0) throw new CorruptValueError(`session version "${reply[0]!.toString()}" is not a number`);
       const nodes: NodeRecord[] = [];
       for (const chunk of reply.slice(3)) {
-        const parsed: unknown = JSON.parse(this.codec.decode(chunk).toString('utf8'));
+        const parsed: unknown = JSON.parse(text(this.codec.decode(chunk)));
         if (!Array.isArray(parsed)) throw new CorruptValueError('a session chunk is not a list of nodes');
         for (const node of parsed as NodeRecord[]) nodes.push(node);
       }
