@@ -7436,6 +7436,11 @@ export const ContextCacheService = {
    * Watch streams cache and context events (keys, tags and sessions
    * invalidated, nodes appended, resyncs) from this sidecar and from every
    * other sidecar of the namespace. The first message is always `started`.
+   * A client that reads too slowly never grows the sidecar's memory: past
+   * CONTEXT_CACHE_WATCH_BUFFER unread messages, events for it are dropped,
+   * and once it has caught up it receives one `resync` (STREAM_OVERFLOW);
+   * the stream stays open. Shutdown ends streams with UNAVAILABLE. The
+   * server sends HTTP/2 keepalive pings, so idle streams live for hours.
    */
   watch: {
     path: "/contextcache.v1.ContextCache/Watch" as const,
@@ -7549,6 +7554,11 @@ export interface ContextCacheServer extends UntypedServiceImplementation {
    * Watch streams cache and context events (keys, tags and sessions
    * invalidated, nodes appended, resyncs) from this sidecar and from every
    * other sidecar of the namespace. The first message is always `started`.
+   * A client that reads too slowly never grows the sidecar's memory: past
+   * CONTEXT_CACHE_WATCH_BUFFER unread messages, events for it are dropped,
+   * and once it has caught up it receives one `resync` (STREAM_OVERFLOW);
+   * the stream stays open. Shutdown ends streams with UNAVAILABLE. The
+   * server sends HTTP/2 keepalive pings, so idle streams live for hours.
    */
   watch: handleServerStreamingCall<WatchRequest, WatchResponse>;
   /** GetStats reports this sidecar's counters and the state of its tiers. */
@@ -7841,6 +7851,11 @@ export interface ContextCacheClient extends Client {
    * Watch streams cache and context events (keys, tags and sessions
    * invalidated, nodes appended, resyncs) from this sidecar and from every
    * other sidecar of the namespace. The first message is always `started`.
+   * A client that reads too slowly never grows the sidecar's memory: past
+   * CONTEXT_CACHE_WATCH_BUFFER unread messages, events for it are dropped,
+   * and once it has caught up it receives one `resync` (STREAM_OVERFLOW);
+   * the stream stays open. Shutdown ends streams with UNAVAILABLE. The
+   * server sends HTTP/2 keepalive pings, so idle streams live for hours.
    */
   watch(request: WatchRequest, options?: Partial<CallOptions>): ClientReadableStream<WatchResponse>;
   watch(
