@@ -161,9 +161,8 @@ export class Bus extends EventEmitter {
     if (!this.subscribedNow) return;
     // A PING that does not come back within the command timeout: drop the connection; the
     // reconnect re-subscribes, and the re-subscription resynchronizes.
-    this.link.client.ping().catch((error: Error) => {
-      this.log.warn({ err: error.message }, 'pub/sub heartbeat failed');
-      this.link.reconnect('the pub/sub heartbeat got no answer');
+    void this.link.ping().then((alive) => {
+      if (!alive && this.subscribedNow) this.link.reconnect('the pub/sub heartbeat got no answer');
     });
   }
 

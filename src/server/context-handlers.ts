@@ -12,7 +12,7 @@ import {
   type EntryInfo,
   type Node,
 } from '../gen/contextcache/v1/context_cache';
-import { BinaryWriter, encodedNode, joinEncoded, writeNodes } from './encoding';
+import { encodedNode, encodeNodes, lengthPrefix, stringField, varintField, withRepeated } from './encoding';
 import type { CallTracker } from './calls';
 import { leaseToProto, SCOPE, SOURCE } from './context-cache-service';
 import type { RequestValidator } from './validation';
@@ -115,7 +115,8 @@ export function contextHandlers(deps: { sessions: SessionStore; validate: Reques
       if (read === undefined) return { found: false, nodes: [], info: undefined, lease: lease && leaseToProto(lease) };
       // Pre-encoded: the service definition passes Buffers through (encoding.ts).
       const head = GetSessionNodesResponse.encode({ found: true, nodes: [], info: sessionInfo(read, waited), lease: undefined }).finish();
-      return joinEncoded(head, writeNodes(new BinaryWriter(), 2, read.session.nodes)) as unknown as GetSessionNodesResponse;
+      encodeNodes(read.session.nodes);
+      return withRepeated(head, 2, read.session.nodes.map((node) => [encodedNode(node)])) as unknown as GetSessionNodesResponse;
     }),
 
     putSessionNodes: calls.unary('PutSessionNodes', async (request) => {
@@ -173,14 +174,14 @@ export function contextHandlers(deps: { sessions: SessionStore; validate: Reques
         source: built.source === undefined ? Source.SOURCE_UNSPECIFIED : SOURCE[built.source],
       }).finish();
       // repeated ContextNode nodes = 2 { Node node = 1; InclusionReason reason = 2; string referenced_by = 3; }
-      const tail = new BinaryWriter();
-      for (const item of built.items) {
-        tail.uint32(18).fork().uint32(10).bytes(encodedNode(item.node)).uint32(16).int32(INCLUSION[item.reason]);
-        if (item.referencedBy !== '') tail.uint32(26).string(item.referencedBy);
-        tail.join();
-      }
+      encodeNodes(built.items.map((item) => item.node));
+      const reasons = new Map(Object.values(INCLUSION).map((reason) => [reason, varintField(2, reason)]));
+      const items = built.items.map((item) => {
+        const node = encodedNode(item.node);
+        return [lengthPrefix(1, node.length), node, reasons.get(INCLUSION[item.reason])!, stringField(3, item.referencedBy)];
+      });
       // Pre-encoded: the service definition passes Buffers through (encoding.ts).
-      return joinEncoded(head, tail) as unknown as BuildContextResponse;
+      return withRepeated(head, 2, items) as unknown as BuildContextResponse;
     }),
   };
 }

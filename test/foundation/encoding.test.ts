@@ -1,0 +1,51 @@
+import { describe, expect, it } from 'vitest';
+import type { NodeRecord } from '../../src/context/node';
+import { BuildContextResponse, GetSessionNodesResponse, InclusionReason, Node } from '../../src/gen/contextcache/v1/context_cache';
+import { encodedNode, encodeNodes, lengthPrefix, stringField, varintField, withRepeated } from '../../src/server/encoding';
+import { nodeToProto } from '../../src/server/watch';
+
+/** Nodes with every field shape: empty and multibyte strings, big numbers, maps, refs, old and new times. */
+function variety(): NodeRecord[] {
+  const base: NodeRecord = { id: 'n1', shortId: 'k3x9q', sessionId: 's', parentId: '', role: 2, content: 'hello', createdAt: 1_795_000_000_123, metadata: {}, refs: [] };
+  return [
+    base,
+    { ...base, id: 'n2', parentId: 'n1', role: 3, content: 'ünïcødé 😀 '.repeat(100), metadata: { model: 'm', tokens: '1234', empty: '', '': 'x' }, refs: ['a', 'b-2', 'c_3'] },
+    { ...base, id: 'n3', shortId: '', content: '', createdAt: 0, role: 0 },
+    { ...base, id: 'n4', createdAt: 1000, content: 'x'.repeat(300) },
+    { ...base, id: 'n5', createdAt: 999 },
+    { ...base, id: 'n6', createdAt: -86_400_000 },
+    { ...base, id: 'n7', role: 4, content: 'y'.repeat(20_000) },
+  ];
+}
+
+describe('the fast node encoder', () => {
+  it('writes exactly the bytes of the generated Node.encode', () => {
+    const nodes = variety();
+    encodeNodes(nodes);
+    for (const node of nodes) {
+      const expected = Buffer.from(Node.encode(nodeToProto(node)).finish());
+      expect(encodedNode(node).equals(expected), node.id).toBe(true);
+    }
+  });
+
+  it('frames repeated fields that the generated decoder reads back', () => {
+    const nodes = variety();
+    const head = GetSessionNodesResponse.encode({ found: true, nodes: [], info: undefined, lease: undefined }).finish();
+    const decoded = GetSessionNodesResponse.decode(withRepeated(head, 2, nodes.map((node) => [encodedNode(node)])));
+    expect(decoded.found).toBe(true);
+    expect(decoded.nodes).toEqual(nodes.map(nodeToProto));
+
+    const items = nodes.map((node, index) => {
+      const bytes = encodedNode(node);
+      return [lengthPrefix(1, bytes.length), bytes, varintField(2, InclusionReason.INCLUSION_REASON_REFERENCE), stringField(3, index % 2 === 0 ? '' : `by${index}`)];
+    });
+    const built = BuildContextResponse.decode(
+      withRepeated(BuildContextResponse.encode({ sessionFound: true, nodes: [], unresolvedShortIds: ['u'], missingSessionIds: [], droppedNodes: 3, totalChars: 10, sessionVersion: 7, source: 1 }).finish(), 2, items),
+    );
+    expect(built.droppedNodes).toBe(3);
+    expect(built.unresolvedShortIds).toEqual(['u']);
+    expect(built.nodes.map((n) => n.node)).toEqual(nodes.map(nodeToProto));
+    expect(built.nodes.map((n) => n.referencedBy)).toEqual(nodes.map((_, index) => (index % 2 === 0 ? '' : `by${index}`)));
+    expect(built.nodes.every((n) => n.reason === InclusionReason.INCLUSION_REASON_REFERENCE)).toBe(true);
+  });
+});
