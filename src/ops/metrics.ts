@@ -4,6 +4,23 @@ import { LinkState, type GetStatsResponse } from '../gen/contextcache/v1/context
 
 const PREFIX = 'context_cache_';
 
+/**
+ * Process and runtime metrics (CPU, memory, event loop lag, GC) belong to
+ * the process, not to a sidecar: collected once, in a registry of their own
+ * — their collectors (an event-loop monitor, a GC observer) cannot be
+ * stopped, so one per Sidecar would pile up where several run in one
+ * process (tests).
+ */
+let processRegistry: Registry | undefined;
+
+function processMetrics(): Registry {
+  if (processRegistry === undefined) {
+    processRegistry = new Registry();
+    collectDefaultMetrics({ register: processRegistry });
+  }
+  return processRegistry;
+}
+
 /** A counter mirrored from a monotonic value we already keep: increments by the difference at each scrape. */
 class MirroredCounter<L extends string> {
   private readonly last = new Map<string, number>();
@@ -38,7 +55,7 @@ export class Metrics {
 
   constructor(snapshot: () => GetStatsResponse, events: EventHub, sidecarId: string, health: () => Record<string, string>) {
     const registry = this.registry;
-    collectDefaultMetrics({ register: registry });
+    processMetrics();
     this.rpcDuration = new Histogram({
       name: PREFIX + 'rpc_duration_seconds',
       help: 'Unary RPC latency by method and gRPC status code.',
@@ -128,6 +145,7 @@ export class Metrics {
 
   async render(): Promise<{ contentType: string; body: string }> {
     this.refresh();
-    return { contentType: this.registry.contentType, body: await this.registry.metrics() };
+    const merged = Registry.merge([processMetrics(), this.registry]);
+    return { contentType: this.registry.contentType, body: await merged.metrics() };
   }
 }
