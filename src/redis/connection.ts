@@ -122,7 +122,8 @@ export class RedisLink extends EventEmitter {
         this.client.ping(),
         new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error('ping timed out')), timeoutMs))),
       ]);
-      return answer === 'PONG';
+      // A connection in subscribe mode answers a RESP2 PING with ["pong", ""], not PONG.
+      return answer === 'PONG' || (Array.isArray(answer) && String(answer[0]).toLowerCase() === 'pong');
     } catch {
       return false;
     } finally {

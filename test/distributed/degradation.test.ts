@@ -145,6 +145,20 @@ describe('Redis trouble: degradation, recovery and resync', () => {
     await waitFor(() => a.sidecar.cache.mode === 'coherent', 'A to reconnect after Redis resumes');
   });
 
+  it('a heartbeat against a healthy Redis keeps the subscription (and L1) as they are', async () => {
+    const calm = await startSidecar({ REDIS_URL: redis.url, CONTEXT_CACHE_NAMESPACE: 'deg', CONTEXT_CACHE_PUBSUB_HEARTBEAT: '100ms' });
+    await waitFor(() => calm.sidecar.cache.mode === 'coherent', 'subscribed');
+    await calm.client.set({ key: 'calm', value: Buffer.from('v') });
+    const resyncs = calm.sidecar.cache.counters.resyncs;
+    const started = Date.now();
+    // Ten heartbeats; each PING is answered (in subscribe mode Redis answers ["pong", ""]).
+    await waitFor(() => Date.now() - started > 1000, 'ten heartbeats');
+    expect(calm.sidecar.cache.counters.resyncs).toBe(resyncs);
+    expect(calm.sidecar.cache.mode).toBe('coherent');
+    expect((await calm.client.get({ key: 'calm' })).info?.source).toBe(Source.SOURCE_L1);
+    await calm.close();
+  });
+
   it('notices a silent subscription by its heartbeat, re-subscribes and resyncs', async () => {
     const quiet = await startSidecar({ REDIS_URL: redis.url, CONTEXT_CACHE_NAMESPACE: 'deg', CONTEXT_CACHE_PUBSUB_HEARTBEAT: '200ms', CONTEXT_CACHE_REDIS_RECONNECT_MAX: '200ms' });
     await waitFor(() => quiet.sidecar.cache.mode === 'coherent', 'subscribed');
