@@ -87,7 +87,8 @@ export function decodeBusMessage(raw: string, receivedAt: number): EventEnvelope
       );
     }
     case 'g':
-      return [envelope({ kind: 'tags', tags })];
+      // cjson encodes an empty list of keys as {} too.
+      return [envelope({ kind: 'tags', tags, keys: isStringArray(message.k) ? message.k : [] })];
     case 's':
       if (!isString(message.s)) throw new MalformedMessage('session event without session');
       return [envelope({ kind: 'session', sessionId: message.s, change: message.c === 'fill' ? 'filled' : 'invalidated', version: integer(message.v, 'version') })];

@@ -10,7 +10,7 @@ export type ResyncReason = 'subscription-restored' | 'redis-data-lost' | 'stream
 
 export type CacheEvent =
   | { kind: 'key'; key: string; change: 'set' | 'deleted'; version: number; tags: readonly string[] }
-  | { kind: 'tags'; tags: readonly string[] }
+  | { kind: 'tags'; tags: readonly string[]; keys: readonly string[] }
   | { kind: 'session'; sessionId: string; change: 'invalidated' | 'filled'; version: number }
   | { kind: 'node'; node: NodeRecord; sessionVersion: number; previousVersion: number }
   | { kind: 'resync'; reason: ResyncReason };

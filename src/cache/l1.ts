@@ -146,13 +146,13 @@ export class L1Cache {
     return this.lru.delete(key);
   }
 
-  /** Removes every entry carrying any of the tags; returns how many. */
-  invalidateTags(tags: readonly string[]): number {
-    let removed = 0;
+  /** Removes every entry carrying any of the tags; returns their keys. */
+  invalidateTags(tags: readonly string[]): string[] {
+    const removed: string[] = [];
     for (const tag of tags) {
       const keys = this.keysByTag.get(tag);
       if (keys === undefined) continue;
-      for (const key of [...keys]) if (this.removeLive(key)) removed++;
+      for (const key of [...keys]) if (this.removeLive(key)) removed.push(key);
     }
     return removed;
   }

@@ -130,12 +130,13 @@ return result
  * (an entry rewritten without the tag survives), clears the tag sets, stamps
  * the tags with Redis's clock (for lease fills, see SET), and announces them.
  * KEYS: tag sets (n), tag stamps (n).  ARGV: channel, origin, entry prefix, tags (n).
+ * Returns the keys removed.
  */
 const INVALIDATE_TAGS_SCRIPT = `
 local t = redis.call('TIME')
 local now_us = string.format('%.0f', tonumber(t[1]) * 1000000 + tonumber(t[2]))
 local n = #KEYS / 2
-local removed = 0
+local removed = {}
 local tags = {}
 for i = 1, n do
   local tag = ARGV[i + 3]
@@ -144,15 +145,15 @@ for i = 1, n do
   for _, key in ipairs(redis.call('ZRANGE', KEYS[i], 0, -1)) do
     local entry = ARGV[3] .. key
     local field = redis.call('HGET', entry, 't')
-    if field and string.find(field, needle, 1, true) then
-      removed = removed + redis.call('DEL', entry)
+    if field and string.find(field, needle, 1, true) and redis.call('DEL', entry) == 1 then
+      removed[#removed + 1] = key
     end
   end
   redis.call('DEL', KEYS[i])
   -- Leases live at most 10 minutes: so does the stamp.
   redis.call('SET', KEYS[n + i], now_us, 'PX', 600000)
 end
-redis.call('PUBLISH', ARGV[1], cjson.encode({o = ARGV[2], t = string.format('%.0f', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)), e = 'g', g = tags}))
+redis.call('PUBLISH', ARGV[1], cjson.encode({o = ARGV[2], t = string.format('%.0f', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)), e = 'g', g = tags, k = removed}))
 return removed
 `;
 
@@ -161,7 +162,7 @@ type ScriptReply = (string | number | Buffer)[];
 interface ScriptedRedis extends Redis {
   ccSet(...args: (string | Buffer | number)[]): Promise<ScriptReply>;
   ccDelete(...args: (string | number)[]): Promise<ScriptReply>;
-  ccInvalidateTags(...args: (string | number)[]): Promise<number>;
+  ccInvalidateTags(...args: (string | number)[]): Promise<string[]>;
 }
 
 export interface L2SetOptions {
@@ -273,7 +274,8 @@ export class L2Store {
     return Number(seconds) * 1_000_000 + Number(micros);
   }
 
-  async invalidateTags(tags: readonly string[]): Promise<number> {
+  /** Returns the keys removed. */
+  async invalidateTags(tags: readonly string[]): Promise<string[]> {
     return this.latency.time(this.redis.ccInvalidateTags(tags.length * 2, ...tags.map((tag) => this.keys.tag(tag)), ...tags.map((tag) => this.keys.tagStamp(tag)), this.keys.channel, this.origin, this.keys.prefix + 'e:', ...tags));
   }
 

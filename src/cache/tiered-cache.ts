@@ -12,6 +12,7 @@ export type Tier = 'l1' | 'l2';
 
 /** L1 key of a generic entry; sessions live in the same L1 under another prefix. */
 export const lk = (key: string): string => `k:${key}`;
+const keyOfL1 = (l1Key: string): string => l1Key.slice(2);
 /** `local`: only this sidecar's memory holds the write; `shared`: Redis and every sidecar do. */
 export type WriteScope = 'local' | 'shared';
 
@@ -213,9 +214,10 @@ export class TieredCache {
 
   async invalidateTags(tags: readonly string[]): Promise<{ localEntriesRemoved: number; scope: WriteScope }> {
     let scope: WriteScope = 'local';
+    let removedInRedis: string[] = [];
     if (this.sharedUsable()) {
       try {
-        await this.shared!.l2.invalidateTags(tags);
+        removedInRedis = await this.shared!.l2.invalidateTags(tags);
         this.counters.published++;
         scope = 'shared';
       } catch (error) {
@@ -225,9 +227,9 @@ export class TieredCache {
     if (scope === 'local') this.counters.localWrites++;
     this.epoch++;
     this.leases.stampTags(tags);
-    const localEntriesRemoved = this.l1.invalidateTags(tags);
-    this.announce({ kind: 'tags', tags });
-    return { localEntriesRemoved, scope };
+    const removedHere = this.l1.invalidateTags(tags).map(keyOfL1);
+    this.announce({ kind: 'tags', tags, keys: [...new Set([...removedInRedis, ...removedHere])] });
+    return { localEntriesRemoved: removedHere.length, scope };
   }
 
   /**

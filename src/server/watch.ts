@@ -40,7 +40,7 @@ export class WatchFilter {
       case 'key':
         return this.keyPrefixes.some((prefix) => event.key.startsWith(prefix)) || event.tags.some((tag) => this.tags.has(tag));
       case 'tags':
-        return event.tags.some((tag) => this.tags.has(tag));
+        return event.tags.some((tag) => this.tags.has(tag)) || event.keys.some((key) => this.keyPrefixes.some((prefix) => key.startsWith(prefix)));
       case 'session':
         return this.sessions.has(event.sessionId);
       case 'node':
@@ -62,7 +62,7 @@ function toEvent(event: CacheEvent): WatchResponse['event'] {
         },
       };
     case 'tags':
-      return { $case: 'tagsInvalidated', value: { tags: [...event.tags] } };
+      return { $case: 'tagsInvalidated', value: { tags: [...event.tags], keys: [...event.keys] } };
     case 'session':
       return {
         $case: 'sessionInvalidated',

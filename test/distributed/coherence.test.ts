@@ -52,8 +52,14 @@ describe('three sidecars, compression, corrupt values and many watchers', () => 
     const watcher = new WatchRecorder(a.client.watch({ tags: ['docs'] }));
     await watcher.started();
 
+    const byPrefix = new WatchRecorder(b.client.watch({ keyPrefixes: ['doc:'] }));
+    await byPrefix.started();
     await c.client.invalidateTags({ tags: ['docs'] });
     await watcher.waitFor((m) => m.event?.$case === 'tagsInvalidated', 'the tags event on A');
+    // A watcher of key prefixes hears of the tag invalidation too, with the keys it removed.
+    const event = await byPrefix.waitFor((m) => m.event?.$case === 'tagsInvalidated', 'the tags event for doc: on B');
+    expect(event.event?.$case === 'tagsInvalidated' && [...event.event.value.keys].sort()).toEqual(['doc:1', 'doc:2']);
+    byPrefix.cancel();
     for (const s of [a, b, c]) {
       const [one, two, keep] = (await s.client.getMany({ keys: ['doc:1', 'doc:2', 'keep'] })).results;
       expect(one?.found).toBe(false);

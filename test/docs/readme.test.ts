@@ -108,14 +108,21 @@ describe('README', () => {
             if (rest[0]!.endsWith('/Get')) expect(JSON.parse(stdout), command).toMatchObject({ found: true, value: 'aGVsbG8=' });
             if (rest[0]!.endsWith('/BuildContext')) {
               const built = JSON.parse(stdout) as { nodes: { node: { id: string }; reason: string }[] };
-              // m3 references k3x9q (m1), which is on the path already: it is not repeated.
-              expect(built.nodes.map((n) => n.node.id), command).toEqual(['m1', 'm2', 'm3']);
+              // The node of chat-0 that m3 references, then the path to m3.
+              expect(built.nodes.map((n) => [n.node.id, n.reason]), command).toEqual([
+                ['a1', 'INCLUSION_REASON_REFERENCE'],
+                ['m1', 'INCLUSION_REASON_CONVERSATION'],
+                ['m2', 'INCLUSION_REASON_CONVERSATION'],
+                ['m3', 'INCLUSION_REASON_CONVERSATION'],
+              ]);
             }
             if (rest[0]!.endsWith('Health/Check')) expect(JSON.parse(stdout), command).toEqual({ status: 'SERVING' });
           }
         }
         // The watcher saw the writes made after it started.
         await waitFor(() => watch?.output().includes('"nodeAppended"'), 'the appended node on the Watch stream');
+        expect(watch!.output()).toContain('"keyInvalidated"');
+        expect(watch!.output()).toContain('"tagsInvalidated"');
       } finally {
         watch?.stop();
       }

@@ -937,6 +937,13 @@ export interface KeyInvalidated {
 export interface TagsInvalidated {
   /** The tags. */
   tags: string[];
+  /**
+   * The keys removed because they carried one of the tags, as far as the
+   * sidecar that invalidated them knew (from Redis, or from its own L1 when
+   * Redis was away). A stream that watches key prefixes receives the event
+   * when one of these keys has a watched prefix.
+   */
+  keys: string[];
 }
 
 /** SessionInvalidated: a session was invalidated or replaced. */
@@ -5302,13 +5309,16 @@ export const KeyInvalidated: MessageFns<KeyInvalidated> = {
 };
 
 function createBaseTagsInvalidated(): TagsInvalidated {
-  return { tags: [] };
+  return { tags: [], keys: [] };
 }
 
 export const TagsInvalidated: MessageFns<TagsInvalidated> = {
   encode(message: TagsInvalidated, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     for (const v of message.tags) {
       writer.uint32(10).string(v!);
+    }
+    for (const v of message.keys) {
+      writer.uint32(18).string(v!);
     }
     return writer;
   },
@@ -5334,6 +5344,14 @@ export const TagsInvalidated: MessageFns<TagsInvalidated> = {
             message.tags.push(reader.string());
             continue;
           }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.keys.push(reader.string());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -5347,13 +5365,19 @@ export const TagsInvalidated: MessageFns<TagsInvalidated> = {
   },
 
   fromJSON(object: any): TagsInvalidated {
-    return { tags: globalThis.Array.isArray(object?.tags) ? object.tags.map((e: any) => globalThis.String(e)) : [] };
+    return {
+      tags: globalThis.Array.isArray(object?.tags) ? object.tags.map((e: any) => globalThis.String(e)) : [],
+      keys: globalThis.Array.isArray(object?.keys) ? object.keys.map((e: any) => globalThis.String(e)) : [],
+    };
   },
 
   toJSON(message: TagsInvalidated): unknown {
     const obj: any = {};
     if (message.tags?.length) {
       obj.tags = message.tags;
+    }
+    if (message.keys?.length) {
+      obj.keys = message.keys;
     }
     return obj;
   },
@@ -5364,6 +5388,7 @@ export const TagsInvalidated: MessageFns<TagsInvalidated> = {
   fromPartial<I extends Exact<DeepPartial<TagsInvalidated>, I>>(object: I): TagsInvalidated {
     const message = createBaseTagsInvalidated();
     message.tags = object.tags?.map((e) => e) || [];
+    message.keys = object.keys?.map((e) => e) || [];
     return message;
   },
 };
