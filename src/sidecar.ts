@@ -137,7 +137,7 @@ export class Sidecar {
         watch: new WatchFanout(this.events, {
           validate,
           sidecarId: this.sidecarId,
-          subscribed: () => this.cache.mode === 'coherent' || this.cache.mode === 'l1-only',
+          subscribed: () => this.cache.mode === 'coherent',
           bufferLimit: config.watchBuffer,
           counters: this.watchCounters,
           onError: (error) => log.error({ err: error }, 'delivering a Watch event failed'),

@@ -982,7 +982,10 @@ export interface Resync {
 export interface WatchStarted {
   /** The ID of the sidecar serving the stream. */
   sidecarId: string;
-  /** Whether this sidecar currently receives other sidecars' events. */
+  /**
+   * Whether this sidecar currently receives other sidecars' events (false
+   * when it runs L1-only, or while its Pub/Sub subscription is down).
+   */
   subscribed: boolean;
 }
 
