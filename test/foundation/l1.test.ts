@@ -173,9 +173,9 @@ describe('L1Cache (unit)', () => {
       const l1 = new L1Cache(MiB);
       l1.set('k', entry(1, 'a', ['old']));
       l1.set('k', entry(2, 'b', ['new']));
-      expect(l1.invalidateTags(['old'])).toBe(0);
+      expect(l1.invalidateTags(['old'])).toHaveLength(0);
       expect(l1.peek('k')?.version).toBe(2);
-      expect(l1.invalidateTags(['new'])).toBe(1);
+      expect(l1.invalidateTags(['new'])).toHaveLength(1);
       expect(l1.peek('k')).toBeUndefined();
     });
 
@@ -190,7 +190,7 @@ describe('L1Cache (unit)', () => {
       expect(l1.peek('victim')).toBeUndefined();
       // The key comes back without the tag: invalidating the old tag must not touch it.
       l1.set('victim', entry(2, 'back'));
-      expect(l1.invalidateTags(['doomed'])).toBe(0);
+      expect(l1.invalidateTags(['doomed'])).toHaveLength(0);
       expect(l1.peek('victim')?.value.toString()).toBe('back');
     });
 
@@ -199,7 +199,7 @@ describe('L1Cache (unit)', () => {
       l1.set('k', entry(1, 'a', ['t']));
       expect(l1.delete('k')).toBe(true);
       l1.set('k', entry(2, 'b'));
-      expect(l1.invalidateTags(['t'])).toBe(0);
+      expect(l1.invalidateTags(['t'])).toHaveLength(0);
       expect(l1.peek('k')).toBeDefined();
     });
 
@@ -211,7 +211,7 @@ describe('L1Cache (unit)', () => {
       expect(l1.get('k')).toBeUndefined();
       expect(l1.counters.expirations).toBe(1);
       l1.set('k', entry(2, 'b'));
-      expect(l1.invalidateTags(['t'])).toBe(0);
+      expect(l1.invalidateTags(['t'])).toHaveLength(0);
       expect(l1.peek('k')).toBeDefined();
     });
 
@@ -220,7 +220,7 @@ describe('L1Cache (unit)', () => {
       l1.set('both', entry(1, 'x', ['a', 'b']));
       l1.set('a-only', entry(1, 'x', ['a']));
       l1.set('c-only', entry(1, 'x', ['c']));
-      expect(l1.invalidateTags(['a', 'b'])).toBe(2);
+      expect(l1.invalidateTags(['a', 'b'])).toHaveLength(2);
       expect(l1.peek('c-only')).toBeDefined();
       expect(l1.entries).toBe(1);
     });
@@ -231,7 +231,7 @@ describe('L1Cache (unit)', () => {
       l1.set('stale', entry(1, 'a', ['t'], expiresAt));
       l1.set('live', entry(1, 'b', ['t']));
       await waitFor(() => Date.now() > expiresAt + 5, 'the TTL to pass', 2000);
-      expect(l1.invalidateTags(['t'])).toBe(1);
+      expect(l1.invalidateTags(['t'])).toHaveLength(1);
       expect(l1.entries).toBe(0);
       expect(l1.counters.expirations).toBe(1);
     });
