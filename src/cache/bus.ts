@@ -47,8 +47,10 @@ function node(value: unknown): NodeRecord {
     n === null ||
     typeof n !== 'object' ||
     ![n.id, n.shortId, n.sessionId, n.parentId, n.content].every(isString) ||
-    typeof n.role !== 'number' ||
-    typeof n.createdAt !== 'number' ||
+    !Number.isSafeInteger(n.role) ||
+    (n.role as number) < 0 ||
+    (n.role as number) > 2 ** 31 - 1 ||
+    !Number.isSafeInteger(n.createdAt) ||
     !isStringArray(n.refs) ||
     typeof n.metadata !== 'object' ||
     n.metadata === null ||
@@ -92,8 +94,18 @@ export function decodeBusMessage(raw: string, receivedAt: number): EventEnvelope
     case 's':
       if (!isString(message.s)) throw new MalformedMessage('session event without session');
       return [envelope({ kind: 'session', sessionId: message.s, change: message.c === 'fill' ? 'filled' : 'invalidated', version: integer(message.v, 'version') })];
-    case 'n':
-      return [envelope({ kind: 'node', node: node(message.n), sessionVersion: integer(message.v, 'version'), previousVersion: integer(message.p ?? '0', 'previous version') })];
+    case 'n': {
+      const sessionVersion = integer(message.v, 'version');
+      let appended: NodeRecord;
+      try {
+        appended = node(message.n);
+      } catch (error) {
+        // The session did change: whatever this sidecar holds of it is older. Drop it rather than ignore the event.
+        if (isString(message.s)) return [envelope({ kind: 'session', sessionId: message.s, change: 'invalidated', version: sessionVersion })];
+        throw error;
+      }
+      return [envelope({ kind: 'node', node: appended, sessionVersion, previousVersion: integer(message.p ?? '0', 'previous version') })];
+    }
     default:
       throw new MalformedMessage(`unknown event type ${String(message.e)}`);
   }

@@ -23,8 +23,9 @@ export class KeySpace {
     return `${this.prefix}e:${key}`;
   }
 
+  /** The keys carrying a tag: a sorted set scored by their expiry. */
   tag(tag: string): string {
-    return `${this.prefix}t:${tag}`;
+    return `${this.prefix}tz:${tag}`;
   }
 
   /** When a tag was last invalidated (Redis µs): fills under older leases that would carry it are refused. */
@@ -74,7 +75,12 @@ if ARGV[8] ~= '' then
   if redis.call('GET', KEYS[2]) ~= lease_base(ARGV[8]) then return {-3, '0', '0'} end
   local granted = lease_granted_at(ARGV[8])
   for i = 1, n do
-    if (tonumber(redis.call('GET', KEYS[2 + n + i]) or '0') or 0) >= granted then return {-3, '0', '0'} end
+    local stamp = tonumber(redis.call('GET', KEYS[2 + n + i]) or '0') or 0
+    if stamp > 0 and stamp >= granted then
+      -- The lease is spent: free it, so the next reader gets a lease at once instead of waiting out its TTL.
+      redis.call('DEL', KEYS[2])
+      return {-3, '0', '0'}
+    end
   end
 end
 redis.call('DEL', KEYS[2])

@@ -230,7 +230,7 @@ export class LeaseManager {
         await this.release(leaseKey, lease);
         return undefined;
       } catch (error) {
-        if (error instanceof CacheError && error.code !== 'E_UNAVAILABLE') throw error;
+        if (!(error instanceof CacheError) || error.code !== 'E_UNAVAILABLE') throw error;
         // Redis went away between the check and the call: decide locally.
       }
     }

@@ -103,7 +103,7 @@ export class TieredCache {
     private readonly log: Logger,
   ) {
     this.leases = new LeaseManager(
-      () => (this.sharedUsable() ? { mutex: this.shared!.leaseMutex, clockUs: () => this.shared!.l2.clockUs() } : undefined),
+      () => (this.sharedUsable() ? { mutex: this.shared!.leaseMutex, clockUs: () => this.redisClockUs() } : undefined),
       events,
     );
     shared?.bus.on('events', (envelopes: EventEnvelope[]) => {
@@ -111,7 +111,9 @@ export class TieredCache {
     });
     shared?.bus.on('subscribed', (restored: boolean) => {
       // Before this subscription nothing told L1 about other sidecars' writes: whatever it
-      // holds (local writes while Redis was away, or an earlier subscription's state) is suspect.
+      // holds (local writes while Redis was away, or an earlier subscription's state) is suspect,
+      // and so is any read still in flight from before.
+      this.epoch++;
       if (restored || this.l1.entries > 0) this.resync('subscription-restored');
     });
   }
@@ -298,6 +300,16 @@ export class TieredCache {
   private l1Fallback(key: string): ReadResult | undefined {
     const entry = this.l1.get(lk(key));
     return entry === undefined ? undefined : { entry, source: 'l1' };
+  }
+
+  /** Redis's clock; a failure counts like any Redis failure and reads as "unavailable". */
+  private async redisClockUs(): Promise<number> {
+    try {
+      return await this.shared!.l2.clockUs();
+    } catch (error) {
+      this.l2Failed(error, 'read the Redis clock');
+      throw new CacheError('E_UNAVAILABLE', 'Redis did not answer TIME', { cause: error });
+    }
   }
 
   /** Whether Redis can be used for this operation right now. */

@@ -19,6 +19,7 @@ export class DataLossDetector extends EventEmitter {
   private epoch: string | undefined;
   private timer: NodeJS.Timeout | undefined;
   private checking = false;
+  private failures = 0;
 
   constructor(
     private readonly link: RedisLink,
@@ -46,20 +47,25 @@ export class DataLossDetector extends EventEmitter {
     if (this.checking) return;
     this.checking = true;
     this.check()
-      .catch((error: Error) => this.log.debug({ err: error.message }, 'could not check Redis for data loss; checking again later'))
+      .then(() => (this.failures = 0))
+      .catch((error: Error) => {
+        // Once per run of failures at warn, not every interval.
+        if (this.failures++ === 0) this.log.warn({ err: error.message }, 'could not check Redis for data loss; checking again later');
+      })
       .finally(() => (this.checking = false));
   }
 
   private async check(): Promise<void> {
     const client = this.link.client;
-    const info = await client.info('server');
+    const info = await client.info('server').catch(() => '');
     const runId = /run_id:(\w+)/.exec(info)?.[1];
     const candidate = randomUUID();
     // SET NX GET: creates the epoch if missing and returns the previous value either way.
     const previous = (await client.set(this.epochKey, candidate, 'NX', 'GET')) as string | null;
     const epoch = previous ?? candidate;
-    const known = this.runId !== undefined;
-    const lost = known && (runId !== this.runId || epoch !== this.epoch);
+    const known = this.epoch !== undefined;
+    // run_id may be missing (INFO denied by an ACL): the epoch key alone still tells.
+    const lost = known && (epoch !== this.epoch || (runId !== undefined && this.runId !== undefined && runId !== this.runId));
     if (lost) {
       const details = { previousRunId: this.runId, runId, epochReplaced: epoch !== this.epoch };
       this.log.warn(details, 'redis came back without its previous data');

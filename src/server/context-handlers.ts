@@ -76,6 +76,10 @@ export class ContextValidator {
       if (Buffer.byteLength(value) > MAX_METADATA_VALUE_BYTES) throw invalidArgument(`${field}.metadata["${key}"] is over ${MAX_METADATA_VALUE_BYTES} bytes`);
     }
     this.validate.value(Buffer.from(node.content), `${field}.content`);
+    const createdAt = node.createdAt?.getTime() ?? 0;
+    if (!Number.isSafeInteger(createdAt)) {
+      throw invalidArgument(`${field}.created_at is out of range; use a time between years 0001 and 9999`);
+    }
     return {
       id: this.id(node.id, `${field}.id`),
       shortId: node.shortId === '' ? '' : this.shortId(node.shortId, `${field}.short_id`),
@@ -83,7 +87,7 @@ export class ContextValidator {
       parentId: this.id(node.parentId, `${field}.parent_id`, true),
       role,
       content: node.content,
-      createdAt: node.createdAt?.getTime() ?? 0,
+      createdAt,
       metadata: { ...node.metadata },
       refs: this.shortIds(node.refs, `${field}.refs`, MAX_REFS),
     };

@@ -128,29 +128,35 @@ function write(node: NodeRecord, p: NodePlan, buffer: Buffer, offset: number): n
 }
 
 /** Nodes the fast encoder leaves to the generated one (times before 1970 encode as negative int64s). */
-const unusual = (node: NodeRecord) => node.createdAt < 0 || !Number.isSafeInteger(node.createdAt) || node.role < 0;
+const unusual = (node: NodeRecord) => node.createdAt < 0 || !Number.isSafeInteger(node.createdAt) || !Number.isSafeInteger(node.role) || node.role < 0;
 
-/** Encodes the nodes not encoded yet, into one shared buffer (one allocation per batch, not per node). */
+/**
+ * Encodes the nodes not encoded yet: one buffer per session (one allocation
+ * per session, not per node, and no buffer shared across sessions, so an
+ * evicted session's bytes are never kept alive by another's).
+ */
 export function encodeNodes(nodes: readonly NodeRecord[]): void {
-  const plans: [NodeRecord, NodePlan][] = [];
-  let total = 0;
+  const bySession = new Map<string, { plans: [NodeRecord, NodePlan][]; total: number }>();
   for (const node of nodes) {
     if (encodedNodes.has(node)) continue;
     if (unusual(node)) {
       encodedNodes.set(node, Buffer.from(Node.encode(nodeToProto(node)).finish()));
       continue;
     }
+    let group = bySession.get(node.sessionId);
+    if (group === undefined) bySession.set(node.sessionId, (group = { plans: [], total: 0 }));
     const p = plan(node);
-    plans.push([node, p]);
-    total += p.size;
+    group.plans.push([node, p]);
+    group.total += p.size;
   }
-  if (plans.length === 0) return;
-  const buffer = Buffer.allocUnsafeSlow(total);
-  let offset = 0;
-  for (const [node, p] of plans) {
-    const end = write(node, p, buffer, offset);
-    encodedNodes.set(node, buffer.subarray(offset, end));
-    offset = end;
+  for (const { plans, total } of bySession.values()) {
+    const buffer = Buffer.allocUnsafeSlow(total);
+    let offset = 0;
+    for (const [node, p] of plans) {
+      const end = write(node, p, buffer, offset);
+      encodedNodes.set(node, buffer.subarray(offset, end));
+      offset = end;
+    }
   }
 }
 

@@ -1,6 +1,7 @@
 import { status } from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { InclusionReason, Role, Source, WriteScope } from '../../src/client';
+import { InclusionReason, Node, PutSessionNodesRequest, Role, Source, WriteScope } from '../../src/client';
+import { Timestamp } from '../../src/gen/google/protobuf/timestamp';
 import { node, session } from '../helpers/nodes';
 import { startRedis, type TestRedis } from '../helpers/redis';
 import { closeAllSidecars, startSidecar, type TestSidecar } from '../helpers/sidecar';
@@ -179,5 +180,38 @@ describe('conversation context on two sidecars', () => {
     }
     const noNode = await rejectionOf(a.client.appendNode({}));
     expect(noNode.code).toBe(status.INVALID_ARGUMENT);
+  });
+});
+
+describe('node timestamps', () => {
+  it('a created_at outside the representable range is INVALID_ARGUMENT, not a broken session', async () => {
+    const sc = await startSidecar();
+    try {
+      const raw = await new Promise<{ code: number; details: string }>((resolve) => {
+        // seconds = 9e12 is a valid Timestamp on the wire but beyond what a date can hold.
+        const request = PutSessionNodesRequest.encode({
+          sessionId: 'far',
+          nodes: [],
+          leaseToken: '',
+          ttl: undefined,
+        }).finish();
+        const nodeBytes = Buffer.from(Node.encode(Node.fromPartial({ ...node('far', 0), createdAt: undefined })).finish());
+        const seconds = Buffer.from(Timestamp.encode({ seconds: 9e12, nanos: 0 }).finish());
+        const timestamp = Buffer.concat([Buffer.from([0x3a, seconds.length]), seconds]);
+        const withNode = Buffer.concat([Buffer.from(request), Buffer.from([0x12, nodeBytes.length + timestamp.length]), nodeBytes, timestamp]);
+        sc.client.raw.makeUnaryRequest(
+          '/contextcache.v1.ContextCache/PutSessionNodes',
+          (b: Buffer) => b,
+          (b: Buffer) => b,
+          withNode,
+          (error: { code: number; details: string } | null) => resolve(error ?? { code: 0, details: '' }),
+        );
+      });
+      expect(raw.code).toBe(status.INVALID_ARGUMENT);
+      expect(raw.details).toMatch(/created_at is out of range/);
+      expect((await sc.client.getSessionNodes({ sessionId: 'far' })).found).toBe(false);
+    } finally {
+      await sc.close();
+    }
   });
 });

@@ -93,9 +93,12 @@ describe('stampede protection across sidecars', () => {
     const fill = await rejectionOf(a.client.set({ key: 'tagged', value: Buffer.from('loaded before'), tags: ['docs'], leaseToken: miss.lease!.token }));
     expect(fill.code).toBe(status.ABORTED);
     expect((await a.client.get({ key: 'tagged' })).found).toBe(false);
-    // A lease granted after the invalidation fills normally.
-    const again = await a.client.get({ key: 'tagged', leaseOnMiss: true });
-    await a.client.set({ key: 'tagged', value: Buffer.from('loaded after'), tags: ['docs'], leaseToken: again.lease!.token });
+    // The refused fill freed its lease: the next reader gets one at once, not after the lease TTL.
+    const started = Date.now();
+    const again = await b.client.get({ key: 'tagged', leaseOnMiss: true });
+    expect(again.lease?.token).toBeTruthy();
+    expect(Date.now() - started).toBeLessThan(2000);
+    await b.client.set({ key: 'tagged', value: Buffer.from('loaded after'), tags: ['docs'], leaseToken: again.lease!.token });
     expect(Buffer.from((await b.client.get({ key: 'tagged' })).value).toString()).toBe('loaded after');
     // An invalidation of another tag does not disturb a fill.
     const other = await a.client.get({ key: 'tagged-2', leaseOnMiss: true });

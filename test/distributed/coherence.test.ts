@@ -82,10 +82,10 @@ describe('three sidecars, compression, corrupt values and many watchers', () => 
 
   it('prunes expired members from a tag set on every write, so it does not grow without bound', async () => {
     for (let i = 0; i < 50; i++) await a.client.set({ key: `churn:${i}`, value: Buffer.from('x'), tags: ['churn'], ttl: { seconds: 0, nanos: 100e6 } });
-    expect(await redis.command('ZCARD', 'cc:three:t:churn')).toBe(50);
+    expect(await redis.command('ZCARD', 'cc:three:tz:churn')).toBe(50);
     await waitFor(async () => (await redis.command('EXISTS', 'cc:three:e:churn:49')) === 0, 'the short-lived entries to expire');
     await a.client.set({ key: 'churn:last', value: Buffer.from('x'), tags: ['churn'] });
-    expect(await redis.command('ZCARD', 'cc:three:t:churn')).toBe(1);
+    expect(await redis.command('ZCARD', 'cc:three:tz:churn')).toBe(1);
   });
 
   it('compresses values at or above the threshold in Redis and round-trips them', async () => {
@@ -181,11 +181,23 @@ describe('hostile or malformed Pub/Sub messages', () => {
         '{"o":"x","t":"abc","e":"g","g":["t"]}',
         '{"o":"x","e":"k","k":["a"],"v":["nan"]}',
         '{"o":"x","e":"k","k":["a","b"],"v":["1"]}',
-        '{"o":"x","e":"n","s":"s","v":"5","n":{"id":"i","sessionId":"s"}}',
+        '{"o":"x","e":"k","k":["a"],"v":["1e400"]}',
         '{"o":"x","e":"s","v":"1"}',
         '{"o":"x","e":"zzz"}',
       ];
       for (const message of garbage) await redis.command('PUBLISH', 'cc:hostile:events', message);
+      // A node event whose node cannot be trusted (role 1e400 parses as Infinity) still says the
+      // session changed: the session is dropped, never appended to with that node.
+      await sc.client.putSessionNodes({ sessionId: 'victim', nodes: [{ id: 'n0', role: 2, content: 'fine' }] });
+      const version = (await sc.client.getSessionNodes({ sessionId: 'victim' })).info!.version;
+      await redis.command(
+        'PUBLISH',
+        'cc:hostile:events',
+        `{"o":"x","e":"n","s":"victim","v":"${version + 1}","p":"${version}","n":{"id":"evil","shortId":"","sessionId":"victim","parentId":"","role":1e400,"content":"","createdAt":0,"metadata":{},"refs":[]}}`,
+      );
+      await watcher.waitFor((m) => m.event?.$case === 'sessionInvalidated' && m.event.value.sessionId === 'victim', 'the victim session dropped');
+      const reread = await sc.client.getSessionNodes({ sessionId: 'victim' });
+      expect(reread.nodes.map((n) => n.id)).toEqual(['n0']);
       // A valid message after the garbage is applied: the subscriber is alive and well.
       await redis.command('PUBLISH', 'cc:hostile:events', '{"o":"other","e":"g","g":["after"]}');
       await watcher.waitFor((m) => m.event?.$case === 'tagsInvalidated' && m.event.value.tags[0] === 'after', 'the valid event');
