@@ -82,10 +82,11 @@ describe('three sidecars, compression, corrupt values and many watchers', () => 
 
   it('prunes expired members from a tag set on every write, so it does not grow without bound', async () => {
     for (let i = 0; i < 50; i++) await a.client.set({ key: `churn:${i}`, value: Buffer.from('x'), tags: ['churn'], ttl: { seconds: 0, nanos: 100e6 } });
-    expect(await redis.command('ZCARD', 'cc:three:tz:churn')).toBe(50);
+    expect(Number(await redis.command('ZCARD', 'cc:three:tz:churn'))).toBeGreaterThan(0);
     await waitFor(async () => (await redis.command('EXISTS', 'cc:three:e:churn:49')) === 0, 'the short-lived entries to expire');
     await a.client.set({ key: 'churn:last', value: Buffer.from('x'), tags: ['churn'] });
-    expect(await redis.command('ZCARD', 'cc:three:tz:churn')).toBe(1);
+    // 51 keys carried the tag; only the live one is left in its set.
+    expect(await redis.command('ZRANGE', 'cc:three:tz:churn', 0, -1)).toEqual([Buffer.from('churn:last')]);
   });
 
   it('compresses values at or above the threshold in Redis and round-trips them', async () => {

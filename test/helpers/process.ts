@@ -48,7 +48,8 @@ export function spawnSidecar(env: Record<string, string>): SidecarProcess {
   const inherited = Object.fromEntries(Object.entries(process.env).filter(([name]) => !name.startsWith('CONTEXT_CACHE_') && !name.startsWith('REDIS_')));
   const child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts'], {
     cwd: REPO_ROOT,
-    env: { ...inherited, ...env },
+    // The admin port gets a free port unless the test sets one: two sidecars on the default would collide.
+    env: { ...inherited, CONTEXT_CACHE_ADMIN_LISTEN: '127.0.0.1:0', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   const logs: LogLine[] = [];
