@@ -17,6 +17,8 @@ export function createLogger(level: LogLevel, destination?: pino.DestinationStre
       formatters: { level: (label) => ({ level: label }) },
       redact: { paths: ['password', '*.password', 'redis.password', 'config.redis.password'], censor: '[redacted]' },
     },
-    destination,
+    // Synchronous writes: the sidecar logs state changes, not requests, so they are rare; and an
+    // asynchronous write still in flight at process.exit can land after (or without) later lines.
+    destination ?? pino.destination({ fd: 1, sync: true }),
   );
 }
