@@ -1,28 +1,17 @@
 import { status } from '@grpc/grpc-js';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { InclusionReason, Node, PutSessionNodesRequest, Role, Source, WriteScope } from '../../src/client';
 import { Timestamp } from '../../src/gen/google/protobuf/timestamp';
 import { node, session } from '../helpers/nodes';
-import { startRedis, type TestRedis } from '../helpers/redis';
-import { closeAllSidecars, startSidecar, type TestSidecar } from '../helpers/sidecar';
-import { rejectionOf, waitFor } from '../helpers/wait';
+import { sidecarsOnRedis, startSidecar, type TestSidecar } from '../helpers/sidecar';
+import { rejectionOf } from '../helpers/wait';
 import { WatchRecorder } from '../helpers/watch';
 
 describe('conversation context on two sidecars', () => {
-  let redis: TestRedis;
+  const fixture = sidecarsOnRedis(2, { CONTEXT_CACHE_NAMESPACE: 'ctx' });
   let a: TestSidecar;
   let b: TestSidecar;
-
-  beforeAll(async () => {
-    redis = await startRedis();
-    const env = { REDIS_URL: redis.url, CONTEXT_CACHE_NAMESPACE: 'ctx' };
-    [a, b] = await Promise.all([startSidecar(env), startSidecar(env)]);
-    await waitFor(() => a.sidecar.cache.mode === 'coherent' && b.sidecar.cache.mode === 'coherent', 'both subscribed');
-  });
-  afterAll(async () => {
-    await closeAllSidecars();
-    await redis.stop();
-  });
+  beforeAll(() => void ([a, b] = fixture.sidecars));
 
   it('stores a session and serves it in order from L2, then L1', async () => {
     const put = await a.client.putSessionNodes({ sessionId: 's1', nodes: session('s1', 5) });

@@ -1,28 +1,17 @@
 import { status } from '@grpc/grpc-js';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import type { ContextCacheClient } from '../../src/client';
 import { session } from '../helpers/nodes';
-import { startRedis, type TestRedis } from '../helpers/redis';
-import { closeAllSidecars, startSidecar, type TestSidecar } from '../helpers/sidecar';
-import { rejectionOf, waitFor } from '../helpers/wait';
+import { sidecarsOnRedis, startSidecar, type TestSidecar } from '../helpers/sidecar';
+import { rejectionOf } from '../helpers/wait';
 
 const databaseDelay = () => new Promise((resolve) => setTimeout(resolve, 150));
 
 describe('stampede protection across sidecars', () => {
-  let redis: TestRedis;
+  const fixture = sidecarsOnRedis(2, { CONTEXT_CACHE_NAMESPACE: 'stampede' });
   let a: TestSidecar;
   let b: TestSidecar;
-
-  beforeAll(async () => {
-    redis = await startRedis();
-    const env = { REDIS_URL: redis.url, CONTEXT_CACHE_NAMESPACE: 'stampede' };
-    [a, b] = await Promise.all([startSidecar(env), startSidecar(env)]);
-    await waitFor(() => a.sidecar.cache.mode === 'coherent' && b.sidecar.cache.mode === 'coherent', 'both subscribed');
-  });
-  afterAll(async () => {
-    await closeAllSidecars();
-    await redis.stop();
-  });
+  beforeAll(() => void ([a, b] = fixture.sidecars));
 
   it('100 concurrent misses on one key across two sidecars: exactly one loader, everyone gets the value', async () => {
     let loads = 0;

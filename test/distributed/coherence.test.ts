@@ -1,29 +1,20 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { KeyChange, ResyncReason, Source } from '../../src/client';
 import { ContextCacheClient } from '../../src/client';
 import { startRedis, type TestRedis } from '../helpers/redis';
-import { closeAllSidecars, startSidecar, type TestSidecar } from '../helpers/sidecar';
+import { sidecarsOnRedis, startSidecar, type TestSidecar } from '../helpers/sidecar';
 import { waitFor } from '../helpers/wait';
 import { WatchRecorder } from '../helpers/watch';
 
 const text = (value: Uint8Array) => Buffer.from(value).toString();
 
 describe('three sidecars, compression, corrupt values and many watchers', () => {
+  const fixture = sidecarsOnRedis(3, { CONTEXT_CACHE_NAMESPACE: 'three', CONTEXT_CACHE_COMPRESSION_THRESHOLD: '256' });
   let redis: TestRedis;
   let a: TestSidecar;
   let b: TestSidecar;
   let c: TestSidecar;
-
-  beforeAll(async () => {
-    redis = await startRedis();
-    const env = { REDIS_URL: redis.url, CONTEXT_CACHE_NAMESPACE: 'three', CONTEXT_CACHE_COMPRESSION_THRESHOLD: '256' };
-    [a, b, c] = await Promise.all([startSidecar(env), startSidecar(env), startSidecar(env)]);
-    await waitFor(() => [a, b, c].every((s) => s.sidecar.cache.mode === 'coherent'), 'all three subscribed');
-  });
-  afterAll(async () => {
-    await closeAllSidecars();
-    await redis.stop();
-  });
+  beforeAll(() => void ({ redis, sidecars: [a, b, c] } = fixture));
 
   it('a write on A reaches watchers on B and C, and drops their L1 copies', async () => {
     await a.client.set({ key: 'shared', value: Buffer.from('one') });

@@ -1,8 +1,6 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { Source, WriteScope, KeyChange, type WatchResponse } from '../../src/client';
-import { startRedis, type TestRedis } from '../helpers/redis';
-import { closeAllSidecars, startSidecar, type TestSidecar } from '../helpers/sidecar';
-import { waitFor } from '../helpers/wait';
+import { sidecarsOnRedis, type TestSidecar } from '../helpers/sidecar';
 
 async function nextEvent(iterator: AsyncIterator<WatchResponse>, accept: (r: WatchResponse) => boolean): Promise<WatchResponse> {
   for (;;) {
@@ -13,20 +11,10 @@ async function nextEvent(iterator: AsyncIterator<WatchResponse>, accept: (r: Wat
 }
 
 describe('two sidecars on one Redis', () => {
-  let redis: TestRedis;
+  const fixture = sidecarsOnRedis(2, { CONTEXT_CACHE_NAMESPACE: 'two' });
   let a: TestSidecar;
   let b: TestSidecar;
-
-  beforeAll(async () => {
-    redis = await startRedis();
-    a = await startSidecar({ REDIS_URL: redis.url, CONTEXT_CACHE_NAMESPACE: 'two' });
-    b = await startSidecar({ REDIS_URL: redis.url, CONTEXT_CACHE_NAMESPACE: 'two' });
-    await waitFor(() => a.sidecar.cache.mode === 'coherent' && b.sidecar.cache.mode === 'coherent', 'both sidecars subscribed');
-  });
-  afterAll(async () => {
-    await closeAllSidecars();
-    await redis.stop();
-  });
+  beforeAll(() => void ([a, b] = fixture.sidecars));
 
   it('a write on A is read by B from L2, then from L1', async () => {
     const set = await a.client.set({ key: 'k1', value: Buffer.from('v1') });

@@ -1,7 +1,7 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { LinkState } from '../../src/client';
-import { startRedis, type TestRedis } from '../helpers/redis';
-import { closeAllSidecars, startSidecar, type TestSidecar } from '../helpers/sidecar';
+import { type TestRedis } from '../helpers/redis';
+import { sidecarsOnRedis, startSidecar, type TestSidecar } from '../helpers/sidecar';
 import { waitFor } from '../helpers/wait';
 
 /** Parses the Prometheus text format into `name{labels}` → value. */
@@ -24,20 +24,11 @@ async function scrape(sc: TestSidecar): Promise<Map<string, number>> {
 }
 
 describe('operations: stats, metrics and health over HTTP', () => {
+  const fixture = sidecarsOnRedis(2, { CONTEXT_CACHE_NAMESPACE: 'ops', CONTEXT_CACHE_REDIS_RECONNECT_MAX: '200ms' });
   let redis: TestRedis;
   let a: TestSidecar;
   let b: TestSidecar;
-
-  beforeAll(async () => {
-    redis = await startRedis();
-    const env = { REDIS_URL: redis.url, CONTEXT_CACHE_NAMESPACE: 'ops', CONTEXT_CACHE_REDIS_RECONNECT_MAX: '200ms' };
-    [a, b] = await Promise.all([startSidecar(env), startSidecar(env)]);
-    await waitFor(() => a.sidecar.cache.mode === 'coherent' && b.sidecar.cache.mode === 'coherent', 'both subscribed');
-  });
-  afterAll(async () => {
-    await closeAllSidecars();
-    await redis.stop();
-  });
+  beforeAll(() => void ({ redis, sidecars: [a, b] } = fixture));
 
   it('stats and metrics count known operations', async () => {
     const before = await a.client.getStats();
