@@ -13,11 +13,9 @@ import {
   type UntypedServiceImplementation,
 } from '@grpc/grpc-js';
 import Redis from 'ioredis';
-import { ContextCacheClient, Source } from '../src/client';
-import { loadConfig } from '../src/config';
-import { createLogger } from '../src/log';
-import { Sidecar } from '../src/sidecar';
-import { measureLatency, measureThroughput, ratio, startBenchRedis, type Bench, type BenchReport, type BenchResult, type LatencyOptions, type ThroughputOptions } from './lib';
+import { Source } from '../src/client';
+import { startBenchSidecar } from './harness';
+import { measureLatency, measureThroughput, ratio, startBenchRedis, type Bench, type BenchReport, type BenchResult, type LatencyOptions, type ThroughputOptions, runCleanup } from './lib';
 
 const VALUE_BYTES = 1024;
 const KEY = 'bench/l1-get/1k';
@@ -79,11 +77,9 @@ export const l1Get: Bench = {
     const cleanup: (() => Promise<void> | void)[] = [];
     try {
       // (1) The sidecar, in this process, L1-only, through the TypeScript client.
-      const config = loadConfig({ CONTEXT_CACHE_LISTEN: '127.0.0.1:0', CONTEXT_CACHE_LOG_LEVEL: 'silent' });
-      const sidecar = await Sidecar.start(config, createLogger('silent'));
-      cleanup.push(() => sidecar.close());
-      const cache = new ContextCacheClient(sidecar.listenAddress);
-      cleanup.push(() => cache.close());
+      const bench = await startBenchSidecar({});
+      cleanup.push(() => bench.close());
+      const cache = bench.client;
       await cache.set({ key: KEY, value: payload, ttl: { seconds: 3600 } });
       const first = await cache.get({ key: KEY });
       expectValue(first.value, 'sidecar Get');
@@ -129,13 +125,7 @@ export const l1Get: Bench = {
         ],
       };
     } finally {
-      for (const step of cleanup.reverse()) {
-        try {
-          await step();
-        } catch (error) {
-          console.error(`bench cleanup failed: ${(error as Error).message}`);
-        }
-      }
+      await runCleanup(cleanup);
     }
   },
 };

@@ -225,3 +225,14 @@ function ping(port: number): Promise<boolean> {
     socket.write('PING\r\n');
   });
 }
+
+/** Runs cleanup steps last-registered first; a failing step is reported and the others still run. */
+export async function runCleanup(steps: (() => Promise<unknown> | unknown)[]): Promise<void> {
+  for (const step of [...steps].reverse()) {
+    try {
+      await step();
+    } catch (error) {
+      console.error(`bench cleanup failed: ${(error as Error).message}`);
+    }
+  }
+}

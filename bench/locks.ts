@@ -10,7 +10,7 @@ import Redis from 'ioredis';
 import { FencingCounter } from '../src/locks/fencing';
 import { Mutex } from '../src/redis/mutex';
 import { scaled, startBenchSidecar } from './harness';
-import { measureLatency, measureThroughput, ratio, startBenchRedis, summarize, type Bench, type BenchReport, type BenchResult, type LatencyOptions, type ThroughputStats } from './lib';
+import { measureLatency, measureThroughput, ratio, startBenchRedis, summarize, type Bench, type BenchReport, type BenchResult, type LatencyOptions, type ThroughputStats, runCleanup } from './lib';
 
 const TTL_MS = 10_000;
 const TTL = { seconds: TTL_MS / 1000, nanos: 0 };
@@ -170,13 +170,7 @@ export const locks: Bench = {
         ],
       };
     } finally {
-      for (const step of cleanup.reverse()) {
-        try {
-          await step();
-        } catch (error) {
-          console.error(`bench cleanup failed: ${(error as Error).message}`);
-        }
-      }
+      await runCleanup(cleanup);
     }
   },
 };
