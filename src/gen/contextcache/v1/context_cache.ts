@@ -506,8 +506,8 @@ export interface GetResponse {
 /** GetManyRequest reads several keys. */
 export interface GetManyRequest {
   /**
-   * The keys, 1 to max-keys-per-call (default 1000); duplicates are allowed
-   * and answered once each.
+   * The keys, 1 to max-keys-per-call (default 1000). Duplicates are allowed:
+   * every occurrence gets its own result, in request order.
    */
   keys: string[];
 }
