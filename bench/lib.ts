@@ -1,9 +1,8 @@
 /**
- * Small, dependency-free helpers shared by every benchmark: timing loops,
- * percentiles, a table printer, and a throwaway redis-server.
+ * Small helpers shared by every benchmark: timing loops,
+ * percentiles, a table printer, and a throwaway Redis (the test harness's).
  */
-import { spawn, type ChildProcess } from 'node:child_process';
-import { connect, createServer } from 'node:net';
+import { startRedis } from '../test/helpers/redis';
 
 /** Latency summary of one measured loop; every figure in microseconds. */
 export interface LatencyStats {
@@ -158,18 +157,7 @@ export function ratio(a: number, b: number): string {
   return `${(a / b).toFixed(2)}x`;
 }
 
-export async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as { port: number };
-      server.close(() => resolve(port));
-    });
-  });
-}
-
-/** A Redis for a benchmark: REDIS_URL when given, else a fresh `redis-server` child without persistence. */
+/** A Redis for a benchmark: REDIS_URL when given, else a fresh one from the test harness (no persistence). */
 export interface BenchRedis {
   url: string;
   /** Where it came from, for the report. */
@@ -180,50 +168,8 @@ export interface BenchRedis {
 export async function startBenchRedis(): Promise<BenchRedis> {
   const given = process.env.REDIS_URL?.trim();
   if (given) return { url: given, describe: `REDIS_URL (${new URL(given).host})`, stop: async () => undefined };
-
-  const port = await freePort();
-  const child: ChildProcess = spawn(
-    'redis-server',
-    ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--protected-mode', 'no'],
-    { stdio: 'ignore' },
-  );
-  const spawnError = new Promise<never>((_, reject) => child.once('error', (error) => reject(new Error(`cannot start redis-server: ${error.message}`))));
-  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
-  const deadline = Date.now() + 10_000;
-  for (;;) {
-    const ready = await Promise.race([ping(port), spawnError]);
-    if (ready) break;
-    if (child.exitCode !== null) throw new Error(`redis-server exited with ${child.exitCode}`);
-    if (Date.now() > deadline) {
-      child.kill('SIGKILL');
-      throw new Error(`redis-server on port ${port} did not answer PING within 10 s`);
-    }
-    await new Promise((resolve) => setTimeout(resolve, 20));
-  }
-  return {
-    url: `redis://127.0.0.1:${port}`,
-    describe: `redis-server child on port ${port}`,
-    async stop() {
-      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
-      await exited;
-    },
-  };
-}
-
-function ping(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const socket = connect(port, '127.0.0.1');
-    socket.setTimeout(500, () => {
-      socket.destroy();
-      resolve(false);
-    });
-    socket.once('error', () => resolve(false));
-    socket.once('data', (data) => {
-      socket.end();
-      resolve(data.toString().startsWith('+PONG'));
-    });
-    socket.write('PING\r\n');
-  });
+  const redis = await startRedis();
+  return { url: redis.url, describe: `redis-server child on port ${redis.port}`, stop: () => redis.stop() };
 }
 
 /** Runs cleanup steps last-registered first; a failing step is reported and the others still run. */

@@ -36,6 +36,9 @@ const INCLUSION: Record<Inclusion, InclusionReason> = {
   'extra-ref': InclusionReason.INCLUSION_REASON_EXTRA_REF,
 };
 
+/** ContextNode.reason (field 2), encoded once. */
+const REASON_FIELDS = Object.fromEntries(Object.entries(INCLUSION).map(([inclusion, reason]) => [inclusion, varintField(2, reason)])) as Record<Inclusion, Buffer>;
+
 /** Checks the identifiers and sizes of the context API. */
 export class ContextValidator {
   constructor(private readonly validate: RequestValidator) {}
@@ -179,10 +182,9 @@ export function contextHandlers(deps: { sessions: SessionStore; validate: Reques
       }).finish();
       // repeated ContextNode nodes = 2 { Node node = 1; InclusionReason reason = 2; string referenced_by = 3; }
       encodeNodes(built.items.map((item) => item.node));
-      const reasons = new Map(Object.values(INCLUSION).map((reason) => [reason, varintField(2, reason)]));
       const items = built.items.map((item) => {
         const node = encodedNode(item.node);
-        return [lengthPrefix(1, node.length), node, reasons.get(INCLUSION[item.reason])!, stringField(3, item.referencedBy)];
+        return [lengthPrefix(1, node.length), node, REASON_FIELDS[item.reason], stringField(3, item.referencedBy)];
       });
       // Pre-encoded: the service definition passes Buffers through (encoding.ts).
       return withRepeated(head, 2, items) as unknown as BuildContextResponse;
