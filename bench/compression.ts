@@ -8,7 +8,7 @@
 import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { compressSync, uncompressSync } from 'snappy';
-import type { NodeRecord } from '../src/context/node';
+import type { NodeRecord } from '../src/model/node';
 import { type Bench, type BenchReport, formatTable } from './lib';
 
 /** Paragraphs of prose from package READMEs: code blocks, tables, links and markup removed. */

@@ -7,7 +7,7 @@
  */
 import Redis from 'ioredis';
 import { Source, type ContextCacheClient, type DeepPartial, type Node } from '../src/client';
-import type { NodeRecord } from '../src/context/node';
+import type { NodeRecord } from '../src/model/node';
 import { chatSession, englishParagraphs } from './compression';
 import { startBenchSidecar, scaled } from './harness';
 import { measureLatency, ratio, startBenchRedis, type Bench, type BenchReport, type LatencyStats } from './lib';

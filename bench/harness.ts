@@ -18,7 +18,7 @@ export async function startBenchSidecar(env: Record<string, string>): Promise<Be
   const sidecar = await Sidecar.start(config, createLogger('silent'));
   const client = new ContextCacheClient(sidecar.listenAddress);
   const deadline = Date.now() + 10_000;
-  while (config.redis !== undefined && sidecar.cache.mode !== 'coherent') {
+  while (config.redis !== undefined && sidecar.tiers.mode !== 'coherent') {
     if (Date.now() > deadline) throw new Error('bench sidecar did not connect to Redis within 10 s');
     await new Promise((resolve) => setTimeout(resolve, 10));
   }

@@ -7,7 +7,8 @@
  * process, same Redis, same run.
  */
 import Redis from 'ioredis';
-import { FencingCounter } from '../src/locks/fencing';
+import { FencingCounter } from '../src/redis/fencing';
+import { KeySpace } from '../src/redis/keys';
 import { Mutex } from '../src/redis/mutex';
 import { scaled, startBenchSidecar } from './harness';
 import { measureLatency, measureThroughput, ratio, startBenchRedis, summarize, type Bench, type BenchReport, type BenchResult, type LatencyOptions, type ThroughputStats, runCleanup } from './lib';
@@ -85,7 +86,8 @@ export const locks: Bench = {
         direct.push(redis);
       }
       const mutexes = direct.map((redis) => new Mutex([redis], 0));
-      const fencing = new FencingCounter([direct[0]!]);
+      // Fencing counters under the bench's namespace (cc:bench:fence:…), removed with the rest below.
+      const fencing = new FencingCounter([direct[0]!], new KeySpace('bench'));
       const [client, mutex] = [clients[0]!, mutexes[0]!];
 
       const viaGrpc = async (resource: string) => {
@@ -100,7 +102,7 @@ export const locks: Bench = {
       const viaMutexAndFence = async (key: string) => {
         const hold = await mutex.tryAcquire(key, TTL_MS);
         if (hold === undefined) throw new Error(`${key} was busy in an uncontended run`);
-        await fencing.next(`${key}:fence`);
+        await fencing.next(key);
         await mutex.release(key, hold.token);
       };
 

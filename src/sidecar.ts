@@ -1,91 +1,49 @@
 import { randomBytes } from 'node:crypto';
-import { Bus } from './cache/bus';
-import { ValueCodec } from './cache/codec';
-import { EventHub } from './cache/events';
+import { EntryCache } from './cache/entries';
+import { EventHub } from './cache/event-hub';
 import { L1Cache } from './cache/l1';
-import { KeySpace, L2Store } from './cache/l2';
-import { TieredCache, type SharedTier } from './cache/tiered-cache';
+import { Tiers } from './cache/tiers';
 import type { Config } from './config';
+import { SessionStore } from './context/sessions';
 import { ContextCacheService } from './gen/contextcache/v1/context_cache';
-import type { Logger } from './log';
-import { linkOptions, RedisLink } from './redis/connection';
-import { DataLossDetector } from './redis/data-loss';
-import { Mutex } from './redis/mutex';
-import { AdminServer } from './ops/admin-server';
-import { Metrics } from './ops/metrics';
-import { CallTracker } from './server/calls';
-import { contextCacheService } from './server/context-cache-service';
-import { contextHandlers } from './server/context-handlers';
-import { SessionStore } from './context/session-store';
-import { SessionKeys, SessionRedis } from './context/session-redis';
 import { DistributedLocks } from './locks/distributed-locks';
-import { lockHandlers } from './server/lock-handlers';
+import type { Logger } from './log';
+import { AdminServer } from './ops/admin-server';
+import { HealthReporter } from './ops/health';
+import { Metrics } from './ops/metrics';
+import { ValueCodec } from './redis/codec';
+import { KeySpace } from './redis/keys';
+import { createLockMasters } from './redis/lock-masters';
+import { RedisTier } from './redis/shared';
+import { cacheHandlers } from './server/cache-handlers';
+import { CallTracker } from './server/calls';
+import { contextHandlers } from './server/context-handlers';
+import { acceptPreEncoded } from './server/encoding';
 import { GrpcServer, HEALTH_SERVICE_CACHE, HEALTH_SERVICE_OVERALL } from './server/grpc-server';
+import { lockHandlers } from './server/lock-handlers';
 import { addReflection, REFLECTION_SERVICES, ReflectionIndex } from './server/reflection';
+import { contextCacheService } from './server/service';
 import { SidecarStats } from './server/stats';
 import { RequestValidator } from './server/validation';
 import { WatchFanout, type WatchCounters } from './server/watch';
-import { acceptPreEncoded } from './server/encoding';
 
-/** Health names of the components; the overall service stays SERVING while they are down. */
-export const HEALTH_COMPONENT_REDIS = 'contextcache.v1.ContextCache/redis';
-export const HEALTH_COMPONENT_PUBSUB = 'contextcache.v1.ContextCache/pubsub';
-/** SERVING while a majority of the lock masters is connected. */
-export const HEALTH_COMPONENT_LOCKS = 'contextcache.v1.ContextCache/locks';
-
-/** The Redis side of a sidecar: two connections, the L2 store, the bus. */
-class SharedParts implements SharedTier {
-  readonly link: RedisLink;
-  readonly subscriber: RedisLink;
-  readonly l2: L2Store;
-  readonly bus: Bus;
-  readonly dataLoss: DataLossDetector;
-  readonly leaseMutex: Mutex;
-  readonly sessions: SessionRedis;
-
-  constructor(config: Config, keys: KeySpace, codec: ValueCodec, sidecarId: string, log: Logger) {
-    const options = linkOptions(config);
-    this.link = new RedisLink('commands', config.redis!, options, log);
-    this.subscriber = new RedisLink('subscriber', config.redis!, options, log);
-    this.l2 = new L2Store(this.link.client, keys, codec, sidecarId, (key, error) =>
-      log.warn({ key, err: error.message }, 'unreadable value in Redis; deleted and treated as a miss'),
-      this.link.latency,
-    );
-    this.bus = new Bus(this.subscriber, keys.channel, sidecarId, log, config.pubsubHeartbeatMs);
-    this.dataLoss = new DataLossDetector(this.link, keys.epoch, log, config.pubsubHeartbeatMs);
-    this.leaseMutex = new Mutex([this.link.client], config.redis!.db);
-    this.sessions = new SessionRedis(this.link.client, new SessionKeys(keys), codec, sidecarId, (sessionId, error) =>
-      log.warn({ sessionId, err: error.message }, 'unreadable session in Redis; deleted and treated as a miss'),
-      this.link.latency,
-    );
-  }
-
-  start(): void {
-    this.link.start();
-    this.bus.start();
-    this.dataLoss.start();
-  }
-
-  async close(): Promise<void> {
-    this.bus.stop();
-    this.dataLoss.stop();
-    await Promise.all([this.subscriber.close(), this.link.close()]);
-  }
-}
 
 /**
  * The composition root: builds every part from the configuration, starts
  * them in order, and closes them in reverse. `close()` is idempotent and is
- * what SIGTERM runs.
+ * what SIGTERM runs. Wiring only: what each part does is in its own file.
  */
 export class Sidecar {
   readonly sidecarId = `${process.pid.toString(36)}-${randomBytes(4).toString('hex')}`;
   readonly l1: L1Cache;
-  readonly cache: TieredCache;
+  /** The write path: coherence mode, generation, leases, counters. */
+  readonly tiers: Tiers;
+  readonly entries: EntryCache;
+  readonly sessions: SessionStore;
   readonly events = new EventHub();
   readonly codec: ValueCodec;
-  readonly shared: SharedParts | undefined;
-  readonly sessions: SessionStore;
+  /** The Redis side; undefined when L1-only. */
+  readonly redis: RedisTier | undefined;
   /** Distributed locks: on CONTEXT_CACHE_LOCK_REDIS_URLS, else on the main Redis link, else refused (L1-only). */
   readonly locks: DistributedLocks;
   readonly watchCounters: WatchCounters = { open: 0, delivered: 0, dropped: 0 };
@@ -93,6 +51,7 @@ export class Sidecar {
   private readonly admin: AdminServer | undefined;
   private readonly calls: CallTracker;
   private readonly grpc: GrpcServer;
+  private readonly health: HealthReporter;
   private closing: Promise<void> | undefined;
   private address: string | undefined;
 
@@ -103,49 +62,50 @@ export class Sidecar {
     const keys = new KeySpace(config.namespace);
     this.codec = new ValueCodec(config.compressionThreshold);
     this.l1 = new L1Cache(config.l1MaxBytes);
-    this.shared = config.redis === undefined ? undefined : new SharedParts(config, keys, this.codec, this.sidecarId, log);
-    this.cache = new TieredCache(this.l1, this.shared, this.events, this.sidecarId, log);
-    this.shared?.dataLoss.on('data-lost', () => this.cache.resync('redis-data-lost'));
+    this.redis = config.redis === undefined ? undefined : new RedisTier(config, keys, this.codec, this.sidecarId, log);
+    this.tiers = new Tiers(this.l1, this.redis, this.events, this.sidecarId, log);
+    this.entries = new EntryCache(this.tiers, this.redis?.entries);
+    this.sessions = new SessionStore(this.tiers, this.redis?.sessions, config.defaultTtlMs);
     this.events.onListenerError = (error) => log.error({ err: error }, 'an event listener failed; the event was still delivered to the others');
-    this.locks = DistributedLocks.create(config, this.shared?.link, keys, log);
-    this.sessions = new SessionStore(this.cache, this.shared?.sessions, config.defaultTtlMs);
+    this.locks = new DistributedLocks(createLockMasters(config, this.redis?.link, keys, log), log);
+
     this.calls = new CallTracker(log);
     this.grpc = new GrpcServer({ listen: config.listen, healthListen: config.healthListen, maxMessageBytes: config.maxMessageBytes });
+    this.health = new HealthReporter((service, status) => this.grpc.setHealth(service, status));
     const stats = new SidecarStats({
       namespace: config.namespace,
       sidecarId: this.sidecarId,
       l1: this.l1,
-      cache: this.cache,
+      tiers: this.tiers,
       codec: this.codec,
-      shared: this.shared,
+      redis: this.redis,
       watch: this.watchCounters,
       locks: this.locks,
     });
-    const health = () => this.grpc.healthStatuses();
-    this.metrics = new Metrics(() => stats.snapshot(), this.events, this.sidecarId, health);
+    const healthStatuses = () => this.grpc.healthStatuses();
+    this.metrics = new Metrics(() => stats.snapshot(), this.events, this.sidecarId, healthStatuses);
     this.calls.onCallEnd = (method, code, seconds) => this.metrics.rpcDuration.observe({ method, code: String(code) }, seconds);
-    if (this.shared) this.shared.link.latency.onSample = (us) => this.metrics.redisDuration.observe(us / 1e6);
-    this.admin = config.adminListen === undefined ? undefined : new AdminServer(config.adminListen, this.metrics, health, log);
+    if (this.redis) this.redis.link.latency.onSample = (us) => this.metrics.redisDuration.observe(us / 1e6);
+    this.admin = config.adminListen === undefined ? undefined : new AdminServer(config.adminListen, this.metrics, healthStatuses, log);
+
     const validate = new RequestValidator(config);
-    this.grpc.server.addService(
-      acceptPreEncoded(ContextCacheService, ['watch', 'buildContext', 'getSessionNodes']),
-      contextCacheService({
-        cache: this.cache,
-        validate,
-        calls: this.calls,
-        stats,
-        watch: new WatchFanout(this.events, {
-          validate,
-          sidecarId: this.sidecarId,
-          subscribed: () => this.cache.mode === 'coherent',
-          bufferLimit: config.watchBuffer,
-          counters: this.watchCounters,
-          onError: (error) => log.error({ err: error }, 'delivering a Watch event failed'),
-        }),
-        locks: lockHandlers({ calls: this.calls, locks: this.locks, validate, log }),
-        context: contextHandlers({ sessions: this.sessions, validate, calls: this.calls, maxKeysPerCall: config.maxKeysPerCall }),
-      }),
-    );
+    const watch = new WatchFanout(this.events, {
+      validate,
+      sidecarId: this.sidecarId,
+      subscribed: () => this.tiers.mode === 'coherent',
+      bufferLimit: config.watchBuffer,
+      counters: this.watchCounters,
+      onError: (error) => log.error({ err: error }, 'delivering a Watch event failed'),
+    });
+    const service = contextCacheService({
+      calls: this.calls,
+      cache: cacheHandlers({ entries: this.entries, validate, calls: this.calls }),
+      context: contextHandlers({ sessions: this.sessions, validate, calls: this.calls }),
+      locks: lockHandlers({ calls: this.calls, locks: this.locks, validate, log }),
+      watch,
+      stats,
+    });
+    this.grpc.server.addService(acceptPreEncoded(ContextCacheService, service), service);
     addReflection(this.grpc.server, new ReflectionIndex([HEALTH_SERVICE_CACHE, 'grpc.health.v1.Health', ...REFLECTION_SERVICES]));
   }
 
@@ -160,26 +120,11 @@ export class Sidecar {
     }
     sidecar.grpc.setHealth(HEALTH_SERVICE_OVERALL, 'SERVING');
     sidecar.grpc.setHealth(HEALTH_SERVICE_CACHE, 'SERVING');
-    const { shared } = sidecar;
-    if (shared !== undefined) {
-      const report = () => {
-        if (sidecar.closing) return;
-        sidecar.grpc.setHealth(HEALTH_COMPONENT_REDIS, shared.link.connected ? 'SERVING' : 'NOT_SERVING');
-        sidecar.grpc.setHealth(HEALTH_COMPONENT_PUBSUB, shared.bus.subscribed ? 'SERVING' : 'NOT_SERVING');
-      };
-      report();
-      shared.link.on('state', report);
-      shared.bus.on('subscribed', report);
-      shared.bus.on('unsubscribed', report);
-      shared.start();
+    if (sidecar.redis !== undefined) {
+      sidecar.health.watchRedis(sidecar.redis);
+      sidecar.redis.start();
     }
-    if (sidecar.locks.configured) {
-      const reportLocks = () => {
-        if (!sidecar.closing) sidecar.grpc.setHealth(HEALTH_COMPONENT_LOCKS, sidecar.locks.ready ? 'SERVING' : 'NOT_SERVING');
-      };
-      reportLocks();
-      sidecar.locks.onStateChange(reportLocks);
-    }
+    sidecar.health.watchLocks(sidecar.locks);
     sidecar.locks.start();
     log.info(
       {
@@ -228,6 +173,7 @@ export class Sidecar {
   private async shutdown(): Promise<void> {
     const started = Date.now();
     this.log.info({ graceMs: this.config.shutdownGraceMs }, 'shutting down');
+    this.health.stop();
     this.grpc.setHealth(HEALTH_SERVICE_OVERALL, 'NOT_SERVING');
     this.grpc.setHealth(HEALTH_SERVICE_CACHE, 'NOT_SERVING');
     this.calls.beginDrain();
@@ -241,7 +187,7 @@ export class Sidecar {
     await this.admin?.close();
     // Before the links close: releases the locks of HoldLock streams (ended above) and closes dedicated lock links.
     await this.locks.close();
-    await this.shared?.close();
+    await this.redis?.close();
     this.l1.clear();
     this.log.info({ tookMs: Date.now() - started }, 'shutdown complete');
   }

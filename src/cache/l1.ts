@@ -1,14 +1,5 @@
 import { LRUCache } from 'lru-cache';
-
-/** One cached value as the tiers hold it: a byte value, or a decoded structure that knows its size. */
-export interface Entry<V = Buffer> {
-  value: V;
-  /** Higher for a later write of the same key (an ETag). */
-  version: number;
-  tags: readonly string[];
-  /** Epoch milliseconds; 0 for no expiry. */
-  expiresAt: number;
-}
+import type { Entry, L1Value } from '../model/entry';
 
 /**
  * What an entry costs beyond its key and value: the entry object, the LRU
@@ -30,13 +21,6 @@ export function detached(value: Buffer): Buffer {
   value.copy(copy);
   return copy;
 }
-
-/** A decoded value kept in L1 (a session) reports its own memory estimate. */
-export interface SizedValue {
-  readonly sizeBytes: number;
-}
-
-export type L1Value = Buffer | SizedValue;
 
 export function entrySize(key: string, entry: Entry<L1Value>): number {
   const valueBytes = Buffer.isBuffer(entry.value) ? entry.value.byteLength : entry.value.sizeBytes;

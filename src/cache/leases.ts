@@ -1,8 +1,16 @@
 import { randomBytes } from 'node:crypto';
 import { LRUCache } from 'lru-cache';
-import { CacheError } from '../errors';
-import type { Mutex } from '../redis/mutex';
-import type { EventEnvelope, EventHub } from './events';
+import { isCacheError, staleLease, type CacheError } from '../errors';
+import { l1Key, l1KeyOfEvent, type Subject } from '../model/subject';
+import type { EventHub } from './event-hub';
+import type { LeaseStore } from './ports';
+
+/**
+ * The longest a fill lease may live (lease_ttl is refused above it). Tag
+ * invalidation stamps, in Redis and in memory, are kept this long: no lease
+ * granted before a stamp can outlive it.
+ */
+export const MAX_LEASE_TTL_MS = 600_000;
 
 /** A fill lease granted to a caller after a miss. */
 export interface LeaseGrant {
@@ -27,7 +35,7 @@ export interface LeasedRead<T> {
   waited: boolean;
 }
 
-export type MissOutcome<T> =
+type MissOutcome<T> =
   /** Another caller filled the key while this one waited. */
   | { kind: 'filled'; value: T }
   /** This caller holds the lease: load from the database, then fill with the token. */
@@ -44,17 +52,18 @@ export interface LeaseCounters {
 /** Tokens of leases granted from memory (Redis unusable) carry this prefix, so Redis never accepts them. */
 const LOCAL_PREFIX = 'local.';
 
-/** Where shared leases live, when Redis is usable: the Mutex, and Redis's clock. */
+/** Where shared leases live, when Redis is usable: the store, and Redis's clock. */
 export interface SharedLeases {
-  mutex: Mutex;
+  store: LeaseStore;
   /** Redis's clock in µs, the clock tag invalidation stamps are written on. */
   clockUs(): Promise<number>;
 }
 
 /**
- * The token handed to the caller: the Mutex token, then the grant time
- * (Redis µs for shared leases, local ms for memory ones), read just before
- * the grant. Fills compare it with the tags' invalidation stamps.
+ * The token handed to the caller: the shared hold's token, then the grant
+ * time (Redis µs for shared leases, local ms for memory ones), read just
+ * before the grant. Fills compare it with the tags' invalidation stamps; the
+ * Lua side of the same format is `redis/scripts/lib.ts`.
  */
 function withGrantTime(token: string, grantedAt: number): string {
   return `${token}.${grantedAt}`;
@@ -65,21 +74,6 @@ function splitToken(token: string): { base: string; grantedAt: number } {
   return match ? { base: match[1]!, grantedAt: Number(match[2]) } : { base: token, grantedAt: 0 };
 }
 const POLL_INTERVAL_MS = 50;
-
-/** The wake-up name of an L1 key's events: generic keys `k:…`, sessions `s:…`. */
-export function wakeKeyOf(envelope: EventEnvelope): string | undefined {
-  const { event } = envelope;
-  switch (event.kind) {
-    case 'key':
-      return `k:${event.key}`;
-    case 'session':
-      return `s:${event.sessionId}`;
-    case 'node':
-      return `s:${event.node.sessionId}`;
-    default:
-      return undefined;
-  }
-}
 
 /**
  * Stampede protection for every miss path: at most one lease holder per key
@@ -97,8 +91,8 @@ export class LeaseManager {
   private readonly sleepers = new Map<string, Set<() => void>>();
   /** Leases granted from memory; each entry lapses with its lease, and the table is bounded. */
   private readonly local = new LRUCache<string, LeaseGrant>({ max: 100_000 });
-  /** When each tag was last invalidated here (ms), for fills under memory leases; leases live ≤ 10 min. */
-  private readonly localTagStamps = new LRUCache<string, number>({ max: 100_000, ttl: 600_000 });
+  /** When each tag was last invalidated here (ms), for fills under memory leases. */
+  private readonly localTagStamps = new LRUCache<string, number>({ max: 100_000, ttl: MAX_LEASE_TTL_MS });
 
   constructor(
     /** The shared leases when Redis is usable right now; undefined otherwise. */
@@ -110,33 +104,34 @@ export class LeaseManager {
         for (const key of [...this.sleepers.keys()]) this.wake(key);
         return;
       }
-      const key = wakeKeyOf(envelope);
+      const key = l1KeyOfEvent(envelope);
       if (key !== undefined) this.wake(key);
     });
   }
 
   /**
-   * Handles a miss of `wakeKey` (an L1 key) whose lease lives at `leaseKey`
-   * in Redis: grant the lease, or wait until `waitUntil` (epoch ms) for
-   * somebody's fill, re-reading with `reread` whenever there may be news.
+   * Handles a miss of `subject`: grant the lease, or wait until `waitUntil`
+   * (epoch ms) for somebody's fill, re-reading with `reread` whenever there
+   * may be news (the subject's events wake the wait).
    */
-  async onMiss<T>(leaseKey: string, wakeKey: string, request: LeaseRequest, reread: () => Promise<T | undefined>): Promise<MissOutcome<T>> {
+  private async onMiss<T>(subject: Subject, request: LeaseRequest, reread: () => Promise<T | undefined>): Promise<MissOutcome<T>> {
     const { ttlMs, waitUntil, callDeadline } = request;
+    const wakeKey = l1Key(subject.kind, subject.id);
     let waited = false;
     for (;;) {
-      const lease = await this.tryAcquire(leaseKey, ttlMs);
+      const lease = await this.tryAcquire(subject, ttlMs);
       if (lease !== undefined) {
         // A fill writes the value and frees the lease in one step, so a free lease
         // may mean "just filled": look once more before sending this caller to the database.
         const filled = await reread();
         if (filled !== undefined) {
           if (!waited) this.counters.waits++;
-          await this.release(leaseKey, lease);
+          await this.release(subject, lease);
           return { kind: 'filled', value: filled };
         }
         if (Date.now() >= callDeadline) {
           // Nobody would fill it: free it for the next caller instead of making everyone wait out its TTL.
-          await this.release(leaseKey, lease);
+          await this.release(subject, lease);
           return { kind: 'gave-up' };
         }
         this.counters.granted++;
@@ -155,10 +150,10 @@ export class LeaseManager {
   }
 
   /** Reads; on a miss, takes the lease or waits for another caller's fill (see onMiss). */
-  async readOrLease<T>(read: () => Promise<T | undefined>, leaseKey: string, wakeKey: string, request: LeaseRequest): Promise<LeasedRead<T>> {
+  async readOrLease<T>(subject: Subject, request: LeaseRequest, read: () => Promise<T | undefined>): Promise<LeasedRead<T>> {
     const value = await read();
     if (value !== undefined) return { read: value, lease: undefined, waited: false };
-    const outcome = await this.onMiss(leaseKey, wakeKey, request, read);
+    const outcome = await this.onMiss(subject, request, read);
     switch (outcome.kind) {
       case 'filled':
         return { read: outcome.value, lease: undefined, waited: true };
@@ -179,13 +174,13 @@ export class LeaseManager {
    * token that is not the current one is stale, and so is one granted
    * before one of the fill's tags was invalidated.
    */
-  consumeLocal(leaseKey: string, token: string, tags: readonly string[] = []): void {
-    const held = this.local.get(leaseKey);
-    this.local.delete(leaseKey);
+  consumeLocal(subject: Subject, token: string, tags: readonly string[] = []): void {
+    const name = l1Key(subject.kind, subject.id);
+    const held = this.local.get(name);
+    this.local.delete(name);
     const { grantedAt } = splitToken(token);
     if (held === undefined || held.token !== token || held.expiresAt < Date.now() || tags.some((tag) => (this.localTagStamps.get(tag) ?? 0) >= grantedAt)) {
-      this.counters.staleFillsRefused++;
-      throw staleLease();
+      throw this.refused();
     }
   }
 
@@ -195,50 +190,53 @@ export class LeaseManager {
     for (const tag of tags) this.localTagStamps.set(tag, now);
   }
 
-  /** A write landed: memory-granted leases of the key are void. */
-  revokeLocal(leaseKey: string): void {
-    this.local.delete(leaseKey);
+  /** A write landed: memory-granted leases of the subject are void. */
+  revokeLocal(subject: Subject): void {
+    this.local.delete(l1Key(subject.kind, subject.id));
   }
 
+  /** A fill under a lease was refused as stale (here or by Redis): counted, and the error to answer with. */
   refused(): CacheError {
     this.counters.staleFillsRefused++;
     return staleLease();
   }
 
   /** Gives back a lease this call does not need after all; best effort (it lapses anyway). */
-  private async release(leaseKey: string, lease: LeaseGrant): Promise<void> {
+  private async release(subject: Subject, lease: LeaseGrant): Promise<void> {
     if (LeaseManager.isLocal(lease.token)) {
-      if (this.local.get(leaseKey)?.token === lease.token) this.local.delete(leaseKey);
+      const name = l1Key(subject.kind, subject.id);
+      if (this.local.get(name)?.token === lease.token) this.local.delete(name);
       return;
     }
     await this.shared()
-      ?.mutex.release(leaseKey, splitToken(lease.token).base)
+      ?.store.release(subject, splitToken(lease.token).base)
       .catch(() => undefined);
   }
 
-  private async tryAcquire(leaseKey: string, ttlMs: number): Promise<LeaseGrant | undefined> {
+  private async tryAcquire(subject: Subject, ttlMs: number): Promise<LeaseGrant | undefined> {
     const shared = this.shared();
     if (shared !== undefined) {
       try {
         // Read before the grant: an invalidation stamped at or after this time refuses the fill.
         const grantedAt = await shared.clockUs();
-        const hold = await shared.mutex.tryAcquire(leaseKey, ttlMs);
+        const hold = await shared.store.tryAcquire(subject, ttlMs);
         if (hold === undefined) return undefined;
         const lease = { token: withGrantTime(hold.token, grantedAt), expiresAt: hold.expiresAt };
         if (hold.expiresAt > Date.now()) return lease;
         // A grant that took longer than the lease itself (a stalled event loop) is worth nothing.
-        await this.release(leaseKey, lease);
+        await this.release(subject, lease);
         return undefined;
       } catch (error) {
-        if (!(error instanceof CacheError) || error.code !== 'E_UNAVAILABLE') throw error;
+        if (!isCacheError(error, 'E_UNAVAILABLE')) throw error;
         // Redis went away between the check and the call: decide locally.
       }
     }
     const now = Date.now();
-    const held = this.local.get(leaseKey);
+    const name = l1Key(subject.kind, subject.id);
+    const held = this.local.get(name);
     if (held !== undefined && held.expiresAt > now) return undefined;
     const lease = { token: withGrantTime(LOCAL_PREFIX + randomBytes(12).toString('base64url'), now), expiresAt: now + ttlMs };
-    this.local.set(leaseKey, lease, { ttl: ttlMs });
+    this.local.set(name, lease, { ttl: ttlMs });
     return lease;
   }
 
@@ -263,11 +261,4 @@ export class LeaseManager {
     if (sleepers === undefined) return;
     for (const done of [...sleepers]) done();
   }
-}
-
-function staleLease(): CacheError {
-  return new CacheError(
-    'E_CONFLICT',
-    'the lease is stale: the key was written or invalidated after it was granted, or it expired and another caller took it; read again instead of filling',
-  );
 }

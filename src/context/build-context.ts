@@ -1,8 +1,8 @@
-import type { Tier } from '../cache/tiered-cache';
-import { CacheError } from '../errors';
-import type { NodeRecord } from './node';
+import { notFound } from '../errors';
+import type { Tier } from '../model/entry';
+import type { NodeRecord } from '../model/node';
 import type { SessionState } from './session';
-import type { SessionStore, ShortIdResolution } from './session-store';
+import type { SessionStore, ShortIdResolution } from './sessions';
 
 export interface BuildContextRequest {
   sessionId: string;
@@ -50,7 +50,7 @@ export function conversationPath(session: SessionState, headNodeId: string): Nod
   if (headNodeId === '') return [...session.nodes];
   const head = session.byId.get(headNodeId);
   if (head === undefined) {
-    throw new CacheError('E_NOT_FOUND', `head_node_id "${headNodeId}" is not a node of the cached session "${session.sessionId}"`);
+    throw notFound(`head_node_id "${headNodeId}" is not a node of the cached session "${session.sessionId}"`);
   }
   const path: NodeRecord[] = [];
   const seen = new Set<string>();

@@ -1,5 +1,5 @@
-import type { SizedValue } from '../cache/l1';
-import { nodeSize, type NodeRecord } from './node';
+import type { SizedValue } from '../model/entry';
+import { nodeSize, type NodeRecord } from '../model/node';
 
 /**
  * A cached session, decoded once and kept in L1 as it is: the nodes in
@@ -12,9 +12,6 @@ export interface SessionState extends SizedValue {
   readonly byId: ReadonlyMap<string, NodeRecord>;
   readonly byShortId: ReadonlyMap<string, NodeRecord>;
 }
-
-/** L1 key of a session; generic entries use `k:`. */
-export const sessionL1Key = (sessionId: string): string => `s:${sessionId}`;
 
 /**
  * Builds the state from nodes in order. A node ID seen twice (an AppendNode

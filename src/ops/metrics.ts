@@ -1,5 +1,5 @@
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
-import type { EventHub } from '../cache/events';
+import type { EventHub } from '../cache/event-hub';
 import { LinkState, type GetStatsResponse } from '../gen/contextcache/v1/context_cache';
 
 const PREFIX = 'context_cache_';

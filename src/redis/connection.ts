@@ -3,7 +3,7 @@ import { isIP } from 'node:net';
 import Redis, { type RedisOptions } from 'ioredis';
 import type { Config, RedisConfig } from '../config';
 import type { Logger } from '../log';
-import { LatencyWindow } from '../ops/latency';
+import { LatencyWindow } from '../model/latency';
 
 export type LinkState = 'connecting' | 'connected' | 'down';
 
@@ -31,6 +31,11 @@ export function linkOptions(config: Pick<Config, 'redisCommandTimeoutMs' | 'redi
 export function backoffDelay(attempt: number, baseMs: number, maxMs: number, random = Math.random): number {
   const ceiling = Math.min(maxMs, baseMs * 2 ** Math.min(attempt, 30));
   return Math.max(baseMs / 2, Math.round(random() * ceiling));
+}
+
+/** Whether a failed command timed out (ioredis's commandTimeout, or our own PING deadline). */
+export function isTimeout(error: unknown): boolean {
+  return /timed? ?out/i.test((error as Error)?.message ?? '');
 }
 
 export function redisOptions(config: RedisConfig, options: LinkOptions, role: string): RedisOptions {
@@ -111,6 +116,21 @@ export class RedisLink extends EventEmitter {
   /** Starts connecting; never throws: a Redis that is down at start-up is retried in the background. */
   start(): void {
     this.client.connect().catch(() => undefined);
+  }
+
+  /**
+   * Runs one operation (a command, a script, a pipeline) on this link: its
+   * round trip is recorded, and a timeout marks the link down — a hung or
+   * paused Redis — so that later calls skip Redis at once instead of each
+   * waiting out the timeout. The rejection still reaches the caller.
+   */
+  async command<T>(work: Promise<T>): Promise<T> {
+    try {
+      return await this.latency.time(work);
+    } catch (error) {
+      if (isTimeout(error)) this.reconnect();
+      throw error;
+    }
   }
 
   /** PING with a deadline: true when Redis answered in time. */

@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { ExecutionError, Lock, Redlock, ResourceLockedError } from '@sesamecare-oss/redlock';
 import type Redis from 'ioredis';
-import { CacheError } from '../errors';
+import { noMajority } from '../errors';
 
 /** A held mutual-exclusion token. */
 export interface MutexHold {
@@ -19,6 +19,9 @@ export interface MutexHold {
  *
  * The stored value is the token itself, so Lua scripts elsewhere can check a
  * hold atomically with the write it guards (`GET key == token`).
+ *
+ * Keys are Redis keys (from keys.ts); callers that know what the key stands
+ * for (a lock's resource, a lease's subject) word the errors.
  */
 export class Mutex {
   private readonly redlock: Redlock;
@@ -50,7 +53,7 @@ export class Mutex {
       return { token: lock.value, expiresAt: lock.expiration };
     } catch (error) {
       if (await isBusy(error)) return undefined;
-      throw unavailable(error);
+      throw noMajority(error);
     }
   }
 
@@ -70,29 +73,29 @@ export class Mutex {
     }
   }
 
-  /** Extends a hold; E_LOCK_NOT_HELD when the token does not hold the key (any more). */
-  async extend(key: string, token: string, ttlMs: number): Promise<MutexHold> {
+  /** Extends a hold; 'not-held' when the token does not hold the key (any more). */
+  async extend(key: string, token: string, ttlMs: number): Promise<MutexHold | 'not-held'> {
     try {
       const lock = await this.redlock.extend(this.lockFor(key, token), ttlMs);
       return { token, expiresAt: lock.expiration };
     } catch (error) {
-      if (await isRefuted(error)) throw notHeld(key);
-      throw unavailable(error);
+      if (await isRefuted(error)) return 'not-held';
+      throw noMajority(error);
     }
   }
 
-  /** Releases a hold; E_LOCK_NOT_HELD when the token does not hold the key (any more). */
-  async release(key: string, token: string): Promise<void> {
+  /** Releases a hold; 'not-held' when the token does not hold the key (any more). */
+  async release(key: string, token: string): Promise<'released' | 'not-held'> {
     let released: number;
     try {
       const result = await this.redlock.release(this.lockFor(key, token));
       const stats = await Promise.all(result.attempts);
       released = Math.max(0, ...stats.map((s) => s.votesFor.size));
     } catch (error) {
-      if (await isRefuted(error)) throw notHeld(key);
-      throw unavailable(error);
+      if (await isRefuted(error)) return 'not-held';
+      throw noMajority(error);
     }
-    if (released === 0) throw notHeld(key);
+    return released === 0 ? 'not-held' : 'released';
   }
 
   private lockFor(key: string, token: string): Lock {
@@ -135,12 +138,4 @@ async function isBusy(error: unknown): Promise<boolean> {
 async function isRefuted(error: unknown): Promise<boolean> {
   const v = await votes(error);
   return v !== undefined && v.refused > v.members - v.quorum;
-}
-
-function notHeld(key: string): CacheError {
-  return new CacheError('E_LOCK_NOT_HELD', `the token does not hold "${key}": it expired, was released, or belongs to another holder`);
-}
-
-function unavailable(cause: unknown): CacheError {
-  return new CacheError('E_UNAVAILABLE', 'Redis is unavailable: mutual exclusion cannot be decided without a majority of Redis masters', { cause });
 }

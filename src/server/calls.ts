@@ -1,12 +1,69 @@
-import type { ServiceError, handleServerStreamingCall, handleUnaryCall, ServerUnaryCall, ServerWritableStream } from '@grpc/grpc-js';
-import { CacheError } from '../errors';
+import type { Deadline, handleServerStreamingCall, handleUnaryCall, ServerUnaryCall, ServerWritableStream, ServiceError } from '@grpc/grpc-js';
+import { shuttingDown } from '../errors';
 import type { Logger } from '../log';
 import { toServiceError } from './status';
+
+/** Kept free at the end of a caller's deadline to answer in. */
+const DEADLINE_MARGIN_MS = 20;
+
+/**
+ * What a handler knows of its call besides the request, built once per call
+ * (in the manner of nice-grpc's CallContext): nobody wires `cancelled` or
+ * `close` listeners by hand.
+ */
+export interface CallContext {
+  readonly method: string;
+  /**
+   * Aborts when the call is over for the caller: cancelled, its deadline
+   * passed, its connection died — and for streams also when the stream
+   * ended or failed, whoever ended it.
+   */
+  readonly signal: AbortSignal;
+  /** The caller's deadline, epoch ms; Infinity for none. */
+  readonly deadline: number;
+  /** The deadline less a margin to answer in; Infinity for none. */
+  readonly answerBy: number;
+}
+
+/** Runs `listener` once when the call ends — at once if it already has. */
+export function onCallEnd(context: CallContext, listener: () => void): void {
+  if (context.signal.aborted) listener();
+  else context.signal.addEventListener('abort', listener, { once: true });
+}
+
+/** Marks a handler whose responses are pre-encoded Buffers (see `acceptPreEncoded` in encoding.ts). */
+export const PRE_ENCODED = Symbol('pre-encoded responses');
+
+export interface HandlerOptions {
+  /** The handler answers with (or writes) encoded messages as Buffers. */
+  preEncoded?: boolean;
+}
+
+type Call = ServerUnaryCall<unknown, unknown> | ServerWritableStream<unknown, unknown>;
+
+function deadlineMs(deadline: Deadline): number {
+  const ms = deadline instanceof Date ? deadline.getTime() : deadline;
+  return Number.isFinite(ms) ? ms : Number.POSITIVE_INFINITY;
+}
+
+function callContext(method: string, call: Call, endsWith: readonly string[]): CallContext {
+  const controller = new AbortController();
+  if (call.cancelled) controller.abort();
+  else for (const event of endsWith) call.once(event, () => controller.abort());
+  const deadline = deadlineMs(call.getDeadline());
+  return { method, signal: controller.signal, deadline, answerBy: deadline - DEADLINE_MARGIN_MS };
+}
+
+function declare<H extends object>(handler: H, options: HandlerOptions): H {
+  if (options.preEncoded) Object.defineProperty(handler, PRE_ENCODED, { value: true });
+  return handler;
+}
 
 /**
  * Wraps every handler: refuses new calls once shutdown began, counts calls in
  * flight so shutdown can wait for them, tracks open streams so shutdown can
- * end them, and turns every failure into a status in one place.
+ * end them, builds each call's context, and turns every failure into a
+ * status in one place.
  */
 export class CallTracker {
   private inFlight = 0;
@@ -27,8 +84,8 @@ export class CallTracker {
     return this.streams.size;
   }
 
-  unary<Req, Res>(method: string, handler: (request: Req, call: ServerUnaryCall<Req, Res>) => Promise<Res> | Res): handleUnaryCall<Req, Res> {
-    return (call, callback) => {
+  unary<Req, Res>(method: string, handler: (request: Req, context: CallContext) => Promise<Res> | Res, options: HandlerOptions = {}): handleUnaryCall<Req, Res> {
+    return declare<handleUnaryCall<Req, Res>>((call, callback) => {
       if (this.draining) {
         callback(toServiceError(shuttingDown(), method, this.log));
         return;
@@ -37,7 +94,7 @@ export class CallTracker {
       const started = process.hrtime.bigint();
       const finish = (code: number) => this.onCallEnd?.(method, code, Number(process.hrtime.bigint() - started) / 1e9);
       Promise.resolve()
-        .then(() => handler(call.request, call))
+        .then(() => handler(call.request, callContext(method, call as Call, ['cancelled'])))
         .then(
           (response) => {
             finish(0);
@@ -50,33 +107,36 @@ export class CallTracker {
           },
         )
         .finally(() => this.done());
-    };
+    }, options);
   }
 
   /**
    * A long-lived server stream. The handler returns once the stream is set
    * up; the stream stays tracked until it ends, and shutdown ends it with
-   * UNAVAILABLE instead of waiting for it.
+   * UNAVAILABLE instead of waiting for it. A handler that throws ends the
+   * stream with the error's status.
    */
-  serverStream<Req, Res>(method: string, handler: (call: ServerWritableStream<Req, Res>) => Promise<void> | void): handleServerStreamingCall<Req, Res> {
-    return (call) => {
+  serverStream<Req, Res>(
+    method: string,
+    handler: (call: ServerWritableStream<Req, Res>, context: CallContext) => Promise<void> | void,
+    options: HandlerOptions = {},
+  ): handleServerStreamingCall<Req, Res> {
+    return declare<handleServerStreamingCall<Req, Res>>((call) => {
       if (this.draining) {
         endStream(call, toServiceError(shuttingDown(), method, this.log));
         return;
       }
       const tracked = call as ServerWritableStream<unknown, unknown>;
+      const context = callContext(method, tracked, ['cancelled', 'close', 'finish', 'error']);
       this.streams.add(tracked);
-      const untrack = () => this.streams.delete(tracked);
-      call.once('close', untrack);
-      call.once('finish', untrack);
-      call.once('cancelled', untrack);
+      onCallEnd(context, () => this.streams.delete(tracked));
       Promise.resolve()
-        .then(() => handler(call))
+        .then(() => handler(call, context))
         .catch((error: unknown) => {
-          untrack();
+          this.streams.delete(tracked);
           endStream(call, toServiceError(error, method, this.log));
         });
-    };
+    }, options);
   }
 
   /** Refuse new calls from now on and end open streams with UNAVAILABLE. */
@@ -103,8 +163,4 @@ export class CallTracker {
 /** Ends a server stream with a status; grpc-js sends the status of an 'error' event once writes flush. */
 export function endStream(call: ServerWritableStream<unknown, unknown> | ServerWritableStream<never, never>, error: Partial<ServiceError>): void {
   if (!call.writableEnded) call.emit('error', error);
-}
-
-function shuttingDown(): CacheError {
-  return new CacheError('E_SHUTTING_DOWN', 'the sidecar is shutting down; retry on another instance or after it restarts');
 }

@@ -1,6 +1,7 @@
-import type { NodeRecord } from '../context/node';
 import { Node } from '../gen/contextcache/v1/context_cache';
-import { nodeToProto } from './watch';
+import type { NodeRecord } from '../model/node';
+import { PRE_ENCODED } from './calls';
+import { nodeToProto } from './mapping';
 
 /**
  * Responses that carry many nodes (BuildContext, GetSessionNodes) are the
@@ -226,15 +227,17 @@ export function stringField(fieldNumber: number, value: string): Buffer {
 type MethodDefinitions = Record<string, { responseSerialize: (value: never) => Buffer }>;
 
 /**
- * The service definition with the response serializer of `methods` passing
- * pre-encoded Buffers through (and encoding anything else as generated).
+ * The service definition with the response serializer of every method whose
+ * handler declared pre-encoded responses (`{ preEncoded: true }` on the call
+ * tracker) passing Buffers through — and encoding anything else as generated.
  */
-export function acceptPreEncoded<S extends MethodDefinitions>(service: S, methods: readonly (keyof S)[]): S {
+export function acceptPreEncoded<S extends MethodDefinitions>(service: S, implementation: Record<keyof S, object>): S {
   const copy: Record<string, unknown> = { ...service };
-  for (const method of methods) {
+  for (const method of Object.keys(service) as (keyof S & string)[]) {
+    if (!(PRE_ENCODED in implementation[method])) continue;
     const definition = service[method]!;
     const serialize = definition.responseSerialize as (value: unknown) => Buffer;
-    copy[method as string] = { ...definition, responseSerialize: (value: unknown) => (Buffer.isBuffer(value) ? value : serialize(value)) };
+    copy[method] = { ...definition, responseSerialize: (value: unknown) => (Buffer.isBuffer(value) ? value : serialize(value)) };
   }
   return copy as S;
 }

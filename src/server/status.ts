@@ -13,6 +13,8 @@ const STATUS_BY_CODE: Record<CacheErrorCode, status> = {
   E_SHUTTING_DOWN: status.UNAVAILABLE,
   E_DEADLINE: status.DEADLINE_EXCEEDED,
   E_UNIMPLEMENTED: status.UNIMPLEMENTED,
+  // Read as a miss by the Redis layer; should one ever escape, it is lost data, not a bug of the caller.
+  E_CORRUPT_VALUE: status.DATA_LOSS,
 };
 
 /**

@@ -1,14 +1,61 @@
+import { MAX_LEASE_TTL_MS, type LeaseRequest } from '../cache/leases';
 import type { Config } from '../config';
 import { invalidArgument } from '../errors';
+import { Role, type Node } from '../gen/contextcache/v1/context_cache';
 import type { Duration } from '../gen/google/protobuf/duration';
+import type { NodeRecord } from '../model/node';
+import type { CallContext } from './calls';
+import { nodeFromProto } from './mapping';
+
+/**
+ * Every limit of the API that is not a setting, named once. The configured
+ * ones (key, value and message sizes, keys per call, tags per entry) are in
+ * `Config`.
+ */
+export const LIMITS = {
+  /** Entry TTLs. */
+  maxTtlMs: 365 * 24 * 3_600_000,
+  /** lease_ttl and lease_wait. */
+  maxLeaseMs: MAX_LEASE_TTL_MS,
+  /** Session, node and parent IDs, metadata keys. */
+  maxIdBytes: 256,
+  shortId: /^[A-Za-z0-9_-]{1,32}$/,
+  maxRefsPerNode: 256,
+  maxMetadataEntries: 64,
+  maxMetadataValueBytes: 4096,
+  maxNodesPerPut: 100_000,
+  /** Lock TTLs: 100 ms to 1 h. */
+  minLockTtlMs: 100,
+  maxLockTtlMs: 3_600_000,
+  maxLockWaitMs: 3_600_000,
+  /** HoldLockRequest.ttl when unset. */
+  holdDefaultTtlMs: 10_000,
+  maxLockTokenBytes: 256,
+} as const;
+
+// eslint-disable-next-line no-control-regex
+const CONTROL_CHARACTER = /[\x00-\x1f]/;
+
+/** How long a lock acquisition may keep trying. */
+export interface LockWait {
+  /** wait_timeout, cut short by the call's deadline. */
+  ms: number;
+  /** Whether the deadline, not wait_timeout, set `ms`: giving up is then DEADLINE_EXCEEDED, not ABORTED. */
+  cutByDeadline: boolean;
+}
 
 /**
  * Checks what arrives over the wire against the documented limits, naming
  * the field and the rule in the message so that the caller can fix the
- * request without reading our code.
+ * request without reading our code. Each check returns the value as the
+ * core takes it.
  */
 export class RequestValidator {
-  constructor(private readonly config: Config) {}
+  constructor(private readonly config: Pick<Config, 'maxKeyBytes' | 'maxKeysPerCall' | 'maxValueBytes' | 'maxTagsPerEntry' | 'defaultTtlMs' | 'leaseTtlMs'>) {}
+
+  get maxKeysPerCall(): number {
+    return this.config.maxKeysPerCall;
+  }
 
   key(key: string, field = 'key'): string {
     if (key.length === 0) throw invalidArgument(`${field} is empty; keys are 1 to ${this.config.maxKeyBytes} bytes of UTF-8`);
@@ -42,8 +89,7 @@ export class RequestValidator {
     return [
       ...new Set(
         tags.map((tag, index) => {
-          // eslint-disable-next-line no-control-regex
-          if (/[\x00-\x1f]/.test(tag)) throw invalidArgument(`${field}[${index}] contains a control character; tags are printable text`);
+          if (CONTROL_CHARACTER.test(tag)) throw invalidArgument(`${field}[${index}] contains a control character; tags are printable text`);
           return this.key(tag, `${field}[${index}]`);
         }),
       ),
@@ -52,7 +98,7 @@ export class RequestValidator {
 
   /** A TTL in milliseconds; unset or zero means the configured default. */
   ttl(ttl: Duration | undefined, field = 'ttl'): number {
-    const ms = this.duration(ttl, field, MAX_TTL_MS);
+    const ms = this.duration(ttl, field, LIMITS.maxTtlMs);
     return ms === 0 ? this.config.defaultTtlMs : ms;
   }
 
@@ -61,13 +107,34 @@ export class RequestValidator {
    * long to wait for another caller's fill — bounded by the call's deadline
    * and by the lease lifetime.
    */
-  leaseRequest(leaseTtl: Duration | undefined, leaseWait: Duration | undefined, deadline: Date | number): { ttlMs: number; waitUntil: number; callDeadline: number } {
-    const ttlMs = this.duration(leaseTtl, 'lease_ttl', 600_000) || this.config.leaseTtlMs;
-    const waitMs = this.duration(leaseWait, 'lease_wait', 600_000) || ttlMs;
-    const deadlineMs = deadline instanceof Date ? deadline.getTime() : deadline;
-    // Leave a little of the deadline to answer in.
-    const callLimit = Number.isFinite(deadlineMs) ? deadlineMs - 20 : Infinity;
-    return { ttlMs, waitUntil: Math.min(Date.now() + waitMs, callLimit), callDeadline: Number.isFinite(deadlineMs) ? deadlineMs : Infinity };
+  leaseRequest(leaseTtl: Duration | undefined, leaseWait: Duration | undefined, call: CallContext): LeaseRequest {
+    const ttlMs = this.duration(leaseTtl, 'lease_ttl', LIMITS.maxLeaseMs) || this.config.leaseTtlMs;
+    const waitMs = this.duration(leaseWait, 'lease_wait', LIMITS.maxLeaseMs) || ttlMs;
+    return { ttlMs, waitUntil: Math.min(Date.now() + waitMs, call.answerBy), callDeadline: call.deadline };
+  }
+
+  /** A lock TTL: 100 ms to 1 h; required unless there is a default. */
+  lockTtl(duration: Duration | undefined, fallbackMs?: number): number {
+    const ms = this.duration(duration, 'ttl', LIMITS.maxLockTtlMs);
+    if (ms === 0) {
+      if (fallbackMs !== undefined) return fallbackMs;
+      throw invalidArgument('ttl is required: how long the lock lasts unless extended, 100 ms to 1 h');
+    }
+    if (ms < LIMITS.minLockTtlMs) throw invalidArgument(`ttl is ${ms} ms; locks last 100 ms to 1 h`);
+    return ms;
+  }
+
+  /** wait_timeout of a lock acquisition, cut short by the call's deadline. */
+  lockWait(duration: Duration | undefined, call: CallContext): LockWait {
+    const requested = this.duration(duration, 'wait_timeout', LIMITS.maxLockWaitMs);
+    const left = Math.max(0, call.answerBy - Date.now());
+    return { ms: Math.min(requested, left), cutByDeadline: left < requested };
+  }
+
+  lockToken(value: string): string {
+    if (value === '') throw invalidArgument('token is empty; pass the token that AcquireLock returned');
+    if (Buffer.byteLength(value) > LIMITS.maxLockTokenBytes) throw invalidArgument(`token is longer than ${LIMITS.maxLockTokenBytes} bytes; pass the token that AcquireLock returned`);
+    return value;
   }
 
   /** An optional duration in milliseconds, 0 when unset, within [0, maxMs]. */
@@ -89,9 +156,61 @@ export class RequestValidator {
     }
     return value as E;
   }
-}
 
-const MAX_TTL_MS = 365 * 24 * 3_600_000;
+  /** A session, node or parent ID (or a metadata key): 1 to 256 bytes, no control characters. */
+  id(value: string, field: string, optional = false): string {
+    if (value === '' && optional) return value;
+    if (value === '') throw invalidArgument(`${field} is empty; use 1 to ${LIMITS.maxIdBytes} bytes`);
+    const bytes = Buffer.byteLength(value);
+    if (bytes > LIMITS.maxIdBytes) throw invalidArgument(`${field} is ${bytes} bytes; the limit is ${LIMITS.maxIdBytes}`);
+    if (CONTROL_CHARACTER.test(value)) throw invalidArgument(`${field} contains a control character`);
+    return value;
+  }
+
+  shortId(value: string, field: string): string {
+    if (!LIMITS.shortId.test(value)) {
+      throw invalidArgument(`${field} "${value.slice(0, 40)}" is not a short ID; use 1 to 32 characters of A-Z a-z 0-9 _ -`);
+    }
+    return value;
+  }
+
+  shortIds(values: readonly string[], field: string, max: number): string[] {
+    if (values.length > max) throw invalidArgument(`${field} has ${values.length} entries; the limit is ${max}`);
+    return values.map((value, index) => this.shortId(value, `${field}[${index}]`));
+  }
+
+  /** A node of a request; `sessionId`, when given, is the session it must belong to (and fills an empty node.session_id). */
+  node(node: Node | undefined, field: string, sessionId?: string): NodeRecord {
+    if (node === undefined) throw invalidArgument(`${field} is missing`);
+    const session = node.sessionId === '' && sessionId !== undefined ? sessionId : this.id(node.sessionId, `${field}.session_id`);
+    if (sessionId !== undefined && session !== sessionId) {
+      throw invalidArgument(`${field}.session_id "${node.sessionId}" differs from session_id "${sessionId}"`);
+    }
+    this.enumValue<Role>(node.role, Role, `${field}.role`);
+    const metadata = Object.entries(node.metadata);
+    if (metadata.length > LIMITS.maxMetadataEntries) throw invalidArgument(`${field}.metadata has ${metadata.length} entries; the limit is ${LIMITS.maxMetadataEntries}`);
+    for (const [key, value] of metadata) {
+      this.id(key, `${field}.metadata key`);
+      if (Buffer.byteLength(value) > LIMITS.maxMetadataValueBytes) throw invalidArgument(`${field}.metadata["${key}"] is over ${LIMITS.maxMetadataValueBytes} bytes`);
+    }
+    this.value(Buffer.from(node.content), `${field}.content`);
+    const createdAt = node.createdAt?.getTime() ?? 0;
+    if (!Number.isSafeInteger(createdAt)) {
+      throw invalidArgument(`${field}.created_at is out of range; use a time between years 0001 and 9999`);
+    }
+    this.id(node.id, `${field}.id`);
+    if (node.shortId !== '') this.shortId(node.shortId, `${field}.short_id`);
+    this.id(node.parentId, `${field}.parent_id`, true);
+    this.shortIds(node.refs, `${field}.refs`, LIMITS.maxRefsPerNode);
+    return nodeFromProto(node, session);
+  }
+
+  /** PutSessionNodes' nodes. */
+  nodes(nodes: readonly Node[], sessionId: string): NodeRecord[] {
+    if (nodes.length > LIMITS.maxNodesPerPut) throw invalidArgument(`nodes has ${nodes.length} entries; the limit is ${LIMITS.maxNodesPerPut}`);
+    return nodes.map((node, index) => this.node(node, `nodes[${index}]`, sessionId));
+  }
+}
 
 function durationMs(duration: Duration | undefined, field: string): number {
   if (duration === undefined) return 0;

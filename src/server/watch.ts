@@ -1,26 +1,11 @@
 import { BinaryWriter } from '@bufbuild/protobuf/wire';
 import type { ServerWritableStream } from '@grpc/grpc-js';
-import type { CacheEvent, EventEnvelope, EventHub, ResyncReason } from '../cache/events';
-import type { NodeRecord } from '../context/node';
-import {
-  KeyChange,
-  ResyncReason as ProtoResyncReason,
-  SessionChange,
-  type Node,
-  WatchResponse,
-  type WatchRequest,
-} from '../gen/contextcache/v1/context_cache';
+import type { EventHub } from '../cache/event-hub';
+import { WatchResponse, type WatchRequest } from '../gen/contextcache/v1/context_cache';
+import type { CacheEvent, EventEnvelope } from '../model/events';
+import { onCallEnd, type CallContext } from './calls';
+import { eventToProto } from './mapping';
 import type { RequestValidator } from './validation';
-
-const RESYNC_REASON: Record<ResyncReason, ProtoResyncReason> = {
-  'subscription-restored': ProtoResyncReason.RESYNC_REASON_SUBSCRIPTION_RESTORED,
-  'redis-data-lost': ProtoResyncReason.RESYNC_REASON_REDIS_DATA_LOST,
-  'stream-overflow': ProtoResyncReason.RESYNC_REASON_STREAM_OVERFLOW,
-};
-
-export function nodeToProto(node: NodeRecord): Node {
-  return { ...node, createdAt: node.createdAt === 0 ? undefined : new Date(node.createdAt), metadata: { ...node.metadata }, refs: [...node.refs] };
-}
 
 /** Which events a stream asked for; no filter at all means everything. */
 export class WatchFilter {
@@ -49,36 +34,6 @@ export class WatchFilter {
   }
 }
 
-function toEvent(event: CacheEvent): WatchResponse['event'] {
-  switch (event.kind) {
-    case 'key':
-      return {
-        $case: 'keyInvalidated',
-        value: {
-          key: event.key,
-          change: event.change === 'set' ? KeyChange.KEY_CHANGE_SET : KeyChange.KEY_CHANGE_DELETED,
-          version: event.version,
-          tags: [...event.tags],
-        },
-      };
-    case 'tags':
-      return { $case: 'tagsInvalidated', value: { tags: [...event.tags], keys: [...event.keys] } };
-    case 'session':
-      return {
-        $case: 'sessionInvalidated',
-        value: {
-          sessionId: event.sessionId,
-          change: event.change === 'filled' ? SessionChange.SESSION_CHANGE_FILLED : SessionChange.SESSION_CHANGE_INVALIDATED,
-          version: event.version,
-        },
-      };
-    case 'node':
-      return { $case: 'nodeAppended', value: { node: nodeToProto(event.node), sessionVersion: event.sessionVersion } };
-    case 'resync':
-      return { $case: 'resync', value: { reason: RESYNC_REASON[event.reason] } };
-  }
-}
-
 /**
  * One event goes to every matching stream; only the stream's sequence
  * number differs. The rest is encoded once per event (a protobuf message
@@ -90,7 +45,7 @@ const encodedBodies = new WeakMap<EventEnvelope, Buffer>();
 function encodedBody(envelope: EventEnvelope): Buffer {
   let body = encodedBodies.get(envelope);
   if (body === undefined) {
-    body = Buffer.from(WatchResponse.encode({ sequence: 0, time: new Date(envelope.time), originSidecarId: envelope.origin, event: toEvent(envelope.event) }).finish());
+    body = Buffer.from(WatchResponse.encode({ sequence: 0, time: new Date(envelope.time), originSidecarId: envelope.origin, event: eventToProto(envelope.event) }).finish());
     encodedBodies.set(envelope, body);
   }
   return body;
@@ -128,6 +83,7 @@ class WatchStream {
   ) {}
 
   send(origin: string, time: number, event: WatchResponse['event']): void {
+    if (this.ended) return;
     this.call.write({ sequence: ++this.sequence, time: new Date(time), originSidecarId: origin, event });
   }
 
@@ -152,7 +108,7 @@ class WatchStream {
     this.overflowed = true;
     const resume = () => {
       this.overflowed = false;
-      if (!this.ended) this.send(this.sidecarId, Date.now(), toEvent({ kind: 'resync', reason: 'stream-overflow' }));
+      if (!this.ended) this.send(this.sidecarId, Date.now(), eventToProto({ kind: 'resync', reason: 'stream-overflow' }));
     };
     if (this.call.writableNeedDrain) this.call.once('drain', resume);
     else setImmediate(resume);
@@ -185,7 +141,7 @@ export class WatchFanout {
   }
 
   /** Serves one Watch call until it ends. */
-  serve(call: ServerWritableStream<WatchRequest, WatchResponse>): void {
+  serve(call: ServerWritableStream<WatchRequest, WatchResponse>, context: CallContext): void {
     const { request } = call;
     const { validate, counters } = this.deps;
     const filter = new WatchFilter(
@@ -202,10 +158,7 @@ export class WatchFanout {
       counters.open--;
       this.streams.delete(stream);
     };
-    call.once('cancelled', end);
-    call.once('close', end);
-    call.once('finish', end);
-    call.once('error', end);
+    onCallEnd(context, end);
     stream.send(this.deps.sidecarId, Date.now(), { $case: 'started', value: { sidecarId: this.deps.sidecarId, subscribed: this.deps.subscribed() } });
   }
 

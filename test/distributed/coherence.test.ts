@@ -136,7 +136,7 @@ describe('three sidecars, compression, corrupt values and many watchers', () => 
 
   it('gives a slow watcher a STREAM_OVERFLOW resync instead of buffering without bound', async () => {
     const slow = await startSidecar({ REDIS_URL: redis.url, CONTEXT_CACHE_NAMESPACE: 'three', CONTEXT_CACHE_WATCH_BUFFER: '16' });
-    await waitFor(() => slow.sidecar.cache.mode === 'coherent', 'slow sidecar subscribed');
+    await waitFor(() => slow.sidecar.tiers.mode === 'coherent', 'slow sidecar subscribed');
     // A client with the smallest HTTP/2 window, so that a paused reader pushes back quickly.
     const reader = new ContextCacheClient(slow.address, { 'grpc-node.flow_control_window': 65_535 });
     const watcher = new WatchRecorder(reader.watch({ keyPrefixes: ['flood'] }));
@@ -164,7 +164,7 @@ describe('hostile or malformed Pub/Sub messages', () => {
     const redis = await startRedis();
     try {
       const sc = await startSidecar({ REDIS_URL: redis.url, CONTEXT_CACHE_NAMESPACE: 'hostile' });
-      await waitFor(() => sc.sidecar.cache.mode === 'coherent', 'subscribed');
+      await waitFor(() => sc.sidecar.tiers.mode === 'coherent', 'subscribed');
       const watcher = new WatchRecorder(sc.client.watch({}));
       await watcher.started();
       const garbage = [
@@ -193,7 +193,7 @@ describe('hostile or malformed Pub/Sub messages', () => {
       // A valid message after the garbage is applied: the subscriber is alive and well.
       await redis.command('PUBLISH', 'cc:hostile:events', '{"o":"other","e":"g","g":["after"]}');
       await watcher.waitFor((m) => m.event?.$case === 'tagsInvalidated' && m.event.value.tags[0] === 'after', 'the valid event');
-      expect(sc.sidecar.shared!.bus.counters.malformed).toBe(garbage.length);
+      expect(sc.sidecar.redis!.bus.counters.malformed).toBe(garbage.length);
       await sc.client.set({ key: 'still', value: Buffer.from('works') });
       expect(Buffer.from((await sc.client.get({ key: 'still' })).value).toString()).toBe('works');
       watcher.cancel();

@@ -1,6 +1,6 @@
 import { afterAll, afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { ResyncReason, Source, WriteScope } from '../../src/client';
-import { HEALTH_COMPONENT_LOCKS, HEALTH_COMPONENT_PUBSUB, HEALTH_COMPONENT_REDIS } from '../../src/sidecar';
+import { HEALTH_COMPONENT_LOCKS, HEALTH_COMPONENT_PUBSUB, HEALTH_COMPONENT_REDIS } from '../../src/ops/health';
 import { checkHealth, healthClient, ServingStatus } from '../helpers/health';
 import { startRedis, type TestRedis } from '../helpers/redis';
 import { closeAllSidecars, startSidecar, type TestSidecar } from '../helpers/sidecar';
@@ -19,7 +19,7 @@ describe('Redis trouble: degradation, recovery and resync', () => {
     const env = { REDIS_URL: redis.url, CONTEXT_CACHE_NAMESPACE: 'deg', CONTEXT_CACHE_REDIS_RECONNECT_MAX: '200ms' };
     a = await startSidecar(env);
     b = await startSidecar(env);
-    await waitFor(() => a.sidecar.cache.mode === 'coherent' && b.sidecar.cache.mode === 'coherent', 'both sidecars subscribed');
+    await waitFor(() => a.sidecar.tiers.mode === 'coherent' && b.sidecar.tiers.mode === 'coherent', 'both sidecars subscribed');
   });
   afterEach(async () => {
     await closeAllSidecars();
@@ -32,7 +32,7 @@ describe('Redis trouble: degradation, recovery and resync', () => {
     expect((await b.client.get({ key: 'warm' })).info?.source).toBe(Source.SOURCE_L2);
 
     await redis.kill();
-    await waitFor(() => b.sidecar.cache.mode === 'degraded', 'B to notice Redis is gone');
+    await waitFor(() => b.sidecar.tiers.mode === 'degraded', 'B to notice Redis is gone');
 
     const hit = await b.client.get({ key: 'warm' });
     expect(hit.found).toBe(true);
@@ -68,12 +68,12 @@ describe('Redis trouble: degradation, recovery and resync', () => {
     await watcher.started();
 
     await redis.kill();
-    await waitFor(() => a.sidecar.cache.mode === 'degraded', 'A to notice Redis is gone');
+    await waitFor(() => a.sidecar.tiers.mode === 'degraded', 'A to notice Redis is gone');
     // Written while Redis is away: only A knows. B must not keep serving v1 afterwards.
     expect((await a.client.set({ key: 'k', value: Buffer.from('v2') })).scope).toBe(WriteScope.WRITE_SCOPE_LOCAL);
 
     await redis.restart();
-    await waitFor(() => a.sidecar.cache.mode === 'coherent' && b.sidecar.cache.mode === 'coherent', 'both sidecars to recover');
+    await waitFor(() => a.sidecar.tiers.mode === 'coherent' && b.sidecar.tiers.mode === 'coherent', 'both sidecars to recover');
     await watcher.waitFor(
       (m) => m.event?.$case === 'resync' && m.event.value.reason === ResyncReason.RESYNC_REASON_REDIS_DATA_LOST,
       'a data-lost resync on B',
@@ -121,7 +121,7 @@ describe('Redis trouble: degradation, recovery and resync', () => {
     await b.client.get({ key: 'd' });
     // Keep B's subscriber from coming back quickly: kill it, then write on A while B is detached.
     await redis.command('CLIENT', 'KILL', 'TYPE', 'pubsub');
-    await waitFor(() => b.sidecar.cache.mode !== 'coherent' || b.sidecar.cache.counters.resyncs > 0, 'B to lose its subscription');
+    await waitFor(() => b.sidecar.tiers.mode !== 'coherent' || b.sidecar.tiers.counters.resyncs > 0, 'B to lose its subscription');
     await a.client.set({ key: 'd', value: Buffer.from('new') });
     const read = await b.client.get({ key: 'd' });
     expect(text(read.value)).toBe('new');
@@ -135,50 +135,50 @@ describe('Redis trouble: degradation, recovery and resync', () => {
       const write = await a.client.set({ key: 'h2', value: Buffer.from('x') });
       expect(write.scope).toBe(WriteScope.WRITE_SCOPE_LOCAL);
       expect(Date.now() - started).toBeLessThan(2000);
-      await waitFor(() => a.sidecar.cache.mode === 'degraded', 'A to treat the hung Redis as down');
+      await waitFor(() => a.sidecar.tiers.mode === 'degraded', 'A to treat the hung Redis as down');
       const quick = Date.now();
       expect(text((await a.client.get({ key: 'h' })).value)).toBe('cached');
       expect(Date.now() - quick).toBeLessThan(200);
     } finally {
       await redis.resume();
     }
-    await waitFor(() => a.sidecar.cache.mode === 'coherent', 'A to reconnect after Redis resumes');
+    await waitFor(() => a.sidecar.tiers.mode === 'coherent', 'A to reconnect after Redis resumes');
   });
 
   it('a heartbeat against a healthy Redis keeps the subscription (and L1) as they are', async () => {
     const calm = await startSidecar({ REDIS_URL: redis.url, CONTEXT_CACHE_NAMESPACE: 'deg', CONTEXT_CACHE_PUBSUB_HEARTBEAT: '100ms' });
-    await waitFor(() => calm.sidecar.cache.mode === 'coherent', 'subscribed');
+    await waitFor(() => calm.sidecar.tiers.mode === 'coherent', 'subscribed');
     await calm.client.set({ key: 'calm', value: Buffer.from('v') });
-    const resyncs = calm.sidecar.cache.counters.resyncs;
+    const resyncs = calm.sidecar.tiers.counters.resyncs;
     const started = Date.now();
     // Ten heartbeats; each PING is answered (in subscribe mode Redis answers ["pong", ""]).
     await waitFor(() => Date.now() - started > 1000, 'ten heartbeats');
-    expect(calm.sidecar.cache.counters.resyncs).toBe(resyncs);
-    expect(calm.sidecar.cache.mode).toBe('coherent');
+    expect(calm.sidecar.tiers.counters.resyncs).toBe(resyncs);
+    expect(calm.sidecar.tiers.mode).toBe('coherent');
     expect((await calm.client.get({ key: 'calm' })).info?.source).toBe(Source.SOURCE_L1);
     await calm.close();
   });
 
   it('notices a silent subscription by its heartbeat, re-subscribes and resyncs', async () => {
     const quiet = await startSidecar({ REDIS_URL: redis.url, CONTEXT_CACHE_NAMESPACE: 'deg', CONTEXT_CACHE_PUBSUB_HEARTBEAT: '200ms', CONTEXT_CACHE_REDIS_RECONNECT_MAX: '200ms' });
-    await waitFor(() => quiet.sidecar.cache.mode === 'coherent', 'subscribed');
+    await waitFor(() => quiet.sidecar.tiers.mode === 'coherent', 'subscribed');
     await quiet.client.set({ key: 'q', value: Buffer.from('v') });
-    const resyncsBefore = quiet.sidecar.cache.counters.resyncs;
+    const resyncsBefore = quiet.sidecar.tiers.counters.resyncs;
     await redis.pause();
     try {
       // No call is made: only the heartbeat can find out that nothing arrives any more.
-      await waitFor(() => !quiet.sidecar.shared!.bus.subscribed, 'the heartbeat to drop the silent subscription', 5000);
+      await waitFor(() => !quiet.sidecar.redis!.bus.subscribed, 'the heartbeat to drop the silent subscription', 5000);
     } finally {
       await redis.resume();
     }
-    await waitFor(() => quiet.sidecar.cache.mode === 'coherent', 'the subscription to come back');
-    await waitFor(() => quiet.sidecar.cache.counters.resyncs > resyncsBefore, 'a resync after re-subscribing');
+    await waitFor(() => quiet.sidecar.tiers.mode === 'coherent', 'the subscription to come back');
+    await waitFor(() => quiet.sidecar.tiers.counters.resyncs > resyncsBefore, 'a resync after re-subscribing');
     await quiet.close();
   });
 
   it('notices a FLUSHALL (no connection drops) and resyncs', async () => {
     const watched = await startSidecar({ REDIS_URL: redis.url, CONTEXT_CACHE_NAMESPACE: 'deg', CONTEXT_CACHE_PUBSUB_HEARTBEAT: '200ms' });
-    await waitFor(() => watched.sidecar.cache.mode === 'coherent', 'subscribed');
+    await waitFor(() => watched.sidecar.tiers.mode === 'coherent', 'subscribed');
     const watcher = new WatchRecorder(watched.client.watch({}));
     await watcher.started();
     await watched.client.set({ key: 'f', value: Buffer.from('v') });

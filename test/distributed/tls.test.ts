@@ -47,7 +47,7 @@ describe('Redis over TLS (rediss://)', () => {
     const env = { REDIS_URL: `rediss://127.0.0.1:${tlsPort}`, REDIS_TLS_CA_FILE: files.ca, CONTEXT_CACHE_NAMESPACE: 'tls' };
     const a = await startSidecar(env);
     const b = await startSidecar(env);
-    await waitFor(() => a.sidecar.cache.mode === 'coherent' && b.sidecar.cache.mode === 'coherent', 'both sidecars connected over TLS');
+    await waitFor(() => a.sidecar.tiers.mode === 'coherent' && b.sidecar.tiers.mode === 'coherent', 'both sidecars connected over TLS');
     expect((await a.client.set({ key: 'secret', value: Buffer.from('over tls') })).scope).toBe(WriteScope.WRITE_SCOPE_SHARED);
     const read = await b.client.get({ key: 'secret' });
     expect(read.info?.source).toBe(Source.SOURCE_L2);
@@ -56,8 +56,8 @@ describe('Redis over TLS (rediss://)', () => {
 
   it('refuses a server certificate it cannot verify (no CA given): stays degraded instead of trusting it', async () => {
     const sc = await startSidecar({ REDIS_URL: `rediss://127.0.0.1:${tlsPort}`, CONTEXT_CACHE_NAMESPACE: 'tls' });
-    await waitFor(() => sc.sidecar.shared!.link.state === 'down', 'the TLS handshake to fail');
-    expect(sc.sidecar.cache.mode).toBe('degraded');
+    await waitFor(() => sc.sidecar.redis!.link.state === 'down', 'the TLS handshake to fail');
+    expect(sc.sidecar.tiers.mode).toBe('degraded');
     expect((await sc.client.set({ key: 'k', value: Buffer.from('v') })).scope).toBe(WriteScope.WRITE_SCOPE_LOCAL);
   });
 

@@ -51,7 +51,7 @@ describe('README', () => {
     beforeAll(async () => {
       redis = await startRedis();
       sc = await startSidecar({ REDIS_URL: redis.url, CONTEXT_CACHE_NAMESPACE: 'readme' });
-      await waitFor(() => sc.sidecar.cache.mode === 'coherent', 'the sidecar to subscribe');
+      await waitFor(() => sc.sidecar.tiers.mode === 'coherent', 'the sidecar to subscribe');
     });
     afterAll(async () => {
       await closeAllSidecars();

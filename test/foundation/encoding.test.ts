@@ -1,8 +1,8 @@
 import { describe, expect, it } from 'vitest';
-import type { NodeRecord } from '../../src/context/node';
+import type { NodeRecord } from '../../src/model/node';
 import { BuildContextResponse, GetSessionNodesResponse, InclusionReason, Node } from '../../src/gen/contextcache/v1/context_cache';
 import { encodedNode, encodeNodes, lengthPrefix, stringField, varintField, withRepeated } from '../../src/server/encoding';
-import { nodeToProto } from '../../src/server/watch';
+import { nodeToProto } from '../../src/server/mapping';
 
 /** Nodes with every field shape: empty and multibyte strings, big numbers, maps, refs, old and new times. */
 function variety(): NodeRecord[] {

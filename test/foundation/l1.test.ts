@@ -1,6 +1,7 @@
 import { status } from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { entrySize, L1Cache, type Entry } from '../../src/cache/l1';
+import { entrySize, L1Cache } from '../../src/cache/l1';
+import type { Entry } from '../../src/model/entry';
 import { closeAllSidecars, startSidecar, type TestSidecar } from '../helpers/sidecar';
 import { rejectionOf, waitFor } from '../helpers/wait';
 

@@ -58,7 +58,7 @@ export function sidecarsOnRedis(count: number, env: Record<string, string> = {})
   beforeAll(async () => {
     fixture.redis = await startRedis();
     fixture.sidecars = await Promise.all(Array.from({ length: count }, () => startSidecar({ REDIS_URL: fixture.redis.url, ...env })));
-    await waitFor(() => fixture.sidecars.every((s) => s.sidecar.cache.mode === 'coherent'), `${count} sidecars to subscribe`);
+    await waitFor(() => fixture.sidecars.every((s) => s.sidecar.tiers.mode === 'coherent'), `${count} sidecars to subscribe`);
   });
   afterAll(async () => {
     await closeAllSidecars();

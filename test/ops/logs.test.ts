@@ -42,7 +42,7 @@ describe('structured logs', () => {
     const sidecar = await Sidecar.start(config, createLogger('info', stream));
     const client = new ContextCacheClient(sidecar.listenAddress);
     try {
-      await waitFor(() => sidecar.cache.mode === 'coherent', 'the sidecar to connect with the password');
+      await waitFor(() => sidecar.tiers.mode === 'coherent', 'the sidecar to connect with the password');
       const before = lines.length;
       for (let i = 0; i < 50; i++) await client.set({ key: `k${i}`, value: Buffer.from('v') });
       for (let i = 0; i < 50; i++) await client.get({ key: `k${i}` });

@@ -112,7 +112,7 @@ describe('operations: stats, metrics and health over HTTP', () => {
     const holder = await c.client.get({ key: 'busy', leaseOnMiss: true });
     expect(holder.lease).toBeDefined();
     const waiting = c.client.get({ key: 'busy', leaseOnMiss: true, leaseWait: { seconds: 1, nanos: 0 } }).catch(() => undefined);
-    await waitFor(() => c.sidecar.cache.leases.counters.waits > 0, 'the second call to wait');
+    await waitFor(() => c.sidecar.tiers.leases.counters.waits > 0, 'the second call to wait');
     const closing = c.close();
     await waitFor(async () => (await fetch(`${base}/healthz`)).status === 503, '/healthz to answer 503 during the drain');
     await waiting;

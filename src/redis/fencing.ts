@@ -1,21 +1,8 @@
-import { createHash } from 'node:crypto';
 import type Redis from 'ioredis';
-import { CacheError, unavailable } from '../errors';
-
-/**
- * SET if greater. KEYS[1]: the fence key. ARGV[1]: the candidate token.
- * Returns 1 when the candidate was stored because it is greater than the
- * stored value (a missing or unreadable value counts as 0), else 0.
- */
-const ADVANCE_SCRIPT = `
-local current = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
-if tonumber(ARGV[1]) > current then
-  redis.call('SET', KEYS[1], ARGV[1])
-  return 1
-end
-return 0
-`;
-const ADVANCE_SHA = createHash('sha1').update(ADVANCE_SCRIPT).digest('hex');
+import { fenceRaced, unavailable } from '../errors';
+import type { KeySpace } from './keys';
+import { fenceAdvance } from './scripts/fence-advance';
+import { ScriptRunner } from './scripts/script';
 
 /**
  * Fencing tokens for locks held through Redlock: one counter per resource on
@@ -43,17 +30,21 @@ const ADVANCE_SHA = createHash('sha1').update(ADVANCE_SCRIPT).digest('hex');
  */
 export class FencingCounter {
   readonly quorum: number;
+  private readonly scripts: ScriptRunner[];
 
   constructor(
     private readonly clients: readonly Redis[],
+    private readonly keys: KeySpace,
     /** Told about every failed command (by master index), e.g. to drop a link that timed out. */
     private readonly onError: (index: number, error: Error) => void = () => undefined,
   ) {
     this.quorum = Math.floor(clients.length / 2) + 1;
+    this.scripts = clients.map((client) => new ScriptRunner(client, { keys, origin: '' }));
   }
 
-  /** The next token of the resource whose counter lives at `key`. */
-  async next(key: string): Promise<number> {
+  /** The next token of `resource` (its counter lives at keys.fence(resource) on every master). */
+  async next(resource: string): Promise<number> {
+    const key = this.keys.fence(resource);
     const reads = await Promise.allSettled(this.clients.map((client) => client.get(key)));
     let answered = 0;
     let highest = 0;
@@ -71,28 +62,17 @@ export class FencingCounter {
     }
 
     const candidate = Math.max(highest + 1, Date.now() * 1000);
-    const writes = await Promise.allSettled(this.clients.map((client) => this.advance(client, key, candidate)));
+    const writes = await Promise.allSettled(this.scripts.map((scripts) => scripts.run(fenceAdvance, resource, candidate)));
     let stored = 0;
     let refused = 0;
     writes.forEach((write, index) => {
       if (write.status === 'rejected') this.onError(index, asError(write.reason));
-      else if (write.value === 1) stored++;
+      else if (write.value) stored++;
       else refused++;
     });
     if (stored >= this.quorum) return candidate;
-    if (refused > this.clients.length - this.quorum) {
-      throw new CacheError('E_LOCK_BUSY', 'another holder took a fencing token of this resource at the same time (its lock and this one overlapped); try again');
-    }
+    if (refused > this.clients.length - this.quorum) throw fenceRaced();
     throw unavailable(`only ${stored} of ${this.clients.length} lock masters stored the fencing token; it needs a majority (${this.quorum})`);
-  }
-
-  private async advance(client: Redis, key: string, candidate: number): Promise<number> {
-    try {
-      return Number(await client.evalsha(ADVANCE_SHA, 1, key, candidate));
-    } catch (error) {
-      if (!/NOSCRIPT/.test(asError(error).message)) throw error;
-      return Number(await client.eval(ADVANCE_SCRIPT, 1, key, candidate));
-    }
   }
 }
 

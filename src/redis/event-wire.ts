@@ -1,15 +1,13 @@
-import { EventEmitter } from 'node:events';
-import type { Logger } from '../log';
-import type { RedisLink } from '../redis/connection';
-import type { NodeRecord } from '../context/node';
-import type { CacheEvent, EventEnvelope } from './events';
+import type { CacheEvent, EventEnvelope } from '../model/events';
+import type { NodeRecord } from '../model/node';
 
 /**
  * The wire form of an event on the namespace's Pub/Sub channel: compact
  * JSON, keys/tags/session with versions as strings (Lua's cjson would round
- * 16-digit numbers), never a cached value. Most messages are written by the
- * Lua scripts that perform the write, so a write and its announcement are
- * one atomic step.
+ * 16-digit numbers), never a cached value but an appended node. Every
+ * message is written by the Lua script that performs the write, through
+ * `publish_event` below, so a write and its announcement are one atomic
+ * step; `decodeBusMessage` is the one reader.
  */
 export interface BusMessage {
   /** Origin sidecar. */
@@ -27,6 +25,23 @@ export interface BusMessage {
   /** Node events: the session's version before the append. */
   p?: string;
 }
+
+/**
+ * The one writer of the format, for the scripts: fills in the origin and the
+ * time (Redis's clock, ms) of `event` — a table with e, c, k, v, g, s, p as
+ * above — and publishes it. `node_json`, when given, is the appended node,
+ * already JSON (cjson would turn its empty metadata object into a list), and
+ * becomes field n.
+ */
+export const PUBLISH_EVENT_LUA = `
+local function publish_event(channel, origin, now_ms, event, node_json)
+  event.o = origin
+  event.t = string.format('%.0f', now_ms)
+  local message = cjson.encode(event)
+  if node_json then message = string.sub(message, 1, -2) .. ',"n":' .. node_json .. '}' end
+  redis.call('PUBLISH', channel, message)
+end
+`;
 
 /** Thrown for a message this version cannot trust; the message is ignored and counted. */
 class MalformedMessage extends Error {}
@@ -108,113 +123,5 @@ export function decodeBusMessage(raw: string, receivedAt: number): EventEnvelope
     }
     default:
       throw new MalformedMessage(`unknown event type ${String(message.e)}`);
-  }
-}
-
-/**
- * The subscriber side of the Pub/Sub bus: one dedicated connection, one
- * channel per namespace. Events from this sidecar's own writes come back as
- * echoes and are ignored (they were applied locally already).
- *
- * Pub/Sub is at-most-once: whatever is published while the subscription is
- * down is lost. The bus therefore reports every (re)subscription; the cache
- * treats a re-subscription after a gap as "anything may have changed".
- *
- * Events: 'subscribed' (restored: boolean), 'unsubscribed', 'events' (EventEnvelope[]).
- */
-export class Bus extends EventEmitter {
-  private subscribedNow = false;
-  private everSubscribed = false;
-  private heartbeat: NodeJS.Timeout | undefined;
-  readonly counters = { messagesIn: 0, echoes: 0, malformed: 0 };
-
-  /**
-   * `heartbeatMs`: how often the subscription proves it is alive with a PING
-   * on its own connection. A subscriber socket can go half-open (a failover,
-   * a NAT or conntrack entry lost) while commands still work; without the
-   * heartbeat nothing would notice for minutes, and no invalidation would
-   * arrive meanwhile.
-   */
-  constructor(
-    private readonly link: RedisLink,
-    private readonly channel: string,
-    private readonly origin: string,
-    private readonly log: Logger,
-    private readonly heartbeatMs = 5000,
-  ) {
-    super();
-    link.client.on('message', (channel: string, raw: string) => {
-      if (channel === this.channel) this.receive(raw);
-    });
-    link.on('ready', () => this.subscribe());
-    link.on('state', (state) => {
-      if (state !== 'connected' && this.subscribedNow) {
-        this.subscribedNow = false;
-        this.emit('unsubscribed');
-      }
-    });
-  }
-
-  get subscribed(): boolean {
-    return this.subscribedNow;
-  }
-
-  start(): void {
-    this.link.start();
-    this.heartbeat = setInterval(() => this.beat(), this.heartbeatMs);
-    this.heartbeat.unref();
-  }
-
-  /** Stops the heartbeat; the link is closed by its owner. Idempotent. */
-  stop(): void {
-    clearInterval(this.heartbeat);
-  }
-
-  private beat(): void {
-    if (!this.subscribedNow) return;
-    // A PING that does not come back within the command timeout: drop the connection; the
-    // reconnect re-subscribes, and the re-subscription resynchronizes.
-    void this.link.ping().then((alive) => {
-      if (!alive && this.subscribedNow) this.link.reconnect('the pub/sub heartbeat got no answer');
-    });
-  }
-
-  private subscribe(): void {
-    this.link.client.subscribe(this.channel).then(
-      () => {
-        const restored = this.everSubscribed;
-        this.everSubscribed = true;
-        this.subscribedNow = true;
-        if (restored) this.log.info({ channel: this.channel }, 'pub/sub subscription restored');
-        this.emit('subscribed', restored);
-      },
-      (error: Error) => {
-        // Reconnect (with backoff) to try again, rather than stay unsubscribed until something else breaks.
-        this.log.warn({ err: error.message, channel: this.channel }, 'pub/sub subscribe failed; reconnecting to retry');
-        this.link.reconnect('SUBSCRIBE failed');
-      },
-    );
-  }
-
-  private receive(raw: string): void {
-    let envelopes: EventEnvelope[];
-    try {
-      envelopes = decodeBusMessage(raw, Date.now());
-    } catch (error) {
-      this.counters.malformed++;
-      this.log.warn({ err: (error as Error).message }, 'ignored a malformed pub/sub message');
-      return;
-    }
-    if (envelopes[0]?.origin === this.origin) {
-      this.counters.echoes++;
-      return;
-    }
-    this.counters.messagesIn++;
-    try {
-      this.emit('events', envelopes);
-    } catch (error) {
-      // Inside ioredis's socket handler: a throw here would take the process down.
-      this.log.error({ err: error }, 'applying a pub/sub event failed');
-    }
   }
 }

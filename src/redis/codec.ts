@@ -1,4 +1,5 @@
 import { compressSync, uncompressSync } from 'snappy';
+import { CorruptValueError } from '../errors';
 
 /**
  * The byte format of values in Redis: a 3-byte header, then the payload.
@@ -14,13 +15,6 @@ const MAGIC = 0xcc;
 const FORMAT_VERSION = 1;
 const FLAG_SNAPPY = 0b1;
 const HEADER_BYTES = 3;
-
-export class CorruptValueError extends Error {
-  constructor(reason: string) {
-    super(`unreadable cached value: ${reason}`);
-    this.name = 'CorruptValueError';
-  }
-}
 
 export interface Encoded {
   bytes: Buffer;

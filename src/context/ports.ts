@@ -1,0 +1,35 @@
+import type { NodeRecord } from '../model/node';
+
+/** A session as the shared tier holds it: the nodes in order, with its version and expiry. */
+export interface StoredSession {
+  nodes: NodeRecord[];
+  version: number;
+  expiresAt: number;
+}
+
+/** How an append went in the shared tier. */
+export interface StoredAppend {
+  /** Whether Redis held the session and now holds the node too. */
+  appended: boolean;
+  version: number;
+  /** The session's version before the append (0: it was not cached). */
+  previousVersion: number;
+  expiresAt: number;
+}
+
+/**
+ * Sessions and the short-ID index in the shared tier. `src/redis/` implements
+ * it; every method rejects when Redis fails, and each write revokes the
+ * session's fill leases and announces itself, atomically.
+ */
+export interface SessionL2 {
+  getMany(sessionIds: readonly string[]): Promise<(StoredSession | undefined)[]>;
+  /** The fill after a miss; 'stale' when the lease no longer holds. */
+  put(sessionId: string, nodes: readonly NodeRecord[], ttlMs: number, leaseToken: string): Promise<{ version: number; expiresAt: number } | 'stale'>;
+  append(node: NodeRecord): Promise<StoredAppend>;
+  invalidate(sessionId: string): Promise<{ existed: boolean; version: number }>;
+  /** Points the nodes' short IDs at their session, for cross-session references. */
+  indexShortIds(nodes: readonly NodeRecord[], ttlMs: number): Promise<void>;
+  /** The session each short ID belongs to, as far as the index knows. */
+  lookupShortIds(shortIds: readonly string[]): Promise<(string | undefined)[]>;
+}

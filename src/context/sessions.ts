@@ -1,0 +1,233 @@
+import { LRUCache } from 'lru-cache';
+import type { LeasedRead, LeaseRequest } from '../cache/leases';
+import type { Tiers } from '../cache/tiers';
+import { memoryTierFull } from '../errors';
+import type { Entry, Tier, WriteScope } from '../model/entry';
+import type { CacheEvent } from '../model/events';
+import type { NodeRecord } from '../model/node';
+import { l1Key, type Subject } from '../model/subject';
+import type { SessionL2 } from './ports';
+import { appendToSession, buildSession, type SessionState } from './session';
+
+const subject = (sessionId: string): Subject => ({ kind: 'session', id: sessionId });
+const sessionKey = (sessionId: string): string => l1Key('session', sessionId);
+
+export interface SessionRead {
+  session: SessionState;
+  version: number;
+  expiresAt: number;
+  source: Tier;
+}
+
+export interface ShortIdResolution {
+  /** Resolved nodes by short ID. */
+  nodes: Map<string, NodeRecord>;
+  unresolved: string[];
+  /** Sessions the index names for unresolved short IDs, but that are cached nowhere. */
+  missingSessions: string[];
+}
+
+/**
+ * Conversation sessions: the same write path, coherence rules and leases as
+ * the generic cache (`Tiers`), with sessions kept decoded in L1 and appended
+ * to in place. It knows nothing of gRPC or Redis.
+ */
+export class SessionStore {
+  /** short ID → session ID for sessions this sidecar has seen; verified against the session on use. */
+  private readonly shortIdIndex = new LRUCache<string, string>({ max: 200_000 });
+
+  constructor(
+    private readonly tiers: Tiers,
+    private readonly redis: SessionL2 | undefined,
+    private readonly defaultTtlMs: number,
+  ) {
+    tiers.onRemoteEvent((event) => this.applyRemote(event));
+  }
+
+  async get(sessionId: string): Promise<SessionRead | undefined> {
+    return (await this.getMany([sessionId])).get(sessionId);
+  }
+
+  /** L1 first; the sessions L1 cannot answer come from Redis in one round trip. */
+  async getMany(sessionIds: readonly string[]): Promise<Map<string, SessionRead>> {
+    const ids = [...new Set(sessionIds)];
+    const reads = await this.tiers.read<SessionState>(ids, {
+      kind: 'session',
+      operation: 'read sessions',
+      fetch: async (missing) =>
+        (await this.redis!.getMany(missing)).map((stored, index) =>
+          stored === undefined ? undefined : { value: buildSession(missing[index]!, stored.nodes), version: stored.version, expiresAt: stored.expiresAt, tags: [] },
+        ),
+      remember: (id, entry) => this.remember(id, entry),
+    });
+    const found = new Map<string, SessionRead>();
+    ids.forEach((id, index) => {
+      const read = reads[index];
+      if (read !== undefined) found.set(id, { session: read.entry.value, version: read.entry.version, expiresAt: read.entry.expiresAt, source: read.source });
+    });
+    return found;
+  }
+
+  /** A read that, on a miss, grants a fill lease or waits for another caller's fill. */
+  getOrLease(sessionId: string, request: LeaseRequest): Promise<LeasedRead<SessionRead>> {
+    return this.tiers.leases.readOrLease(subject(sessionId), request, () => this.get(sessionId));
+  }
+
+  /** The cache-aside fill after the app loaded the session from its database. */
+  put(sessionId: string, nodes: readonly NodeRecord[], leaseToken: string, ttlMs = this.defaultTtlMs): Promise<{ version: number; expiresAt: number; scope: WriteScope }> {
+    const { tiers } = this;
+    const session = buildSession(sessionId, nodes);
+    const filled = (version: number): CacheEvent => ({ kind: 'session', sessionId, change: 'filled', version });
+    return tiers.write({
+      operation: 'put session',
+      shared: async () => {
+        const stored = await this.redis!.put(sessionId, session.nodes, ttlMs, leaseToken);
+        if (stored === 'stale') throw tiers.leases.refused();
+        this.remember(sessionId, { value: session, version: stored.version, expiresAt: stored.expiresAt, tags: [] });
+        return { result: stored, events: [filled(stored.version)], after: () => this.indexShortIds(session.nodes, ttlMs) };
+      },
+      local: () => {
+        if (leaseToken !== '') tiers.leases.consumeLocal(subject(sessionId), leaseToken);
+        else tiers.leases.revokeLocal(subject(sessionId));
+        const version = tiers.localVersion('session', sessionId);
+        const expiresAt = Date.now() + ttlMs;
+        if (!this.remember(sessionId, { value: session, version, expiresAt, tags: [] })) throw memoryTierFull('session', tiers.l1.maxBytes);
+        return { result: { version, expiresAt }, events: [filled(version)] };
+      },
+    });
+  }
+
+  /** Write-through of a new node; watchers of the session receive it. */
+  append(node: NodeRecord): Promise<{ appended: boolean; version: number; scope: WriteScope }> {
+    const { tiers } = this;
+    const sessionId = node.sessionId;
+    const appendedEvent = (version: number, previousVersion: number): CacheEvent => ({ kind: 'node', node, sessionVersion: version, previousVersion });
+    return tiers.write({
+      operation: 'append node',
+      shared: async () => {
+        const stored = await this.redis!.append(node);
+        this.applyAppend(node, stored.previousVersion, stored.version);
+        const index = stored.appended && node.shortId !== '';
+        return {
+          result: { appended: stored.appended, version: stored.version },
+          events: [appendedEvent(stored.version, stored.previousVersion)],
+          after: index ? () => this.indexShortIds([node], Math.max(1000, stored.expiresAt - Date.now())) : undefined,
+        };
+      },
+      local: () => {
+        tiers.leases.revokeLocal(subject(sessionId));
+        const previousVersion = tiers.l1.peek(sessionKey(sessionId))?.version ?? 0;
+        const version = tiers.localVersion('session', sessionId);
+        const appended = this.applyAppend(node, previousVersion, version);
+        return { result: { appended, version }, events: [appendedEvent(version, previousVersion)] };
+      },
+    });
+  }
+
+  invalidate(sessionId: string): Promise<{ existed: boolean; scope: WriteScope }> {
+    const { tiers } = this;
+    const invalidated = (version: number): CacheEvent => {
+      tiers.l1.invalidate(sessionKey(sessionId), version);
+      return { kind: 'session', sessionId, change: 'invalidated', version };
+    };
+    return tiers.write({
+      operation: 'invalidate session',
+      shared: async () => {
+        const { existed, version } = await this.redis!.invalidate(sessionId);
+        return { result: { existed }, events: [invalidated(version)] };
+      },
+      local: () => {
+        tiers.leases.revokeLocal(subject(sessionId));
+        const existed = tiers.l1.peek(sessionKey(sessionId)) !== undefined;
+        return { result: { existed }, events: [invalidated(tiers.localVersion('session', sessionId))] };
+      },
+    });
+  }
+
+  /**
+   * Resolves short IDs: within `sessionId` first (when given), then across the
+   * namespace — sessions in L1, then the Redis index and the sessions it
+   * names (one round trip each).
+   */
+  async resolveShortIds(shortIds: readonly string[], sessionId?: string, preloaded?: SessionState): Promise<ShortIdResolution> {
+    const nodes = new Map<string, NodeRecord>();
+    let pending = [...new Set(shortIds)];
+    const take = (session: SessionState | undefined) => {
+      if (session === undefined) return;
+      pending = pending.filter((id) => {
+        const node = session.byShortId.get(id);
+        if (node !== undefined) nodes.set(id, node);
+        return node === undefined;
+      });
+    };
+
+    if (preloaded !== undefined) take(preloaded);
+    else if (sessionId) take((await this.get(sessionId))?.session);
+
+    // Sessions this sidecar has seen hold the node, if they are still cached.
+    const known = new Map<string, string>();
+    for (const id of pending) {
+      const owner = this.shortIdIndex.get(id);
+      if (owner !== undefined) known.set(id, owner);
+    }
+    if (known.size > 0) {
+      const sessions = await this.getMany([...new Set(known.values())]);
+      for (const read of sessions.values()) take(read.session);
+    }
+    if (pending.length === 0 || this.redis === undefined || !this.tiers.sharedUsable()) {
+      return { nodes, unresolved: pending, missingSessions: [] };
+    }
+
+    let owners: (string | undefined)[];
+    try {
+      owners = await this.redis.lookupShortIds(pending);
+    } catch (error) {
+      this.tiers.failed(error, 'look up short IDs');
+      return { nodes, unresolved: pending, missingSessions: [] };
+    }
+    const ownerIds = [...new Set(owners.filter((owner): owner is string => owner !== undefined))];
+    const sessions = await this.getMany(ownerIds);
+    for (const read of sessions.values()) take(read.session);
+    const missingSessions = ownerIds.filter((id) => !sessions.has(id));
+    return { nodes, unresolved: pending, missingSessions };
+  }
+
+  /**
+   * The short-ID index, after the session itself was stored: best effort,
+   * because the write already happened and was announced. A failure only
+   * means cross-session lookups of these IDs miss until the next fill.
+   */
+  private async indexShortIds(nodes: readonly NodeRecord[], ttlMs: number): Promise<void> {
+    try {
+      await this.redis!.indexShortIds(nodes, ttlMs);
+    } catch (error) {
+      this.tiers.failed(error, 'index short IDs');
+    }
+  }
+
+  /** Stores a session in L1 and indexes its short IDs; false when L1 refused it (too large, or older than what it knows). */
+  private remember(sessionId: string, entry: Entry<SessionState>): boolean {
+    if (!this.tiers.l1.set(sessionKey(sessionId), entry)) return false;
+    for (const shortId of entry.value.byShortId.keys()) this.shortIdIndex.set(shortId, sessionId);
+    return true;
+  }
+
+  /**
+   * Applies an append to the L1 copy when it is exactly the predecessor;
+   * otherwise drops the copy. True when L1 holds the session with the node.
+   */
+  private applyAppend(node: NodeRecord, previousVersion: number, version: number): boolean {
+    const key = sessionKey(node.sessionId);
+    const current = this.tiers.l1.peek<SessionState>(key);
+    if (current !== undefined && current.version === previousVersion && this.remember(node.sessionId, { ...current, value: appendToSession(current.value, node), version })) {
+      return true;
+    }
+    this.tiers.l1.invalidate(key, version);
+    return false;
+  }
+
+  private applyRemote(event: CacheEvent): void {
+    if (event.kind === 'session') this.tiers.l1.invalidate(sessionKey(event.sessionId), event.version);
+    else if (event.kind === 'node') this.applyAppend(event.node, event.previousVersion, event.sessionVersion);
+  }
+}

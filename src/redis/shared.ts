@@ -1,0 +1,71 @@
+import type { SharedTier } from '../cache/ports';
+import type { Config } from '../config';
+import type { Logger } from '../log';
+import { Bus } from './bus';
+import type { ValueCodec } from './codec';
+import { linkOptions, RedisLink } from './connection';
+import { DataLossDetector } from './data-loss';
+import { RedisEntryStore } from './entry-store';
+import type { KeySpace } from './keys';
+import { RedisLeaseStore } from './leases';
+import { Mutex } from './mutex';
+import { ScriptRunner } from './scripts/script';
+import { RedisSessionStore } from './session-store';
+
+/**
+ * The Redis side of a sidecar, as the core sees it (`SharedTier`) and as the
+ * stores need it: two connections (commands, and Pub/Sub), the entry and
+ * session stores, fill leases, the bus and the data-loss detector. Built
+ * from the configuration; `start()` connects, `close()` (idempotent) stops
+ * the timers and closes both connections.
+ */
+export class RedisTier implements SharedTier {
+  readonly link: RedisLink;
+  readonly subscriber: RedisLink;
+  readonly bus: Bus;
+  readonly entries: RedisEntryStore;
+  readonly sessions: RedisSessionStore;
+  readonly leases: RedisLeaseStore;
+  private readonly dataLoss: DataLossDetector;
+
+  constructor(config: Config, keys: KeySpace, codec: ValueCodec, sidecarId: string, log: Logger) {
+    const options = linkOptions(config);
+    this.link = new RedisLink('commands', config.redis!, options, log);
+    this.subscriber = new RedisLink('subscriber', config.redis!, options, log);
+    const scripts = new ScriptRunner(this.link.client, { keys, origin: sidecarId });
+    this.entries = new RedisEntryStore(this.link, scripts, keys, codec, (key, error) =>
+      log.warn({ key, err: error.message }, 'unreadable value in Redis; deleted and treated as a miss'),
+    );
+    this.sessions = new RedisSessionStore(this.link, scripts, keys, codec, (sessionId, error) =>
+      log.warn({ sessionId, err: error.message }, 'unreadable session in Redis; deleted and treated as a miss'),
+    );
+    this.leases = new RedisLeaseStore(new Mutex([this.link.client], config.redis!.db), keys);
+    this.bus = new Bus(this.subscriber, keys.channel, sidecarId, log, config.pubsubHeartbeatMs);
+    this.dataLoss = new DataLossDetector(this.link, keys.epoch, log, config.pubsubHeartbeatMs);
+  }
+
+  get connected(): boolean {
+    return this.link.connected;
+  }
+
+  async clockUs(): Promise<number> {
+    const [seconds, micros] = await this.link.command(this.link.client.time());
+    return Number(seconds) * 1_000_000 + Number(micros);
+  }
+
+  onDataLost(listener: () => void): void {
+    this.dataLoss.on('data-lost', listener);
+  }
+
+  start(): void {
+    this.link.start();
+    this.bus.start();
+    this.dataLoss.start();
+  }
+
+  async close(): Promise<void> {
+    this.bus.stop();
+    this.dataLoss.stop();
+    await Promise.all([this.subscriber.close(), this.link.close()]);
+  }
+}
