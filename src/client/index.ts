@@ -1,4 +1,4 @@
-import { credentials, type CallOptions, type ChannelOptions, type ClientReadableStream, type ServiceError } from '@grpc/grpc-js';
+import { credentials, Metadata, status, type CallOptions, type ChannelOptions, type ClientReadableStream, type ServiceError } from '@grpc/grpc-js';
 import {
   ContextCacheClient as GeneratedClient,
   ContextCacheService,
@@ -8,7 +8,103 @@ import {
 } from '../gen/contextcache/v1/context_cache';
 import * as messages from '../gen/contextcache/v1/context_cache';
 
-export * from '../gen/contextcache/v1/context_cache';
+/*
+ * The public surface, named on purpose: what an application needs to call
+ * the sidecar. Everything else (generated codecs, the service definition)
+ * stays internal and may change without notice.
+ */
+
+// Enums of the API (values and types).
+export {
+  InclusionReason,
+  KeyChange,
+  LinkState,
+  ResyncReason,
+  Role,
+  SessionChange,
+  Source,
+  WriteScope,
+} from '../gen/contextcache/v1/context_cache';
+
+// Messages: requests, responses and what they carry.
+export type {
+  AcquireLockRequest,
+  AcquireLockResponse,
+  AppendNodeRequest,
+  AppendNodeResponse,
+  BuildContextRequest,
+  BuildContextResponse,
+  ContextNode,
+  DeepPartial,
+  DeleteRequest,
+  DeleteResponse,
+  EntryInfo,
+  ExtendLockRequest,
+  ExtendLockResponse,
+  GetManyRequest,
+  GetManyResponse,
+  GetManyResult,
+  GetRequest,
+  GetResponse,
+  GetSessionNodesRequest,
+  GetSessionNodesResponse,
+  GetStatsResponse,
+  HoldLockRequest,
+  HoldLockResponse,
+  InvalidateSessionRequest,
+  InvalidateSessionResponse,
+  InvalidateTagsRequest,
+  InvalidateTagsResponse,
+  KeyInvalidated,
+  L1Stats,
+  L2Stats,
+  Lease,
+  LeaseStats,
+  LockStats,
+  Node,
+  NodeAppended,
+  PubSubStats,
+  PutSessionNodesRequest,
+  PutSessionNodesResponse,
+  ReleaseLockRequest,
+  ReleaseLockResponse,
+  ResolveShortIdsRequest,
+  ResolveShortIdsResponse,
+  Resync,
+  SessionInvalidated,
+  SetRequest,
+  SetResponse,
+  TagsInvalidated,
+  TierStats,
+  WatchRequest,
+  WatchResponse,
+  WatchStarted,
+  WatchStats,
+} from '../gen/contextcache/v1/context_cache';
+
+/** gRPC status codes, as `ContextCacheError.code` carries them. */
+export { status as Status };
+
+/**
+ * Every failed call rejects with this: the gRPC status code (e.g.
+ * `Status.UNAVAILABLE` while the sidecar shuts down, `Status.ABORTED` for a
+ * refused conditional write or a stale lease) and the sidecar's message,
+ * which names the field or rule at fault. It has the shape of grpc-js's
+ * ServiceError, so code written against that keeps working.
+ */
+export class ContextCacheError extends Error {
+  readonly code: status;
+  readonly details: string;
+  readonly metadata: Metadata;
+
+  constructor(error: Partial<ServiceError> & { message?: string }) {
+    super(error.message ?? error.details ?? 'call failed', { cause: error });
+    this.name = 'ContextCacheError';
+    this.code = error.code ?? status.UNKNOWN;
+    this.details = error.details ?? '';
+    this.metadata = error.metadata ?? new Metadata();
+  }
+}
 
 type Service = typeof ContextCacheService;
 type UnaryName = { [K in keyof Service]: Service[K]['responseStream'] extends false ? K : never }[keyof Service];
@@ -29,9 +125,11 @@ export interface EventStream<T> extends AsyncIterable<T> {
 /**
  * A promise-based TypeScript client for the sidecar. Requests are partial:
  * unset fields take their proto defaults. Every call accepts a deadline;
- * errors are grpc-js ServiceErrors carrying the status code and message.
+ * failures reject with a ContextCacheError carrying the status code and the
+ * sidecar's message.
  */
 export class ContextCacheClient {
+  /** The underlying grpc-js client, for what this wrapper does not cover. */
   readonly raw: GeneratedClient;
 
   constructor(address: string, options: Partial<ChannelOptions> = {}) {
@@ -57,7 +155,7 @@ export class ContextCacheClient {
         definition.responseDeserialize as (value: Buffer) => ResponseOf<K>,
         full,
         callOptions,
-        (error: ServiceError | null, response?: ResponseOf<K>) => (error ? reject(error) : resolve(response!)),
+        (error: ServiceError | null, response?: ResponseOf<K>) => (error ? reject(new ContextCacheError(error)) : resolve(response!)),
       );
     });
   }
@@ -105,7 +203,13 @@ export class ContextCacheClient {
     return {
       call,
       cancel: () => call.cancel(),
-      [Symbol.asyncIterator]: () => call[Symbol.asyncIterator]() as AsyncIterator<ResponseOf<K>>,
+      [Symbol.asyncIterator]: () => {
+        const inner = call[Symbol.asyncIterator]() as AsyncIterator<ResponseOf<K>>;
+        return {
+          next: () => inner.next().catch((error: ServiceError) => Promise.reject(new ContextCacheError(error))),
+          return: (value?: unknown) => inner.return?.(value) ?? Promise.resolve({ done: true as const, value: undefined }),
+        };
+      },
     };
   }
 }

@@ -1,14 +1,11 @@
 import type { EntryStore, EntryWrite, EntryWriteOutcome } from '../cache/ports';
 import { CorruptValueError } from '../errors';
 import type { Entry } from '../model/entry';
-import type { ValueCodec } from './codec';
-import type { RedisLink } from './connection';
-import type { KeySpace } from './keys';
 import { entryDelete } from './scripts/entry-delete';
 import { entrySet } from './scripts/entry-set';
-import type { ScriptRunner } from './scripts/script';
 import { tagsInvalidate } from './scripts/tags-invalidate';
 import { parseTagField } from './tags';
+import type { StoreParts } from './store-parts';
 
 export interface ReadCounters {
   hits: number;
@@ -25,18 +22,15 @@ export class RedisEntryStore implements EntryStore {
   readonly counters: ReadCounters = { hits: 0, misses: 0, corrupt: 0 };
 
   constructor(
-    private readonly link: RedisLink,
-    private readonly scripts: ScriptRunner,
-    private readonly keys: KeySpace,
-    private readonly codec: ValueCodec,
+    private readonly parts: StoreParts,
     private readonly onCorrupt: (key: string, error: CorruptValueError) => void,
   ) {}
 
   /** One round trip for all keys (a pipeline of HMGETs). */
   async getMany(keys: readonly string[]): Promise<(Entry | undefined)[]> {
-    const pipeline = this.link.client.pipeline();
-    for (const key of keys) pipeline.hmgetBuffer(this.keys.entry(key), 'v', 'd', 'x', 't');
-    const replies = (await this.link.command(pipeline.exec())) ?? [];
+    const pipeline = this.parts.link.client.pipeline();
+    for (const key of keys) pipeline.hmgetBuffer(this.parts.keys.entry(key), 'v', 'd', 'x', 't');
+    const replies = (await this.parts.link.command(pipeline.exec())) ?? [];
     return keys.map((key, index) => {
       const [error, fields] = replies[index] ?? [new Error('no reply')];
       if (error && /^WRONGTYPE/.test(error.message)) return this.discard(key, new CorruptValueError('not a context-cache entry (wrong Redis type)'));
@@ -46,15 +40,15 @@ export class RedisEntryStore implements EntryStore {
   }
 
   set(key: string, value: Buffer, write: EntryWrite): Promise<EntryWriteOutcome> {
-    return this.link.command(this.scripts.run(entrySet, key, this.codec.encode(value).bytes, write));
+    return this.parts.link.command(this.parts.scripts.run(entrySet, key, this.parts.codec.encode(value).bytes, write));
   }
 
   delete(keys: readonly string[]): Promise<{ existed: number; versions: number[] }> {
-    return this.link.command(this.scripts.run(entryDelete, keys));
+    return this.parts.link.command(this.parts.scripts.run(entryDelete, keys));
   }
 
   invalidateTags(tags: readonly string[]): Promise<string[]> {
-    return this.link.command(this.scripts.run(tagsInvalidate, tags));
+    return this.parts.link.command(this.parts.scripts.run(tagsInvalidate, tags));
   }
 
   private parse(key: string, fields: (Buffer | null)[]): Entry | undefined {
@@ -65,7 +59,7 @@ export class RedisEntryStore implements EntryStore {
     }
     try {
       const entry: Entry = {
-        value: this.codec.decode(data),
+        value: this.parts.codec.decode(data),
         version: Number(version.toString()),
         expiresAt: Number(expiresAt?.toString() ?? '0'),
         tags: parseTagField(tagField?.toString() ?? ''),
@@ -84,7 +78,7 @@ export class RedisEntryStore implements EntryStore {
     this.counters.corrupt++;
     this.counters.misses++;
     this.onCorrupt(key, error);
-    this.link.client.del(this.keys.entry(key)).catch(() => undefined);
+    this.parts.link.client.del(this.parts.keys.entry(key)).catch(() => undefined);
     return undefined;
   }
 }

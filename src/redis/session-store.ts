@@ -2,15 +2,12 @@ import { isAscii } from 'node:buffer';
 import type { SessionL2, StoredAppend, StoredSession } from '../context/ports';
 import { CorruptValueError } from '../errors';
 import type { NodeRecord } from '../model/node';
-import type { ValueCodec } from './codec';
-import type { RedisLink } from './connection';
-import type { KeySpace } from './keys';
 import { sessionAppend } from './scripts/session-append';
 import { sessionCompact } from './scripts/session-compact';
 import { sessionInvalidate } from './scripts/session-invalidate';
 import { sessionPut } from './scripts/session-put';
 import { sessionRead, type SessionReadReply } from './scripts/session-read';
-import type { ScriptRunner } from './scripts/script';
+import type { StoreParts } from './store-parts';
 
 /** UTF-8 to string; pure ASCII (most chat text) takes the much faster latin1 path, which reads it the same. */
 function text(bytes: Buffer): string {
@@ -32,18 +29,15 @@ export class RedisSessionStore implements SessionL2 {
   readonly counters = { corrupt: 0 };
 
   constructor(
-    private readonly link: RedisLink,
-    private readonly scripts: ScriptRunner,
-    private readonly keys: KeySpace,
-    private readonly codec: ValueCodec,
+    private readonly parts: StoreParts,
     private readonly onCorrupt: (sessionId: string, error: CorruptValueError) => void,
   ) {}
 
   /** Reads several sessions in one round trip (a pipeline of atomic reads). */
   async getMany(sessionIds: readonly string[]): Promise<(StoredSession | undefined)[]> {
-    const pipeline = this.scripts.pipeline(sessionRead);
-    for (const id of sessionIds) this.scripts.queue(pipeline, sessionRead, id);
-    const replies = (await this.link.command(pipeline.exec())) ?? [];
+    const pipeline = this.parts.scripts.pipeline(sessionRead);
+    for (const id of sessionIds) this.parts.scripts.queue(pipeline, sessionRead, id);
+    const replies = (await this.parts.link.command(pipeline.exec())) ?? [];
     return sessionIds.map((id, index) => {
       const [error, reply] = replies[index] ?? [new Error('no reply')];
       if (error) throw error;
@@ -52,35 +46,35 @@ export class RedisSessionStore implements SessionL2 {
   }
 
   put(sessionId: string, nodes: readonly NodeRecord[], ttlMs: number, leaseToken: string): Promise<{ version: number; expiresAt: number } | 'stale'> {
-    return this.link.command(this.scripts.run(sessionPut, sessionId, this.chunk(nodes), nodes.length, ttlMs, leaseToken));
+    return this.parts.link.command(this.parts.scripts.run(sessionPut, sessionId, this.chunk(nodes), nodes.length, ttlMs, leaseToken));
   }
 
   append(node: NodeRecord): Promise<StoredAppend> {
     const json = JSON.stringify(node);
-    const chunk = this.codec.encode(Buffer.from(`[${json}]`)).bytes;
-    return this.link.command(this.scripts.run(sessionAppend, node.sessionId, chunk, json));
+    const chunk = this.parts.codec.encode(Buffer.from(`[${json}]`)).bytes;
+    return this.parts.link.command(this.parts.scripts.run(sessionAppend, node.sessionId, chunk, json));
   }
 
   invalidate(sessionId: string): Promise<{ existed: boolean; version: number }> {
-    return this.link.command(this.scripts.run(sessionInvalidate, sessionId));
+    return this.parts.link.command(this.parts.scripts.run(sessionInvalidate, sessionId));
   }
 
   async indexShortIds(nodes: readonly NodeRecord[], ttlMs: number): Promise<void> {
-    const pipeline = this.link.client.pipeline();
+    const pipeline = this.parts.link.client.pipeline();
     let count = 0;
     for (const node of nodes) {
       if (node.shortId === '') continue;
-      pipeline.set(this.keys.shortId(node.shortId), node.sessionId, 'PX', ttlMs);
+      pipeline.set(this.parts.keys.shortId(node.shortId), node.sessionId, 'PX', ttlMs);
       count++;
     }
-    if (count > 0) await this.link.command(pipeline.exec());
+    if (count > 0) await this.parts.link.command(pipeline.exec());
   }
 
   async lookupShortIds(shortIds: readonly string[]): Promise<(string | undefined)[]> {
     if (shortIds.length === 0) return [];
-    const pipeline = this.link.client.pipeline();
-    for (const id of shortIds) pipeline.get(this.keys.shortId(id));
-    const replies = (await this.link.command(pipeline.exec())) ?? [];
+    const pipeline = this.parts.link.client.pipeline();
+    for (const id of shortIds) pipeline.get(this.parts.keys.shortId(id));
+    const replies = (await this.parts.link.command(pipeline.exec())) ?? [];
     return replies.map(([error, value]) => {
       if (error) throw error;
       return (value as string | null) ?? undefined;
@@ -89,12 +83,12 @@ export class RedisSessionStore implements SessionL2 {
 
   /** One encoded chunk of nodes: the format every session chunk has. */
   private chunk(nodes: readonly NodeRecord[]): Buffer {
-    return this.codec.encode(Buffer.from(JSON.stringify(nodes))).bytes;
+    return this.parts.codec.encode(Buffer.from(JSON.stringify(nodes))).bytes;
   }
 
   /** Compacts many append chunks into one; best effort, skipped if the session changed meanwhile. */
   private compact(sessionId: string, stored: StoredSession): void {
-    this.link.command(this.scripts.run(sessionCompact, sessionId, stored.version, this.chunk(stored.nodes))).catch(() => undefined);
+    this.parts.link.command(this.parts.scripts.run(sessionCompact, sessionId, stored.version, this.chunk(stored.nodes))).catch(() => undefined);
   }
 
   private parse(sessionId: string, reply: SessionReadReply | undefined): StoredSession | undefined {
@@ -105,7 +99,7 @@ export class RedisSessionStore implements SessionL2 {
       if (!Number.isSafeInteger(version) || version <= 0) throw new CorruptValueError(`session version "${reply.version.toString()}" is not a number`);
       const nodes: NodeRecord[] = [];
       for (const chunk of reply.chunks) {
-        const parsed: unknown = JSON.parse(text(this.codec.decode(chunk)));
+        const parsed: unknown = JSON.parse(text(this.parts.codec.decode(chunk)));
         if (!Array.isArray(parsed)) throw new CorruptValueError('a session chunk is not a list of nodes');
         for (const node of parsed as NodeRecord[]) nodes.push(node);
       }
@@ -117,7 +111,7 @@ export class RedisSessionStore implements SessionL2 {
       const corrupt = error instanceof CorruptValueError ? error : new CorruptValueError(`session does not decode (${(error as Error).message})`);
       this.counters.corrupt++;
       this.onCorrupt(sessionId, corrupt);
-      this.link.client.del(this.keys.sessionMeta(sessionId), this.keys.sessionChunks(sessionId)).catch(() => undefined);
+      this.parts.link.client.del(this.parts.keys.sessionMeta(sessionId), this.parts.keys.sessionChunks(sessionId)).catch(() => undefined);
       return undefined;
     }
     if (reply.chunks.length > COMPACT_AFTER_CHUNKS) this.compact(sessionId, stored);

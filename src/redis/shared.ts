@@ -32,11 +32,11 @@ export class RedisTier implements SharedTier {
     const options = linkOptions(config);
     this.link = new RedisLink('commands', config.redis!, options, log);
     this.subscriber = new RedisLink('subscriber', config.redis!, options, log);
-    const scripts = new ScriptRunner(this.link.client, { keys, origin: sidecarId });
-    this.entries = new RedisEntryStore(this.link, scripts, keys, codec, (key, error) =>
+    const parts = { link: this.link, scripts: new ScriptRunner(this.link.client, { keys, origin: sidecarId }), keys, codec };
+    this.entries = new RedisEntryStore(parts, (key, error) =>
       log.warn({ key, err: error.message }, 'unreadable value in Redis; deleted and treated as a miss'),
     );
-    this.sessions = new RedisSessionStore(this.link, scripts, keys, codec, (sessionId, error) =>
+    this.sessions = new RedisSessionStore(parts, (sessionId, error) =>
       log.warn({ sessionId, err: error.message }, 'unreadable session in Redis; deleted and treated as a miss'),
     );
     this.leases = new RedisLeaseStore(new Mutex([this.link.client], config.redis!.db), keys);

@@ -1,6 +1,7 @@
 import { status } from '@grpc/grpc-js';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { InclusionReason, Node, PutSessionNodesRequest, Role, Source, WriteScope } from '../../src/client';
+import { InclusionReason, Role, Source, WriteScope } from '../../src/client';
+import { Node, PutSessionNodesRequest } from '../../src/gen/contextcache/v1/context_cache';
 import { Timestamp } from '../../src/gen/google/protobuf/timestamp';
 import { node, session } from '../helpers/nodes';
 import { sidecarsOnRedis, startSidecar, type TestSidecar } from '../helpers/sidecar';
