@@ -125,11 +125,14 @@ export class EntryCache {
     });
   }
 
-  /** Another sidecar's change: drop what it superseded. */
+  /** Another sidecar's change: drop what it superseded, and void memory leases granted before it. */
   private applyRemote(event: CacheEvent): void {
-    if (event.kind === 'key') this.tiers.l1.invalidate(entryKey(event.key), event.version);
-    else if (event.kind === 'tags') {
+    if (event.kind === 'key') {
+      this.tiers.l1.invalidate(entryKey(event.key), event.version);
+      this.tiers.leases.revokeLocal(subject(event.key));
+    } else if (event.kind === 'tags') {
       this.tiers.invalidateReadsInFlight();
+      this.tiers.leases.stampTags(event.tags);
       this.tiers.l1.invalidateTags(event.tags);
     }
   }

@@ -172,16 +172,17 @@ export class LeaseManager {
   /**
    * Consumes a memory-granted lease for a fill while Redis is unusable; a
    * token that is not the current one is stale, and so is one granted
-   * before one of the fill's tags was invalidated.
+   * before one of the fill's tags was invalidated. A token that is not the
+   * current one leaves the current holder's lease alone (as Redis does), so
+   * a lapsed holder's late fill cannot cost the new holder its fill.
    */
   consumeLocal(subject: Subject, token: string, tags: readonly string[] = []): void {
     const name = l1Key(subject.kind, subject.id);
     const held = this.local.get(name);
+    if (held === undefined || held.token !== token) throw this.refused();
     this.local.delete(name);
     const { grantedAt } = splitToken(token);
-    if (held === undefined || held.token !== token || held.expiresAt < Date.now() || tags.some((tag) => (this.localTagStamps.get(tag) ?? 0) >= grantedAt)) {
-      throw this.refused();
-    }
+    if (held.expiresAt < Date.now() || tags.some((tag) => (this.localTagStamps.get(tag) ?? 0) >= grantedAt)) throw this.refused();
   }
 
   /** Tags were invalidated here: memory leases granted before may not fill entries carrying them. */

@@ -189,6 +189,8 @@ export class Tiers {
       }
     }
     if (shared !== undefined) this.counters.published++;
+    // A read in flight may carry a version from Redis's clock above this write's local one: it may not fill L1.
+    else this.epoch++;
     const { result, events, after } = shared ?? paths.local();
     for (const event of events) this.announce(event);
     await after?.();

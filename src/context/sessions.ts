@@ -226,8 +226,14 @@ export class SessionStore {
     return false;
   }
 
+  /** Another sidecar's change: applied to L1; memory leases granted before it are void. */
   private applyRemote(event: CacheEvent): void {
-    if (event.kind === 'session') this.tiers.l1.invalidate(sessionKey(event.sessionId), event.version);
-    else if (event.kind === 'node') this.applyAppend(event.node, event.previousVersion, event.sessionVersion);
+    if (event.kind === 'session') {
+      this.tiers.l1.invalidate(sessionKey(event.sessionId), event.version);
+      this.tiers.leases.revokeLocal(subject(event.sessionId));
+    } else if (event.kind === 'node') {
+      this.applyAppend(event.node, event.previousVersion, event.sessionVersion);
+      this.tiers.leases.revokeLocal(subject(event.node.sessionId));
+    }
   }
 }
