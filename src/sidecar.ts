@@ -63,7 +63,7 @@ export class Sidecar {
     this.codec = new ValueCodec(config.compressionThreshold);
     this.l1 = new L1Cache(config.l1MaxBytes);
     this.redis = config.redis === undefined ? undefined : new RedisTier(config, keys, this.codec, this.sidecarId, log);
-    this.tiers = new Tiers(this.l1, this.redis, this.events, this.sidecarId, log);
+    this.tiers = new Tiers(this.l1, this.redis, this.events, this.sidecarId, log, { degradedMaxAgeMs: config.degradedMaxAgeMs });
     this.entries = new EntryCache(this.tiers, this.redis?.entries);
     this.sessions = new SessionStore(this.tiers, this.redis?.sessions, config.defaultTtlMs);
     this.events.onListenerError = (error) => log.error({ err: error }, 'an event listener failed; the event was still delivered to the others');
@@ -187,6 +187,7 @@ export class Sidecar {
     await this.admin?.close();
     // Before the links close: releases the locks of HoldLock streams (ended above) and closes dedicated lock links.
     await this.locks.close();
+    this.tiers.close();
     await this.redis?.close();
     this.l1.clear();
     this.log.info({ tookMs: Date.now() - started }, 'shutdown complete');

@@ -4,7 +4,7 @@ import type { CacheEvent } from '../model/events';
 import { idOfL1Key, l1Key, type Subject } from '../model/subject';
 import type { LeasedRead, LeaseRequest } from './leases';
 import type { EntryStore, EntryWrite } from './ports';
-import type { TierRead, Tiers } from './tiers';
+import type { ReadSpec, TierRead, Tiers } from './tiers';
 
 export type ReadResult = TierRead<Buffer>;
 
@@ -30,6 +30,13 @@ export class EntryCache {
     private readonly store: EntryStore | undefined,
   ) {
     tiers.onRemoteEvent((event) => this.applyRemote(event));
+    // Keys and tags written while Redis was away: deleted in Redis, and here (the local value is what Redis missed).
+    tiers.onReplay('entry', async (keys) => {
+      const { versions } = await this.store!.delete(keys);
+      for (const key of keys) tiers.l1.delete(entryKey(key));
+      return this.deletions(keys, versions);
+    });
+    tiers.onReplay('tag', async (tags) => this.tagsRemoved(tags, await this.store!.invalidateTags(tags)).events);
   }
 
   async get(key: string): Promise<ReadResult | undefined> {
@@ -43,14 +50,17 @@ export class EntryCache {
 
   /** L1 first; the keys L1 cannot answer go to Redis in one round trip. */
   getMany(keys: readonly string[]): Promise<(ReadResult | undefined)[]> {
-    return this.tiers.read(keys, { kind: 'entry', operation: 'read', fetch: (missing) => this.store!.getMany(missing) });
+    return this.tiers.read(keys, this.readSpec);
   }
+
+  private readonly readSpec: ReadSpec<Buffer> = { kind: 'entry', operation: 'read', fetch: (missing) => this.store!.getMany(missing) };
 
   set(key: string, value: Buffer, options: SetOptions): Promise<WriteResult> {
     const { tiers } = this;
     const written = (entry: Entry) => ({ result: { entry }, events: [setEvent(key, entry)] });
     return tiers.write({
       operation: 'write',
+      touches: [{ kind: 'entry', name: key }],
       shared: async () => {
         const outcome = await this.store!.set(key, value, options);
         switch (outcome.status) {
@@ -83,16 +93,12 @@ export class EntryCache {
   delete(keys: readonly string[]): Promise<{ deleted: number; scope: WriteScope }> {
     const { tiers } = this;
     const unique = [...new Set(keys)];
-    const deletions = (versions: readonly number[]): CacheEvent[] =>
-      unique.map((key, index) => {
-        tiers.l1.invalidate(entryKey(key), versions[index]!);
-        return { kind: 'key', key, change: 'deleted', version: versions[index]!, tags: [] };
-      });
     return tiers.write({
       operation: 'delete',
+      touches: unique.map((key) => ({ kind: 'entry', name: key })),
       shared: async () => {
         const { existed, versions } = await this.store!.delete(unique);
-        return { result: { deleted: existed }, events: deletions(versions) };
+        return { result: { deleted: existed }, events: this.deletions(unique, versions) };
       },
       local: () => {
         let deleted = 0;
@@ -101,7 +107,7 @@ export class EntryCache {
           if (tiers.l1.peek(entryKey(key)) !== undefined) deleted++;
           return tiers.localVersion('entry', key);
         });
-        return { result: { deleted }, events: deletions(versions) };
+        return { result: { deleted }, events: this.deletions(unique, versions) };
       },
     });
   }
@@ -111,18 +117,29 @@ export class EntryCache {
    * in L1 either way; refuses fills under leases granted before.
    */
   invalidateTags(tags: readonly string[]): Promise<{ localEntriesRemoved: number; scope: WriteScope }> {
-    const removeHere = (removedInRedis: readonly string[]) => {
-      this.tiers.invalidateReadsInFlight();
-      this.tiers.leases.stampTags(tags);
-      const removedHere = this.tiers.l1.invalidateTags(tags).map((l1) => idOfL1Key('entry', l1));
-      const event: CacheEvent = { kind: 'tags', tags, keys: [...new Set([...removedInRedis, ...removedHere])] };
-      return { result: { localEntriesRemoved: removedHere.length }, events: [event] };
-    };
     return this.tiers.write({
       operation: 'invalidate tags',
-      shared: async () => removeHere(await this.store!.invalidateTags(tags)),
-      local: () => removeHere([]),
+      touches: tags.map((tag) => ({ kind: 'tag', name: tag })),
+      shared: async () => this.tagsRemoved(tags, await this.store!.invalidateTags(tags)),
+      local: () => this.tagsRemoved(tags, []),
     });
+  }
+
+  /** Keys deleted at `versions` (tombstones): L1 keeps them out, and watchers hear of each. */
+  private deletions(keys: readonly string[], versions: readonly number[]): CacheEvent[] {
+    return keys.map((key, index) => {
+      this.tiers.l1.invalidate(entryKey(key), versions[index]!);
+      return { kind: 'key', key, change: 'deleted', version: versions[index]!, tags: [] };
+    });
+  }
+
+  /** Tags invalidated (in Redis, `removedInRedis` went with them): the same in L1, and fills under older leases are refused. */
+  private tagsRemoved(tags: readonly string[], removedInRedis: readonly string[]) {
+    this.tiers.invalidateReadsInFlight();
+    this.tiers.leases.stampTags(tags);
+    const removedHere = this.tiers.l1.invalidateTags(tags).map((l1) => idOfL1Key('entry', l1));
+    const event: CacheEvent = { kind: 'tags', tags, keys: [...new Set([...removedInRedis, ...removedHere])] };
+    return { result: { localEntriesRemoved: removedHere.length }, events: [event] };
   }
 
   /** Another sidecar's change: drop what it superseded, and void memory leases granted before it. */

@@ -38,12 +38,22 @@ export interface LeaseStore {
 export interface SharedTier {
   /** Whether Redis can be used for an operation right now. */
   readonly connected: boolean;
+  /** Since when (epoch ms) Redis could not be used; undefined while connected. */
+  readonly downSince: number | undefined;
   readonly bus: EventBus;
   readonly leases: LeaseStore;
   /** Redis's clock in microseconds: lease grant times and tag stamps are compared on it. */
   clockUs(): Promise<number>;
+  /** Every time Redis becomes usable again (and the first time). */
+  onConnected(listener: () => void): void;
   /** Redis came back without the data it held (restart, failover, FLUSHALL). */
   onDataLost(listener: () => void): void;
+  /**
+   * Invalidates the whole namespace in Redis — every entry and session, and
+   * their leases — and tells every sidecar to flush (a resync). For when this
+   * sidecar cannot name everything it wrote while Redis was away.
+   */
+  flushNamespace(): Promise<void>;
 }
 
 /** A Set's conditions, as the shared tier checks them atomically with the write. */

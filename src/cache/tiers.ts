@@ -6,6 +6,7 @@ import { l1Key, type SubjectKind } from '../model/subject';
 import type { EventHub } from './event-hub';
 import type { L1Cache } from './l1';
 import { LeaseManager } from './leases';
+import { PENDING_KINDS, PendingInvalidations, type PendingKind } from './pending';
 import type { SharedTier } from './ports';
 
 /**
@@ -30,12 +31,24 @@ export interface TierCounters {
   resyncs: number;
   /** Shared writes (each publishes its event on the bus, from the Redis side). */
   published: number;
+  /** Invalidations of local writes replayed into Redis once it was back. */
+  replayed: number;
+  /** Namespace-wide invalidations (the pending set overflowed). */
+  namespaceFlushes: number;
 }
 
 /** A read as a tier answered it. */
 export interface TierRead<V> {
   entry: Entry<V>;
   source: Tier;
+  /** Served from L1 while it could not be trusted to be current (Redis unusable). */
+  degraded: boolean;
+}
+
+/** What a write touched, as the replay names it. */
+export interface Touched {
+  kind: PendingKind;
+  name: string;
 }
 
 /** How one kind of subject is read through the tiers. */
@@ -60,6 +73,8 @@ export interface Written<T> {
 /** The two paths of a write: through Redis (which announces to other sidecars itself), or this sidecar's memory alone. */
 export interface WritePaths<T> {
   operation: string;
+  /** What the write changes: invalidated in Redis later if the write stays local. */
+  touches: readonly Touched[];
   /** Writes to Redis and applies the outcome to L1; rejects when Redis fails, or with a CacheError for a refused write. */
   shared(): Promise<Written<T>>;
   /** Applies the write to L1 alone, with a version from `localVersion`; throws a CacheError for a refused write. */
@@ -77,11 +92,35 @@ export interface WritePaths<T> {
  *  - the counters of all of it, and the announcement of every change.
  * `EntryCache` and `SessionStore` say what their data is; this says where it goes.
  */
+/** How a kind invalidates its subjects in Redis (and in L1) during a replay; resolves with the events to announce. */
+export type Replayer = (names: string[]) => Promise<readonly CacheEvent[]>;
+
+export interface TiersOptions {
+  /** How long after Redis became unusable L1 may still answer (Infinity: no bound). */
+  degradedMaxAgeMs: number;
+  /** The set of writes to replay (bounds for tests). */
+  pending?: PendingInvalidations;
+}
+
+/** Subjects per kind in one replay round trip. */
+const REPLAY_BATCH = 256;
+const REPLAY_RETRY_BASE_MS = 50;
+const REPLAY_RETRY_MAX_MS = 2000;
+
 export class Tiers {
-  readonly counters: TierCounters = { l2Errors: 0, resyncs: 0, published: 0 };
+  readonly counters: TierCounters = { l2Errors: 0, resyncs: 0, published: 0, replayed: 0, namespaceFlushes: 0 };
   readonly leases: LeaseManager;
+  /** Writes that may not have reached Redis, to replay as invalidations. */
+  readonly pending: PendingInvalidations;
   private readonly versions = new VersionClock();
   private readonly remoteAppliers: ((event: CacheEvent) => void)[] = [];
+  private readonly replayers = new Map<PendingKind, Replayer>();
+  private replaying = false;
+  private replayFailures = 0;
+  private replayTimer: NodeJS.Timeout | undefined;
+  /** Since when reads are served degraded (the start of the outage); undefined while Redis is usable. */
+  private unusableSince: number | undefined;
+  private closed = false;
   /**
    * Bumped on every flush, every (re)subscription and every tag
    * invalidation: a read that began before any of them may not fill L1 (its
@@ -96,7 +135,9 @@ export class Tiers {
     private readonly events: EventHub,
     private readonly sidecarId: string,
     private readonly log: Logger,
+    private readonly options: TiersOptions = { degradedMaxAgeMs: Number.POSITIVE_INFINITY },
   ) {
+    this.pending = options.pending ?? new PendingInvalidations();
     this.leases = new LeaseManager(() => (this.sharedUsable() ? { store: shared!.leases, clockUs: () => this.redisClockUs() } : undefined), events);
     shared?.bus.onEvents((envelopes) => {
       for (const envelope of envelopes) this.applyRemote(envelope);
@@ -109,11 +150,16 @@ export class Tiers {
       if (restored || this.l1.entries > 0) this.resync('subscription-restored');
     });
     shared?.onDataLost(() => this.resync('redis-data-lost'));
+    shared?.onConnected(() => this.scheduleReplay(0));
   }
 
+  /**
+   * `degraded` also while Redis answers again but the writes it missed are
+   * not replayed yet: until then this sidecar's L1 and Redis disagree.
+   */
   get mode(): CoherenceMode {
     if (this.shared === undefined) return 'l1-only';
-    if (!this.shared.connected) return 'degraded';
+    if (!this.sharedUsable()) return 'degraded';
     return this.shared.bus.subscribed ? 'coherent' : 'detached';
   }
 
@@ -122,9 +168,22 @@ export class Tiers {
     return this.epoch;
   }
 
-  /** Whether Redis can be used for an operation right now. */
+  /** Whether Redis can be used for an operation right now: connected, and nothing left to replay. */
   sharedUsable(): boolean {
-    return this.shared !== undefined && this.shared.connected;
+    const usable = this.shared !== undefined && this.shared.connected && this.pending.empty && !this.replaying;
+    if (usable) this.unusableSince = undefined;
+    return usable;
+  }
+
+  /** Registers how a kind of subject is invalidated in Redis when the writes it missed are replayed. */
+  onReplay(kind: PendingKind, replay: Replayer): void {
+    this.replayers.set(kind, replay);
+  }
+
+  /** Stops replay retries. Idempotent. */
+  close(): void {
+    this.closed = true;
+    clearTimeout(this.replayTimer);
   }
 
   /**
@@ -138,9 +197,12 @@ export class Tiers {
     const mode = this.mode;
     const results: (TierRead<V> | undefined)[] = new Array(ids.length);
     const missing: number[] = [];
+    const degraded = mode === 'degraded';
+    // Past the cap, a degraded sidecar answers misses: the app reads its source of truth.
+    const l1Allowed = mode !== 'detached' && (!degraded || this.degradedReadsAllowed());
     ids.forEach((id, index) => {
-      const entry = mode === 'detached' ? undefined : this.l1.get<V>(l1Key(spec.kind, id));
-      if (entry !== undefined) results[index] = { entry, source: 'l1' };
+      const entry = l1Allowed ? this.l1.get<V>(l1Key(spec.kind, id)) : undefined;
+      if (entry !== undefined) results[index] = { entry, source: 'l1', degraded };
       else missing.push(index);
     });
     if (missing.length === 0 || (mode !== 'coherent' && mode !== 'detached')) return results;
@@ -151,10 +213,10 @@ export class Tiers {
       entries = await spec.fetch(missing.map((index) => ids[index]!));
     } catch (error) {
       this.failed(error, spec.operation);
-      if (mode === 'detached') {
+      if (mode === 'detached' && this.degradedReadsAllowed()) {
         for (const index of missing) {
           const entry = this.l1.get<V>(l1Key(spec.kind, ids[index]!));
-          if (entry !== undefined) results[index] = { entry, source: 'l1' };
+          if (entry !== undefined) results[index] = { entry, source: 'l1', degraded: true };
         }
       }
       return results;
@@ -163,7 +225,7 @@ export class Tiers {
     missing.forEach((index, position) => {
       const entry = entries[position];
       if (entry === undefined) return;
-      results[index] = { entry, source: 'l2' };
+      results[index] = { entry, source: 'l2', degraded: false };
       if (!fill) return;
       if (spec.remember) spec.remember(ids[index]!, entry);
       else this.l1.set(l1Key(spec.kind, ids[index]!), entry);
@@ -188,13 +250,95 @@ export class Tiers {
         this.failed(error, paths.operation);
       }
     }
-    if (shared !== undefined) this.counters.published++;
-    // A read in flight may carry a version from Redis's clock above this write's local one: it may not fill L1.
-    else this.epoch++;
-    const { result, events, after } = shared ?? paths.local();
+    let written = shared;
+    if (written !== undefined) this.counters.published++;
+    else {
+      written = paths.local();
+      // A read in flight may carry a version from Redis's clock above this write's local one: it may not fill L1.
+      this.epoch++;
+      if (this.shared !== undefined) this.recordPending(paths.touches);
+    }
+    const { result, events, after } = written;
     for (const event of events) this.announce(event);
     await after?.();
     return { ...result, scope: shared === undefined ? 'local' : 'shared' };
+  }
+
+  /**
+   * A write stayed local: Redis and the other sidecars still hold what it
+   * superseded. Remembered for the replay; if Redis answers right now (it
+   * failed under this write), the replay starts at once.
+   */
+  private recordPending(touches: readonly Touched[]): void {
+    for (const { kind, name } of touches) this.pending.add(kind, name);
+    if (this.shared!.connected) this.scheduleReplay(0);
+  }
+
+  private scheduleReplay(delayMs: number): void {
+    if (this.closed || this.replayTimer !== undefined) return;
+    this.replayTimer = setTimeout(() => {
+      this.replayTimer = undefined;
+      void this.replay();
+    }, delayMs);
+    this.replayTimer.unref();
+  }
+
+  /**
+   * Replays the pending set as invalidations, in batches, until it is empty
+   * — before this sidecar returns to coherent mode or answers a write as
+   * SHARED. Each kind's replayer deletes in Redis (revoking fill leases and
+   * announcing, in the same script), drops its own L1 copies, and returns the
+   * events for this sidecar's watchers. A set that overflowed becomes one
+   * namespace-wide invalidation. A failure puts the batch back and retries
+   * with backoff (and on the next reconnection).
+   */
+  private async replay(): Promise<void> {
+    const shared = this.shared;
+    if (shared === undefined || this.replaying || this.pending.empty || !shared.connected) return;
+    this.replaying = true;
+    const started = Date.now();
+    let replayed = 0;
+    try {
+      while (shared.connected && !this.pending.empty) {
+        if (this.pending.overflowed) {
+          await shared.flushNamespace();
+          this.pending.clear();
+          this.counters.namespaceFlushes++;
+          this.log.warn('more writes stayed local than can be named: invalidated the whole namespace in Redis and in every sidecar');
+          this.resync('namespace-flushed');
+          continue;
+        }
+        const batch = this.pending.take(REPLAY_BATCH);
+        try {
+          const events = await Promise.all(PENDING_KINDS.map((kind) => (batch[kind].length === 0 ? [] : this.replayers.get(kind)!(batch[kind]))));
+          for (const event of events.flat()) this.announce(event);
+        } catch (error) {
+          this.pending.restore(batch);
+          throw error;
+        }
+        const count = PENDING_KINDS.reduce((sum, kind) => sum + batch[kind].length, 0);
+        replayed += count;
+        this.counters.replayed += count;
+      }
+      this.replayFailures = 0;
+      if (replayed > 0) this.log.info({ replayed, tookMs: Date.now() - started }, 'replayed the invalidations of writes that did not reach Redis');
+    } catch (error) {
+      this.failed(error, 'replay invalidations');
+      this.replayFailures++;
+      const ceiling = Math.min(REPLAY_RETRY_MAX_MS, REPLAY_RETRY_BASE_MS * 2 ** Math.min(this.replayFailures, 10));
+      if (shared.connected) this.scheduleReplay(ceiling / 2 + Math.random() * (ceiling / 2));
+    } finally {
+      this.replaying = false;
+    }
+    // Writes that stayed local while the last batch was in flight.
+    if (!this.pending.empty && shared.connected && this.replayFailures === 0) this.scheduleReplay(0);
+  }
+
+  /** Whether L1 may still answer while degraded: within CONTEXT_CACHE_DEGRADED_MAX_AGE of the outage's start. */
+  private degradedReadsAllowed(): boolean {
+    if (this.options.degradedMaxAgeMs === Number.POSITIVE_INFINITY) return true;
+    this.unusableSince ??= this.shared?.downSince ?? Date.now();
+    return Date.now() - this.unusableSince < this.options.degradedMaxAgeMs;
   }
 
   /** The version of a write that stays local: above anything L1 knows of the subject. */
@@ -232,6 +376,11 @@ export class Tiers {
   }
 
   private applyRemote(envelope: EventEnvelope): void {
+    // Another sidecar invalidated the whole namespace: flush here too (this sidecar's own Resync reaches its watchers).
+    if (envelope.event.kind === 'resync') {
+      this.resync(envelope.event.reason);
+      return;
+    }
     for (const apply of this.remoteAppliers) apply(envelope.event);
     this.events.emit(envelope);
   }

@@ -36,6 +36,8 @@ export interface BuiltContext {
   totalChars: number;
   sessionVersion: number;
   source: Tier | undefined;
+  /** Some session it was built from was served degraded (see TierRead.degraded). */
+  degraded: boolean;
 }
 
 /** Follows at most this many levels of references, whatever the request says. */
@@ -102,7 +104,7 @@ export function applyBudget(conversation: NodeRecord[], references: ContextItem[
 export async function buildContext(store: SessionStore, request: BuildContextRequest): Promise<BuiltContext> {
   const read = await store.get(request.sessionId);
   if (read === undefined) {
-    return { sessionFound: false, items: [], unresolvedShortIds: [], missingSessionIds: [request.sessionId], droppedNodes: 0, totalChars: 0, sessionVersion: 0, source: undefined };
+    return { sessionFound: false, items: [], unresolvedShortIds: [], missingSessionIds: [request.sessionId], droppedNodes: 0, totalChars: 0, sessionVersion: 0, source: undefined, degraded: false };
   }
   const conversation = conversationPath(read.session, request.headNodeId);
   const included = new Set(conversation.map((node) => node.id));
@@ -110,6 +112,7 @@ export async function buildContext(store: SessionStore, request: BuildContextReq
   const unresolved = new Set<string>();
   const missingSessions = new Set<string>();
   const visitedShortIds = new Set<string>();
+  let degraded = read.degraded;
 
   // Level 0: extra refs, and the references of the conversation (newest first: they matter most).
   let frontier: { shortId: string; reason: Inclusion; referencedBy: string }[] = request.extraRefs.map((shortId) => ({ shortId, reason: 'extra-ref' as const, referencedBy: '' }));
@@ -131,6 +134,7 @@ export async function buildContext(store: SessionStore, request: BuildContextReq
       request.sessionId,
       read.session,
     );
+    if (resolution.degraded) degraded = true;
     for (const id of resolution.unresolved) unresolved.add(id);
     for (const id of resolution.missingSessions) missingSessions.add(id);
     const next: typeof frontier = [];
@@ -158,5 +162,6 @@ export async function buildContext(store: SessionStore, request: BuildContextReq
     totalChars: items.reduce((sum, item) => sum + item.node.content.length, 0),
     sessionVersion: read.version,
     source: read.source,
+    degraded,
   };
 }

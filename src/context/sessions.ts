@@ -17,6 +17,8 @@ export interface SessionRead {
   version: number;
   expiresAt: number;
   source: Tier;
+  /** Served from L1 while Redis was unusable (see TierRead.degraded). */
+  degraded: boolean;
 }
 
 export interface ShortIdResolution {
@@ -25,6 +27,8 @@ export interface ShortIdResolution {
   unresolved: string[];
   /** Sessions the index names for unresolved short IDs, but that are cached nowhere. */
   missingSessions: string[];
+  /** Some session it read was served degraded. */
+  degraded: boolean;
 }
 
 /**
@@ -42,6 +46,17 @@ export class SessionStore {
     private readonly defaultTtlMs: number,
   ) {
     tiers.onRemoteEvent((event) => this.applyRemote(event));
+    // Sessions written while Redis was away: invalidated in Redis (revoking fill leases granted
+    // before, so no fill can bring back a session without the appends it missed) and here.
+    tiers.onReplay('session', (sessionIds) =>
+      Promise.all(
+        sessionIds.map(async (sessionId) => {
+          const { version } = await this.redis!.invalidate(sessionId);
+          tiers.l1.delete(sessionKey(sessionId));
+          return this.invalidated(sessionId, version);
+        }),
+      ),
+    );
   }
 
   async get(sessionId: string): Promise<SessionRead | undefined> {
@@ -63,7 +78,7 @@ export class SessionStore {
     const found = new Map<string, SessionRead>();
     ids.forEach((id, index) => {
       const read = reads[index];
-      if (read !== undefined) found.set(id, { session: read.entry.value, version: read.entry.version, expiresAt: read.entry.expiresAt, source: read.source });
+      if (read !== undefined) found.set(id, { session: read.entry.value, version: read.entry.version, expiresAt: read.entry.expiresAt, source: read.source, degraded: read.degraded });
     });
     return found;
   }
@@ -80,6 +95,7 @@ export class SessionStore {
     const filled = (version: number): CacheEvent => ({ kind: 'session', sessionId, change: 'filled', version });
     return tiers.write({
       operation: 'put session',
+      touches: [{ kind: 'session', name: sessionId }],
       shared: async () => {
         const stored = await this.redis!.put(sessionId, session.nodes, ttlMs, leaseToken);
         if (stored === 'stale') throw tiers.leases.refused();
@@ -104,6 +120,7 @@ export class SessionStore {
     const appendedEvent = (version: number, previousVersion: number): CacheEvent => ({ kind: 'node', node, sessionVersion: version, previousVersion });
     return tiers.write({
       operation: 'append node',
+      touches: [{ kind: 'session', name: sessionId }],
       shared: async () => {
         const stored = await this.redis!.append(node);
         this.applyAppend(node, stored.previousVersion, stored.version);
@@ -126,22 +143,25 @@ export class SessionStore {
 
   invalidate(sessionId: string): Promise<{ existed: boolean; scope: WriteScope }> {
     const { tiers } = this;
-    const invalidated = (version: number): CacheEvent => {
-      tiers.l1.invalidate(sessionKey(sessionId), version);
-      return { kind: 'session', sessionId, change: 'invalidated', version };
-    };
     return tiers.write({
       operation: 'invalidate session',
+      touches: [{ kind: 'session', name: sessionId }],
       shared: async () => {
         const { existed, version } = await this.redis!.invalidate(sessionId);
-        return { result: { existed }, events: [invalidated(version)] };
+        return { result: { existed }, events: [this.invalidated(sessionId, version)] };
       },
       local: () => {
         tiers.leases.revokeLocal(subject(sessionId));
         const existed = tiers.l1.peek(sessionKey(sessionId)) !== undefined;
-        return { result: { existed }, events: [invalidated(tiers.localVersion('session', sessionId))] };
+        return { result: { existed }, events: [this.invalidated(sessionId, tiers.localVersion('session', sessionId))] };
       },
     });
+  }
+
+  /** The session is gone at `version` (a tombstone): L1 keeps older copies out, and watchers hear of it. */
+  private invalidated(sessionId: string, version: number): CacheEvent {
+    this.tiers.l1.invalidate(sessionKey(sessionId), version);
+    return { kind: 'session', sessionId, change: 'invalidated', version };
   }
 
   /**
@@ -152,8 +172,10 @@ export class SessionStore {
   async resolveShortIds(shortIds: readonly string[], sessionId?: string, preloaded?: SessionState): Promise<ShortIdResolution> {
     const nodes = new Map<string, NodeRecord>();
     let pending = [...new Set(shortIds)];
-    const take = (session: SessionState | undefined) => {
+    let degraded = false;
+    const take = (session: SessionState | undefined, read?: SessionRead) => {
       if (session === undefined) return;
+      if (read?.degraded) degraded = true;
       pending = pending.filter((id) => {
         const node = session.byShortId.get(id);
         if (node !== undefined) nodes.set(id, node);
@@ -162,7 +184,10 @@ export class SessionStore {
     };
 
     if (preloaded !== undefined) take(preloaded);
-    else if (sessionId) take((await this.get(sessionId))?.session);
+    else if (sessionId) {
+      const read = await this.get(sessionId);
+      take(read?.session, read);
+    }
 
     // Sessions this sidecar has seen hold the node, if they are still cached.
     const known = new Map<string, string>();
@@ -172,10 +197,10 @@ export class SessionStore {
     }
     if (known.size > 0) {
       const sessions = await this.getMany([...new Set(known.values())]);
-      for (const read of sessions.values()) take(read.session);
+      for (const read of sessions.values()) take(read.session, read);
     }
     if (pending.length === 0 || this.redis === undefined || !this.tiers.sharedUsable()) {
-      return { nodes, unresolved: pending, missingSessions: [] };
+      return { nodes, unresolved: pending, missingSessions: [], degraded };
     }
 
     let owners: (string | undefined)[];
@@ -183,13 +208,13 @@ export class SessionStore {
       owners = await this.redis.lookupShortIds(pending);
     } catch (error) {
       this.tiers.failed(error, 'look up short IDs');
-      return { nodes, unresolved: pending, missingSessions: [] };
+      return { nodes, unresolved: pending, missingSessions: [], degraded };
     }
     const ownerIds = [...new Set(owners.filter((owner): owner is string => owner !== undefined))];
     const sessions = await this.getMany(ownerIds);
-    for (const read of sessions.values()) take(read.session);
+    for (const read of sessions.values()) take(read.session, read);
     const missingSessions = ownerIds.filter((id) => !sessions.has(id));
-    return { nodes, unresolved: pending, missingSessions };
+    return { nodes, unresolved: pending, missingSessions, degraded };
   }
 
   /**

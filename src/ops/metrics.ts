@@ -90,6 +90,8 @@ export class Metrics {
     const watchEvents = new MirroredCounter(registry, 'watch_events_total', 'Watch events delivered to streams, and dropped for streams that fell behind.', ['result']);
     const leases = new MirroredCounter(registry, 'leases_total', 'Fill leases granted, reads that waited for a fill, stale fills refused.', ['outcome']);
     const locks = new MirroredCounter(registry, 'locks_total', 'Distributed lock acquisitions, and acquisitions that stayed busy.', ['outcome']);
+    const replayed = new MirroredCounter(registry, 'invalidations_replayed_total', 'Invalidations of writes that stayed local (Redis away), replayed into Redis once it was back.');
+    const namespaceFlushes = new MirroredCounter(registry, 'namespace_flushes_total', 'Namespace-wide invalidations: more writes stayed local than this sidecar keeps track of.');
 
     const gauge = (name: string, help: string, labelNames: string[], collect: (g: Gauge<string>, s: GetStatsResponse) => void) =>
       new Gauge({
@@ -125,6 +127,8 @@ export class Metrics {
       leases.set(s.leases!.staleFillsRefused, { outcome: 'stale_fill_refused' });
       locks.set(s.locks!.acquired, { outcome: 'acquired' });
       locks.set(s.locks!.busy, { outcome: 'busy' });
+      replayed.set(s.l2!.replayedInvalidations);
+      namespaceFlushes.set(s.l2!.namespaceFlushes);
       return s;
     };
     gauge('l1_entries', 'Entries in L1 now.', [], (g, s) => g.set(s.l1!.entries));
@@ -135,6 +139,7 @@ export class Metrics {
       g.set({ link: 'commands' }, up(s.l2!.state));
       g.set({ link: 'subscriber' }, up(s.pubsub!.state));
     });
+    gauge('pending_invalidations', 'Writes that stayed local and wait to be invalidated in Redis (writes answer LOCAL until 0).', [], (g, s) => g.set(s.l2!.pendingInvalidations));
     gauge('compression_ratio', 'Stored bytes per raw byte of values written to Redis (lower is better).', [], (g, s) => g.set(s.l2!.compressionRatio));
     gauge('watch_streams', 'Open Watch streams.', [], (g, s) => g.set(s.watch!.openStreams));
     gauge('locks_held', 'Locks acquired through this sidecar and not released.', [], (g, s) => g.set(s.locks!.held));

@@ -14,8 +14,8 @@ export interface BusMessage {
   o: string;
   /** When it happened: epoch milliseconds as a string (Redis TIME or the origin's clock). */
   t?: string;
-  /** k: keys, g: tags, s: session, n: node appended. */
-  e: 'k' | 'g' | 's' | 'n';
+  /** k: keys, g: tags, s: session, n: node appended, f: the whole namespace was invalidated. */
+  e: 'k' | 'g' | 's' | 'n' | 'f';
   c?: 'set' | 'del' | 'inv' | 'fill';
   k?: string[];
   v?: string[] | string;
@@ -121,6 +121,8 @@ export function decodeBusMessage(raw: string, receivedAt: number): EventEnvelope
       }
       return [envelope({ kind: 'node', node: appended, sessionVersion, previousVersion: integer(message.p ?? '0', 'previous version') })];
     }
+    case 'f':
+      return [envelope({ kind: 'resync', reason: 'namespace-flushed' })];
     default:
       throw new MalformedMessage(`unknown event type ${String(message.e)}`);
   }

@@ -35,6 +35,16 @@ export class KeySpace {
     this.entryPrefix = `${this.prefix}e:`;
   }
 
+  /**
+   * Patterns of every cached thing of the namespace — entries, tag sets,
+   * fill leases, sessions, the short-ID index — for a namespace-wide
+   * invalidation. Not the tag stamps (they refuse stale fills), the epoch,
+   * locks or fencing counters (those are not cache data).
+   */
+  get cachePatterns(): string[] {
+    return ['e:', 'tz:', 'l:', 's:', 'i:'].map((part) => `${this.prefix}${part}*`);
+  }
+
   entry(key: string): string {
     return this.entryPrefix + key;
   }

@@ -9,6 +9,7 @@ import { RedisEntryStore } from './entry-store';
 import type { KeySpace } from './keys';
 import { RedisLeaseStore } from './leases';
 import { Mutex } from './mutex';
+import { namespaceFlushed } from './scripts/namespace-flushed';
 import { ScriptRunner } from './scripts/script';
 import { RedisSessionStore } from './session-store';
 
@@ -27,12 +28,20 @@ export class RedisTier implements SharedTier {
   readonly sessions: RedisSessionStore;
   readonly leases: RedisLeaseStore;
   private readonly dataLoss: DataLossDetector;
+  private readonly scripts: ScriptRunner;
 
-  constructor(config: Config, keys: KeySpace, codec: ValueCodec, sidecarId: string, log: Logger) {
+  constructor(
+    config: Config,
+    private readonly keys: KeySpace,
+    codec: ValueCodec,
+    sidecarId: string,
+    log: Logger,
+  ) {
     const options = linkOptions(config);
     this.link = new RedisLink('commands', config.redis!, options, log);
     this.subscriber = new RedisLink('subscriber', config.redis!, options, log);
-    const parts = { link: this.link, scripts: new ScriptRunner(this.link.client, { keys, origin: sidecarId }), keys, codec };
+    this.scripts = new ScriptRunner(this.link.client, { keys, origin: sidecarId });
+    const parts = { link: this.link, scripts: this.scripts, keys, codec };
     this.entries = new RedisEntryStore(parts, (key, error) =>
       log.warn({ key, err: error.message }, 'unreadable value in Redis; deleted and treated as a miss'),
     );
@@ -46,6 +55,28 @@ export class RedisTier implements SharedTier {
 
   get connected(): boolean {
     return this.link.connected;
+  }
+
+  get downSince(): number | undefined {
+    return this.link.connected ? undefined : this.link.stateSince;
+  }
+
+  onConnected(listener: () => void): void {
+    this.link.on('ready', listener);
+  }
+
+  /** SCANs the namespace's cache keys away in batches (UNLINK: freed off Redis's main thread), then announces it. */
+  async flushNamespace(): Promise<void> {
+    const client = this.link.client;
+    for (const match of this.keys.cachePatterns) {
+      let cursor = '0';
+      do {
+        const [next, found] = await this.link.command(client.scan(cursor, 'MATCH', match, 'COUNT', 1000));
+        if (found.length > 0) await this.link.command(client.unlink(...found));
+        cursor = next;
+      } while (cursor !== '0');
+    }
+    await this.link.command(this.scripts.run(namespaceFlushed));
   }
 
   async clockUs(): Promise<number> {

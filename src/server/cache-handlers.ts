@@ -8,7 +8,7 @@ export type CacheHandlers = Pick<ContextCacheServer, 'get' | 'getMany' | 'set' |
 
 function manyResult(key: string, read: ReadResult | undefined): GetManyResult {
   if (read === undefined) return { key, found: false, value: Buffer.alloc(0), info: undefined };
-  return { key, found: true, value: read.entry.value, info: entryInfo(read.entry, read.source) };
+  return { key, found: true, value: read.entry.value, info: entryInfo(read.entry, read) };
 }
 
 /** The generic cache RPCs: validate, delegate to the EntryCache, translate. */
@@ -26,7 +26,7 @@ export function cacheHandlers({ entries, validate, calls }: { entries: EntryCach
       return {
         found: true,
         value: notModified ? Buffer.alloc(0) : read.entry.value,
-        info: entryInfo(read.entry, read.source, waited),
+        info: entryInfo(read.entry, read, waited),
         notModified,
         lease: undefined,
       };
@@ -44,7 +44,7 @@ export function cacheHandlers({ entries, validate, calls }: { entries: EntryCach
       const ttlMs = validate.ttl(request.ttl);
       const tags = validate.tags(request.tags);
       const written = await entries.set(key, value, { ttlMs, tags, ifVersion: request.ifVersion, ifAbsent: request.ifAbsent, leaseToken: request.leaseToken });
-      return { info: entryInfo(written.entry, undefined), scope: scopeToProto(written.scope) };
+      return { info: entryInfo(written.entry), scope: scopeToProto(written.scope) };
     }),
 
     delete: calls.unary('Delete', async (request) => {

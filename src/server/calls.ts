@@ -46,12 +46,33 @@ function deadlineMs(deadline: Deadline): number {
   return Number.isFinite(ms) ? ms : Number.POSITIVE_INFINITY;
 }
 
-function callContext(method: string, call: Call, endsWith: readonly string[]): CallContext {
-  const controller = new AbortController();
-  if (call.cancelled) controller.abort();
-  else for (const event of endsWith) call.once(event, () => controller.abort());
-  const deadline = deadlineMs(call.getDeadline());
-  return { method, signal: controller.signal, deadline, answerBy: deadline - DEADLINE_MARGIN_MS };
+/**
+ * The context of one call. Its parts are made on first use: most unary
+ * handlers never look at them, and an AbortController per call is a cost
+ * on the hot path.
+ */
+function callContext(method: string, call: Call, endsWith: readonly string[], eager = false): CallContext {
+  let controller: AbortController | undefined;
+  const context: CallContext = {
+    method,
+    get deadline() {
+      return deadlineMs(call.getDeadline());
+    },
+    get answerBy() {
+      return deadlineMs(call.getDeadline()) - DEADLINE_MARGIN_MS;
+    },
+    get signal() {
+      if (controller === undefined) {
+        controller = new AbortController();
+        const abort = controller;
+        if (call.cancelled) abort.abort();
+        else for (const event of endsWith) call.once(event, () => abort.abort());
+      }
+      return controller.signal;
+    },
+  };
+  if (eager) void context.signal;
+  return context;
 }
 
 function declare<H extends object>(handler: H, options: HandlerOptions): H {
@@ -127,7 +148,7 @@ export class CallTracker {
         return;
       }
       const tracked = call as ServerWritableStream<unknown, unknown>;
-      const context = callContext(method, tracked, ['cancelled', 'close', 'finish', 'error']);
+      const context = callContext(method, tracked, ['cancelled', 'close', 'finish', 'error'], true);
       this.streams.add(tracked);
       onCallEnd(context, () => this.streams.delete(tracked));
       Promise.resolve()

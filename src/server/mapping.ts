@@ -42,14 +42,16 @@ export function scopeToProto(scope: WriteScope): ProtoWriteScope {
 
 const timestamp = (epochMs: number): Date | undefined => (epochMs === 0 ? undefined : new Date(epochMs));
 
-export function entryInfo(entry: Entry, source: Tier | undefined, waitedForFill = false): EntryInfo {
+/** A read's info; `read` undefined for a write's answer (nothing was read). */
+export function entryInfo(entry: Entry, read?: { source: Tier; degraded: boolean }, waitedForFill = false): EntryInfo {
   return {
     version: entry.version,
     expiresAt: timestamp(entry.expiresAt),
     tags: [...entry.tags],
-    source: sourceToProto(source),
+    source: sourceToProto(read?.source),
     sizeBytes: entry.value.byteLength,
     waitedForFill,
+    degraded: read?.degraded ?? false,
   };
 }
 
@@ -61,12 +63,13 @@ export function sessionInfo(read: SessionRead, waitedForFill: boolean): EntryInf
     source: sourceToProto(read.source),
     sizeBytes: read.session.sizeBytes,
     waitedForFill,
+    degraded: read.degraded,
   };
 }
 
 /** PutSessionNodes' info: what was stored (no source: nothing was read). */
 export function storedSessionInfo(stored: { version: number; expiresAt: number }): EntryInfo {
-  return { version: stored.version, expiresAt: new Date(stored.expiresAt), tags: [], source: Source.SOURCE_UNSPECIFIED, sizeBytes: 0, waitedForFill: false };
+  return { version: stored.version, expiresAt: new Date(stored.expiresAt), tags: [], source: Source.SOURCE_UNSPECIFIED, sizeBytes: 0, waitedForFill: false, degraded: false };
 }
 
 export function leaseToProto(lease: LeaseGrant): Lease {
@@ -109,6 +112,7 @@ export function builtContextHead(built: BuiltContext): BuildContextResponse {
     totalChars: built.totalChars,
     sessionVersion: built.sessionVersion,
     source: sourceToProto(built.source),
+    degraded: built.degraded,
   };
 }
 
@@ -120,6 +124,7 @@ const RESYNC_REASON: Record<ResyncReason, ProtoResyncReason> = {
   'subscription-restored': ProtoResyncReason.RESYNC_REASON_SUBSCRIPTION_RESTORED,
   'redis-data-lost': ProtoResyncReason.RESYNC_REASON_REDIS_DATA_LOST,
   'stream-overflow': ProtoResyncReason.RESYNC_REASON_STREAM_OVERFLOW,
+  'namespace-flushed': ProtoResyncReason.RESYNC_REASON_NAMESPACE_FLUSHED,
 };
 
 /** A core event as WatchResponse's `event` oneof. */

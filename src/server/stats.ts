@@ -56,6 +56,9 @@ export class SidecarStats {
         corruptValues: (redis?.entries.counters.corrupt ?? 0) + (redis?.sessions.counters.corrupt ?? 0),
         errors: tiers.counters.l2Errors,
         compressionRatio: codec.ratio,
+        pendingInvalidations: tiers.pending.size + (tiers.pending.overflowed ? 1 : 0),
+        replayedInvalidations: tiers.counters.replayed,
+        namespaceFlushes: tiers.counters.namespaceFlushes,
       },
       pubsub: {
         state: linkStateToProto(redis?.subscriber.state),

@@ -40,7 +40,7 @@ describe('the fast node encoder', () => {
       return [lengthPrefix(1, bytes.length), bytes, varintField(2, InclusionReason.INCLUSION_REASON_REFERENCE), stringField(3, index % 2 === 0 ? '' : `by${index}`)];
     });
     const built = BuildContextResponse.decode(
-      withRepeated(BuildContextResponse.encode({ sessionFound: true, nodes: [], unresolvedShortIds: ['u'], missingSessionIds: [], droppedNodes: 3, totalChars: 10, sessionVersion: 7, source: 1 }).finish(), 2, items),
+      withRepeated(BuildContextResponse.encode({ sessionFound: true, nodes: [], unresolvedShortIds: ['u'], missingSessionIds: [], droppedNodes: 3, totalChars: 10, sessionVersion: 7, source: 1, degraded: false }).finish(), 2, items),
     );
     expect(built.droppedNodes).toBe(3);
     expect(built.unresolvedShortIds).toEqual(['u']);

@@ -20,6 +20,7 @@ import { EntryCache } from '../../src/cache/entries';
 import { EventHub } from '../../src/cache/event-hub';
 import { L1Cache } from '../../src/cache/l1';
 import type { EntryStore, EntryWrite, EntryWriteOutcome, EventBus, LeaseHold, LeaseStore, SharedTier } from '../../src/cache/ports';
+import { PendingInvalidations } from '../../src/cache/pending';
 import { Tiers } from '../../src/cache/tiers';
 import type { SessionL2, StoredAppend, StoredSession } from '../../src/context/ports';
 import { SessionStore } from '../../src/context/sessions';
@@ -560,7 +561,11 @@ export class TimeCommand extends Chaos {
  * and Redis's clock (`time` fails or holds TIME like any other call).
  */
 export class FakeShared implements SharedTier {
-  connected = true;
+  private connectedNow = true;
+  private downSinceMs: number | undefined;
+  private readonly connectedListeners: (() => void)[] = [];
+  /** Namespace flushes this view ran (the pending set overflowed). */
+  flushes = 0;
   readonly bus = new FakeBus();
   readonly leases: FakeLeaseStore;
   readonly entries: FakeEntryStore;
@@ -579,6 +584,37 @@ export class FakeShared implements SharedTier {
     this.sessions = new FakeSessionL2(redis, origin, isUp);
     this.time = new TimeCommand(redis.clock, isUp);
     redis.attach(this);
+  }
+
+  /** Flip to take Redis away from this sidecar (or give it back: listeners of onConnected hear of it). */
+  get connected(): boolean {
+    return this.connectedNow;
+  }
+
+  set connected(value: boolean) {
+    if (value === this.connectedNow) return;
+    this.connectedNow = value;
+    this.downSinceMs = value ? undefined : Date.now();
+    if (value) for (const listener of this.connectedListeners) listener();
+  }
+
+  get downSince(): number | undefined {
+    return this.downSinceMs;
+  }
+
+  onConnected(listener: () => void): void {
+    this.connectedListeners.push(listener);
+  }
+
+  /** Drops every entry and session (and their leases) and tells the other sidecars to resync. */
+  async flushNamespace(): Promise<void> {
+    if (!this.connectedNow) throw new Error('Connection is closed.');
+    this.flushes++;
+    this.redis.entries.clear();
+    this.redis.sessions.clear();
+    this.redis.shortIds.clear();
+    this.redis.leases.clear();
+    this.redis.publish(this.origin, { kind: 'resync', reason: 'namespace-flushed' });
   }
 
   clockUs(): Promise<number> {
@@ -630,6 +666,10 @@ export interface CoreOptions {
   subscribed?: boolean;
   l1MaxBytes?: number;
   defaultTtlMs?: number;
+  /** CONTEXT_CACHE_DEGRADED_MAX_AGE (default: no bound). */
+  degradedMaxAgeMs?: number;
+  /** Bounds of the pending-invalidation set (default: the sidecar's). */
+  pending?: { maxCount: number; maxBytes?: number };
 }
 
 export function coreOnFakes(options: CoreOptions & { redis: true | FakeRedis }): CoreOnFakes & { shared: FakeShared };
@@ -645,7 +685,10 @@ export function coreOnFakes(options: CoreOptions): CoreOnFakes {
   };
   const events: EventEnvelope[] = [];
   hub.subscribe((envelope) => events.push(envelope));
-  const tiers = new Tiers(l1, shared, hub, origin, createLogger('silent'));
+  const tiers = new Tiers(l1, shared, hub, origin, createLogger('silent'), {
+    degradedMaxAgeMs: options.degradedMaxAgeMs ?? Number.POSITIVE_INFINITY,
+    pending: options.pending && new PendingInvalidations(options.pending.maxCount, options.pending.maxBytes),
+  });
   const entries = new EntryCache(tiers, shared?.entries);
   const sessions = new SessionStore(tiers, shared?.sessions, options.defaultTtlMs ?? 60_000);
   if (shared !== undefined && options.subscribed !== false) shared.bus.subscribe(false);

@@ -324,6 +324,11 @@ export enum ResyncReason {
   RESYNC_REASON_REDIS_DATA_LOST = 2,
   /** RESYNC_REASON_STREAM_OVERFLOW - This stream fell behind by more than its buffer; events were dropped. */
   RESYNC_REASON_STREAM_OVERFLOW = 3,
+  /**
+   * RESYNC_REASON_NAMESPACE_FLUSHED - A sidecar could not name every write it made while Redis was away, so
+   * the whole namespace was invalidated in Redis and in every sidecar.
+   */
+  RESYNC_REASON_NAMESPACE_FLUSHED = 4,
   UNRECOGNIZED = -1,
 }
 
@@ -341,6 +346,9 @@ export function resyncReasonFromJSON(object: any): ResyncReason {
     case 3:
     case "RESYNC_REASON_STREAM_OVERFLOW":
       return ResyncReason.RESYNC_REASON_STREAM_OVERFLOW;
+    case 4:
+    case "RESYNC_REASON_NAMESPACE_FLUSHED":
+      return ResyncReason.RESYNC_REASON_NAMESPACE_FLUSHED;
     case -1:
     case "UNRECOGNIZED":
     default:
@@ -358,6 +366,8 @@ export function resyncReasonToJSON(object: ResyncReason): string {
       return "RESYNC_REASON_REDIS_DATA_LOST";
     case ResyncReason.RESYNC_REASON_STREAM_OVERFLOW:
       return "RESYNC_REASON_STREAM_OVERFLOW";
+    case ResyncReason.RESYNC_REASON_NAMESPACE_FLUSHED:
+      return "RESYNC_REASON_NAMESPACE_FLUSHED";
     case ResyncReason.UNRECOGNIZED:
     default:
       return "UNRECOGNIZED";
@@ -443,6 +453,16 @@ export interface EntryInfo {
    * protection) instead of returning a miss.
    */
   waitedForFill: boolean;
+  /**
+   * True when the value came from this sidecar's memory while it could not
+   * trust it to be current: Redis was unreachable (or the sidecar was still
+   * replaying the writes it could not share), so invalidations from other
+   * sidecars may have been missed. The value is at most
+   * CONTEXT_CACHE_DEGRADED_MAX_AGE older than the outage; past that the
+   * sidecar answers a miss instead. An app that must not act on a possibly
+   * stale value reads its source of truth when this is set.
+   */
+  degraded: boolean;
 }
 
 /**
@@ -814,6 +834,11 @@ export interface BuildContextResponse {
   sessionVersion: number;
   /** Which tier answered for the session. */
   source: Source;
+  /**
+   * True when any session of the context was served degraded (see
+   * EntryInfo.degraded): it may lack changes made on other sidecars.
+   */
+  degraded: boolean;
 }
 
 /** AcquireLockRequest takes a lock. */
@@ -1076,6 +1101,19 @@ export interface L2Stats {
   errors: number;
   /** Stored bytes / uncompressed bytes of values written (1.0: no gain). */
   compressionRatio: number;
+  /**
+   * Keys, tags and sessions written while Redis could not be reached (or
+   * may not have applied the write), waiting to be invalidated in Redis
+   * once it is back. Writes answer WRITE_SCOPE_LOCAL until it is 0.
+   */
+  pendingInvalidations: number;
+  /** Invalidations replayed into Redis after it came back, since start. */
+  replayedInvalidations: number;
+  /**
+   * Namespace-wide invalidations: more writes were pending than the sidecar
+   * keeps track of, so every key of the namespace was dropped instead.
+   */
+  namespaceFlushes: number;
 }
 
 /** PubSubStats describes the invalidation bus. */
@@ -1168,7 +1206,7 @@ export interface GetStatsResponse {
 }
 
 function createBaseEntryInfo(): EntryInfo {
-  return { version: 0, expiresAt: undefined, tags: [], source: 0, sizeBytes: 0, waitedForFill: false };
+  return { version: 0, expiresAt: undefined, tags: [], source: 0, sizeBytes: 0, waitedForFill: false, degraded: false };
 }
 
 export const EntryInfo: MessageFns<EntryInfo> = {
@@ -1190,6 +1228,9 @@ export const EntryInfo: MessageFns<EntryInfo> = {
     }
     if (message.waitedForFill !== false) {
       writer.uint32(48).bool(message.waitedForFill);
+    }
+    if (message.degraded !== false) {
+      writer.uint32(56).bool(message.degraded);
     }
     return writer;
   },
@@ -1255,6 +1296,14 @@ export const EntryInfo: MessageFns<EntryInfo> = {
             message.waitedForFill = reader.bool();
             continue;
           }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.degraded = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1287,6 +1336,7 @@ export const EntryInfo: MessageFns<EntryInfo> = {
         : isSet(object.waited_for_fill)
         ? globalThis.Boolean(object.waited_for_fill)
         : false,
+      degraded: isSet(object.degraded) ? globalThis.Boolean(object.degraded) : false,
     };
   },
 
@@ -1310,6 +1360,9 @@ export const EntryInfo: MessageFns<EntryInfo> = {
     if (message.waitedForFill !== false) {
       obj.waitedForFill = message.waitedForFill;
     }
+    if (message.degraded !== false) {
+      obj.degraded = message.degraded;
+    }
     return obj;
   },
 
@@ -1324,6 +1377,7 @@ export const EntryInfo: MessageFns<EntryInfo> = {
     message.source = object.source ?? 0;
     message.sizeBytes = object.sizeBytes ?? 0;
     message.waitedForFill = object.waitedForFill ?? false;
+    message.degraded = object.degraded ?? false;
     return message;
   },
 };
@@ -4160,6 +4214,7 @@ function createBaseBuildContextResponse(): BuildContextResponse {
     totalChars: 0,
     sessionVersion: 0,
     source: 0,
+    degraded: false,
   };
 }
 
@@ -4188,6 +4243,9 @@ export const BuildContextResponse: MessageFns<BuildContextResponse> = {
     }
     if (message.source !== 0) {
       writer.uint32(64).int32(message.source);
+    }
+    if (message.degraded !== false) {
+      writer.uint32(72).bool(message.degraded);
     }
     return writer;
   },
@@ -4269,6 +4327,14 @@ export const BuildContextResponse: MessageFns<BuildContextResponse> = {
             message.source = reader.int32() as any;
             continue;
           }
+          case 9: {
+            if (tag !== 72) {
+              break;
+            }
+
+            message.degraded = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -4315,6 +4381,7 @@ export const BuildContextResponse: MessageFns<BuildContextResponse> = {
         ? globalThis.Number(object.session_version)
         : 0,
       source: isSet(object.source) ? sourceFromJSON(object.source) : 0,
+      degraded: isSet(object.degraded) ? globalThis.Boolean(object.degraded) : false,
     };
   },
 
@@ -4344,6 +4411,9 @@ export const BuildContextResponse: MessageFns<BuildContextResponse> = {
     if (message.source !== 0) {
       obj.source = sourceToJSON(message.source);
     }
+    if (message.degraded !== false) {
+      obj.degraded = message.degraded;
+    }
     return obj;
   },
 
@@ -4360,6 +4430,7 @@ export const BuildContextResponse: MessageFns<BuildContextResponse> = {
     message.totalChars = object.totalChars ?? 0;
     message.sessionVersion = object.sessionVersion ?? 0;
     message.source = object.source ?? 0;
+    message.degraded = object.degraded ?? false;
     return message;
   },
 };
@@ -6313,6 +6384,9 @@ function createBaseL2Stats(): L2Stats {
     corruptValues: 0,
     errors: 0,
     compressionRatio: 0,
+    pendingInvalidations: 0,
+    replayedInvalidations: 0,
+    namespaceFlushes: 0,
   };
 }
 
@@ -6341,6 +6415,15 @@ export const L2Stats: MessageFns<L2Stats> = {
     }
     if (message.compressionRatio !== 0) {
       writer.uint32(65).double(message.compressionRatio);
+    }
+    if (message.pendingInvalidations !== 0) {
+      writer.uint32(72).uint64(message.pendingInvalidations);
+    }
+    if (message.replayedInvalidations !== 0) {
+      writer.uint32(80).uint64(message.replayedInvalidations);
+    }
+    if (message.namespaceFlushes !== 0) {
+      writer.uint32(88).uint64(message.namespaceFlushes);
     }
     return writer;
   },
@@ -6422,6 +6505,30 @@ export const L2Stats: MessageFns<L2Stats> = {
             message.compressionRatio = reader.double();
             continue;
           }
+          case 9: {
+            if (tag !== 72) {
+              break;
+            }
+
+            message.pendingInvalidations = longToNumber(reader.uint64());
+            continue;
+          }
+          case 10: {
+            if (tag !== 80) {
+              break;
+            }
+
+            message.replayedInvalidations = longToNumber(reader.uint64());
+            continue;
+          }
+          case 11: {
+            if (tag !== 88) {
+              break;
+            }
+
+            message.namespaceFlushes = longToNumber(reader.uint64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -6464,6 +6571,21 @@ export const L2Stats: MessageFns<L2Stats> = {
         : isSet(object.compression_ratio)
         ? globalThis.Number(object.compression_ratio)
         : 0,
+      pendingInvalidations: isSet(object.pendingInvalidations)
+        ? globalThis.Number(object.pendingInvalidations)
+        : isSet(object.pending_invalidations)
+        ? globalThis.Number(object.pending_invalidations)
+        : 0,
+      replayedInvalidations: isSet(object.replayedInvalidations)
+        ? globalThis.Number(object.replayedInvalidations)
+        : isSet(object.replayed_invalidations)
+        ? globalThis.Number(object.replayed_invalidations)
+        : 0,
+      namespaceFlushes: isSet(object.namespaceFlushes)
+        ? globalThis.Number(object.namespaceFlushes)
+        : isSet(object.namespace_flushes)
+        ? globalThis.Number(object.namespace_flushes)
+        : 0,
     };
   },
 
@@ -6493,6 +6615,15 @@ export const L2Stats: MessageFns<L2Stats> = {
     if (message.compressionRatio !== 0) {
       obj.compressionRatio = floatToJson(message.compressionRatio);
     }
+    if (message.pendingInvalidations !== 0) {
+      obj.pendingInvalidations = Math.round(message.pendingInvalidations);
+    }
+    if (message.replayedInvalidations !== 0) {
+      obj.replayedInvalidations = Math.round(message.replayedInvalidations);
+    }
+    if (message.namespaceFlushes !== 0) {
+      obj.namespaceFlushes = Math.round(message.namespaceFlushes);
+    }
     return obj;
   },
 
@@ -6511,6 +6642,9 @@ export const L2Stats: MessageFns<L2Stats> = {
     message.corruptValues = object.corruptValues ?? 0;
     message.errors = object.errors ?? 0;
     message.compressionRatio = object.compressionRatio ?? 0;
+    message.pendingInvalidations = object.pendingInvalidations ?? 0;
+    message.replayedInvalidations = object.replayedInvalidations ?? 0;
+    message.namespaceFlushes = object.namespaceFlushes ?? 0;
     return message;
   },
 };
