@@ -56,6 +56,9 @@ export function redisOptions(config: RedisConfig, options: LinkOptions, role: st
     autoResubscribe: false,
     commandTimeout: options.commandTimeoutMs,
     connectTimeout: options.connectTimeoutMs,
+    // A connection given up on (a timeout) is destroyed after this long if it does not close by
+    // itself; ioredis's 2 s default would hold back the reconnect after a partition heals.
+    disconnectTimeout: options.commandTimeoutMs,
     retryStrategy: (times) => backoffDelay(times, options.reconnectBaseMs, options.reconnectMaxMs),
     // Pub/Sub needs a connection of its own; RESP2 keeps replies in the shapes the scripts expect.
     protocol: 2,
