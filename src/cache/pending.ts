@@ -90,7 +90,8 @@ export class PendingInvalidations {
     this.overflowedNow = false;
   }
 
-  private overflow(): void {
+  /** Gives up on naming subjects: the whole namespace is suspect (also when a namespace flush failed). */
+  overflow(): void {
     for (const kind of PENDING_KINDS) this.names[kind].clear();
     this.bytesNow = 0;
     this.overflowedNow = true;

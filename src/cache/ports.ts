@@ -46,6 +46,8 @@ export interface SharedTier {
   clockUs(): Promise<number>;
   /** Every time Redis becomes usable again (and the first time). */
   onConnected(listener: () => void): void;
+  /** Every time Redis stops being usable. */
+  onDisconnected(listener: () => void): void;
   /** Redis came back without the data it held (restart, failover, FLUSHALL). */
   onDataLost(listener: () => void): void;
   /**

@@ -118,7 +118,11 @@ export class Tiers {
   private replaying = false;
   private replayFailures = 0;
   private replayTimer: NodeJS.Timeout | undefined;
-  /** Since when reads are served degraded (the start of the outage); undefined while Redis is usable. */
+  /**
+   * When the current outage began — the link went down, or a write stayed
+   * local under a link that still answered — for the degraded-read cap;
+   * undefined while Redis is usable and nothing is pending.
+   */
   private unusableSince: number | undefined;
   private closed = false;
   /**
@@ -150,7 +154,11 @@ export class Tiers {
       if (restored || this.l1.entries > 0) this.resync('subscription-restored');
     });
     shared?.onDataLost(() => this.resync('redis-data-lost'));
-    shared?.onConnected(() => this.scheduleReplay(0));
+    shared?.onConnected(() => {
+      if (this.pending.empty) this.unusableSince = undefined;
+      this.scheduleReplay(0);
+    });
+    shared?.onDisconnected(() => (this.unusableSince ??= Date.now()));
   }
 
   /**
@@ -270,6 +278,7 @@ export class Tiers {
    * failed under this write), the replay starts at once.
    */
   private recordPending(touches: readonly Touched[]): void {
+    this.unusableSince ??= Date.now();
     for (const { kind, name } of touches) this.pending.add(kind, name);
     if (this.shared!.connected) this.scheduleReplay(0);
   }
@@ -301,8 +310,14 @@ export class Tiers {
     try {
       while (shared.connected && !this.pending.empty) {
         if (this.pending.overflowed) {
-          await shared.flushNamespace();
+          // Cleared first: a write that stays local while the flush runs must be replayed after it.
           this.pending.clear();
+          try {
+            await shared.flushNamespace();
+          } catch (error) {
+            this.pending.overflow();
+            throw error;
+          }
           this.counters.namespaceFlushes++;
           this.log.warn('more writes stayed local than can be named: invalidated the whole namespace in Redis and in every sidecar');
           this.resync('namespace-flushed');
@@ -321,6 +336,7 @@ export class Tiers {
         this.counters.replayed += count;
       }
       this.replayFailures = 0;
+      if (this.pending.empty && shared.connected) this.unusableSince = undefined;
       if (replayed > 0) this.log.info({ replayed, tookMs: Date.now() - started }, 'replayed the invalidations of writes that did not reach Redis');
     } catch (error) {
       this.failed(error, 'replay invalidations');

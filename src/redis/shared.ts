@@ -65,6 +65,12 @@ export class RedisTier implements SharedTier {
     this.link.on('ready', listener);
   }
 
+  onDisconnected(listener: () => void): void {
+    this.link.on('state', (state) => {
+      if (state === 'down') listener();
+    });
+  }
+
   /** SCANs the namespace's cache keys away in batches (UNLINK: freed off Redis's main thread), then announces it. */
   async flushNamespace(): Promise<void> {
     const client = this.link.client;

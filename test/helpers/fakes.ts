@@ -564,6 +564,7 @@ export class FakeShared implements SharedTier {
   private connectedNow = true;
   private downSinceMs: number | undefined;
   private readonly connectedListeners: (() => void)[] = [];
+  private readonly disconnectedListeners: (() => void)[] = [];
   /** Namespace flushes this view ran (the pending set overflowed). */
   flushes = 0;
   readonly bus = new FakeBus();
@@ -595,7 +596,7 @@ export class FakeShared implements SharedTier {
     if (value === this.connectedNow) return;
     this.connectedNow = value;
     this.downSinceMs = value ? undefined : Date.now();
-    if (value) for (const listener of this.connectedListeners) listener();
+    for (const listener of value ? this.connectedListeners : this.disconnectedListeners) listener();
   }
 
   get downSince(): number | undefined {
@@ -604,6 +605,10 @@ export class FakeShared implements SharedTier {
 
   onConnected(listener: () => void): void {
     this.connectedListeners.push(listener);
+  }
+
+  onDisconnected(listener: () => void): void {
+    this.disconnectedListeners.push(listener);
   }
 
   /** Drops every entry and session (and their leases) and tells the other sidecars to resync. */
