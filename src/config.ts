@@ -98,14 +98,8 @@ export const CONFIG_VARIABLES = {
   CONTEXT_CACHE_SHUTDOWN_GRACE: { default: '10s', help: 'How long calls in flight may finish after SIGTERM before they are cut.' },
   CONTEXT_CACHE_COMPRESSION_THRESHOLD: { default: '1KiB', help: 'Values this large or larger are snappy-compressed in Redis when that makes them smaller.' },
   CONTEXT_CACHE_REDIS_COMMAND_TIMEOUT: { default: '500ms', help: 'A Redis command that takes longer fails, and the link is treated as down until it reconnects.' },
-  CONTEXT_CACHE_REDIS_RECONNECT_MAX: {
-    default: '500ms',
-    help: 'Cap of the exponential reconnect backoff (full jitter, from 100 ms). Low, so a sidecar is coherent again well within a second of Redis returning; a refused connect to a dead Redis costs next to nothing, and the jitter keeps the fleet from reconnecting in lockstep.',
-  },
-  CONTEXT_CACHE_DEGRADED_MAX_AGE: {
-    default: '30s',
-    help: 'While Redis is unreachable, L1 keeps answering reads (EntryInfo.degraded) for at most this long after the outage began; then reads are misses, so the app goes to its source of truth. 30 s rides out a failover or a restart; 0 refuses degraded reads; off never stops serving them.',
-  },
+  CONTEXT_CACHE_REDIS_RECONNECT_MAX: { default: '500ms', help: 'Cap of the exponential reconnect backoff (full jitter, from 100 ms). Low, so a sidecar is coherent again well within a second of Redis returning; a refused connect to a dead Redis costs next to nothing, and the jitter keeps the fleet from reconnecting in lockstep.' },
+  CONTEXT_CACHE_DEGRADED_MAX_AGE: { default: '30s', help: 'While Redis is unreachable, L1 keeps answering reads (EntryInfo.degraded) for at most this long after the outage began; then reads are misses, so the app goes to its source of truth. 30 s rides out a failover or a restart; 0 refuses degraded reads; off never stops serving them.' },
   CONTEXT_CACHE_PUBSUB_HEARTBEAT: { default: '5s', help: 'How often the Pub/Sub subscription PINGs on its own connection (no answer within the command timeout: re-subscribe and resync), and Redis is checked for lost data (FLUSHALL, restart).' },
   CONTEXT_CACHE_WATCH_BUFFER: { default: '1000', help: 'Events buffered per Watch stream; a stream that falls further behind gets a Resync (STREAM_OVERFLOW) instead.' },
   CONTEXT_CACHE_LEASE_TTL: { default: '10s', help: 'Default lifetime of a fill lease granted on a miss (lease_ttl overrides it per call).' },

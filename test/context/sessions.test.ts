@@ -4,7 +4,8 @@ import { InclusionReason, Role, Source, WriteScope } from '../../src/client';
 import { Node, PutSessionNodesRequest } from '../../src/gen/contextcache/v1/context_cache';
 import { Timestamp } from '../../src/gen/google/protobuf/timestamp';
 import { node, session } from '../helpers/nodes';
-import { sidecarsOnRedis, startSidecar, type TestSidecar } from '../helpers/sidecar';
+import { sidecarsOnRedis } from '../helpers/fixtures';
+import { startSidecar, type TestSidecar } from '../helpers/sidecar';
 import { rejectionOf } from '../helpers/wait';
 import { WatchRecorder } from '../helpers/watch';
 

@@ -2,7 +2,8 @@ import { status } from '@grpc/grpc-js';
 import { beforeAll, describe, expect, it } from 'vitest';
 import type { ContextCacheClient } from '../../src/client';
 import { session } from '../helpers/nodes';
-import { sidecarsOnRedis, startSidecar, type TestSidecar } from '../helpers/sidecar';
+import { sidecarsOnRedis } from '../helpers/fixtures';
+import { startSidecar, type TestSidecar } from '../helpers/sidecar';
 import { rejectionOf } from '../helpers/wait';
 
 const databaseDelay = () => new Promise((resolve) => setTimeout(resolve, 150));

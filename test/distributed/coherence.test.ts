@@ -2,7 +2,8 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { KeyChange, ResyncReason, Source } from '../../src/client';
 import { ContextCacheClient } from '../../src/client';
 import { startRedis, type TestRedis } from '../helpers/redis';
-import { sidecarsOnRedis, startSidecar, type TestSidecar } from '../helpers/sidecar';
+import { sidecarsOnRedis } from '../helpers/fixtures';
+import { startSidecar, type TestSidecar } from '../helpers/sidecar';
 import { waitFor } from '../helpers/wait';
 import { WatchRecorder } from '../helpers/watch';
 

@@ -1,6 +1,7 @@
 import { beforeAll, describe, expect, it } from 'vitest';
 import { Source, WriteScope, KeyChange, type WatchResponse } from '../../src/client';
-import { sidecarsOnRedis, type TestSidecar } from '../helpers/sidecar';
+import { sidecarsOnRedis } from '../helpers/fixtures';
+import { type TestSidecar } from '../helpers/sidecar';
 
 async function nextEvent(iterator: AsyncIterator<WatchResponse>, accept: (r: WatchResponse) => boolean): Promise<WatchResponse> {
   for (;;) {

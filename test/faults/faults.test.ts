@@ -9,7 +9,7 @@ describe('coherence under faults (real Redis, real gRPC, three sidecars behind p
     console.log(`faults: reads ${report.reads}, judged ${report.judged}, stale ${report.stale}, lost ${report.lost}, converged ${report.converged}/${report.checked}; ${report.recoveries.join(', ')} (ms to coherent); seed ${seed}`);
     expect(report.judged, summary).toBeGreaterThan(200);
     expect(report.writes.shared, summary).toBeGreaterThan(100);
-    expect(Object.values(report.faults).reduce((a, b) => a + b, 0), summary).toBeGreaterThanOrEqual(4);
+    expect(Object.values(report.faults).reduce((a, b) => a + b, 0), summary).toBeGreaterThanOrEqual(3);
     expect(report.lost, summary).toBe(0);
     expect(report.stale, summary).toBe(0);
     expect(report.converged, summary).toBe(report.checked);

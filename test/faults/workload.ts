@@ -24,34 +24,11 @@
  *    agree;
  *  - no call outlives its deadline by more than the slack; no sidecar dies.
  */
-import { ContextCacheClient, WriteScope } from '../../src/client';
-import { loadConfig } from '../../src/config';
-import { createLogger } from '../../src/log';
-import { Sidecar } from '../../src/sidecar';
+import { WriteScope, type ContextCacheClient } from '../../src/client';
 import { startProxy, type TestProxy } from '../helpers/proxy';
 import { startRedis, type TestRedis } from '../helpers/redis';
+import { startSidecar, type TestSidecar } from '../helpers/sidecar';
 import { waitFor } from '../helpers/wait';
-
-/** A sidecar of the workload and its client (test/helpers/sidecar.ts needs vitest; the soak runs without). */
-interface TestSidecar {
-  sidecar: Sidecar;
-  client: ContextCacheClient;
-  close(): Promise<void>;
-}
-
-async function startSidecar(env: Record<string, string>): Promise<TestSidecar> {
-  const config = loadConfig({ CONTEXT_CACHE_LISTEN: '127.0.0.1:0', CONTEXT_CACHE_LOG_LEVEL: process.env.TEST_LOG_LEVEL ?? 'silent', CONTEXT_CACHE_SHUTDOWN_GRACE: '2s', ...env });
-  const sidecar = await Sidecar.start(config, createLogger(config.logLevel));
-  const client = new ContextCacheClient(sidecar.listenAddress);
-  return {
-    sidecar,
-    client,
-    async close() {
-      client.close();
-      await sidecar.close();
-    },
-  };
-}
 
 export type FaultKind = 'partition' | 'kill' | 'pause' | 'pubsub-kill' | 'flushall';
 
@@ -358,7 +335,7 @@ export class FaultWorkload {
       case 'partition': {
         const proxy = this.pick(this.proxies);
         proxy.cut('blackhole');
-        await hold(1500);
+        await hold(3000);
         proxy.heal();
         return Date.now();
       }

@@ -1,10 +1,7 @@
-import { afterAll, beforeAll } from 'vitest';
 import { ContextCacheClient } from '../../src/client';
 import { loadConfig } from '../../src/config';
 import { createLogger } from '../../src/log';
 import { Sidecar } from '../../src/sidecar';
-import { startRedis, type TestRedis } from './redis';
-import { waitFor } from './wait';
 
 export interface TestSidecar {
   sidecar: Sidecar;
@@ -46,23 +43,4 @@ export async function startSidecar(env: Record<string, string> = {}): Promise<Te
 /** Closes every sidecar a test file started and did not close itself. */
 export async function closeAllSidecars(): Promise<void> {
   await Promise.all([...open].map((handle) => handle.close()));
-}
-
-/**
- * A Redis of its own and `count` sidecars on it, started before the suite
- * (all subscribed) and closed after it: the factory registers its own hooks.
- * Read `redis` and `sidecars` from a `beforeAll` registered after the call.
- */
-export function sidecarsOnRedis(count: number, env: Record<string, string> = {}): { redis: TestRedis; sidecars: TestSidecar[] } {
-  const fixture = { redis: undefined as unknown as TestRedis, sidecars: [] as TestSidecar[] };
-  beforeAll(async () => {
-    fixture.redis = await startRedis();
-    fixture.sidecars = await Promise.all(Array.from({ length: count }, () => startSidecar({ REDIS_URL: fixture.redis.url, ...env })));
-    await waitFor(() => fixture.sidecars.every((s) => s.sidecar.tiers.mode === 'coherent'), `${count} sidecars to subscribe`);
-  });
-  afterAll(async () => {
-    await closeAllSidecars();
-    await fixture.redis?.stop();
-  });
-  return fixture;
 }

@@ -1,7 +1,8 @@
 import { beforeAll, describe, expect, it } from 'vitest';
 import { LinkState } from '../../src/client';
 import { type TestRedis } from '../helpers/redis';
-import { sidecarsOnRedis, startSidecar, type TestSidecar } from '../helpers/sidecar';
+import { sidecarsOnRedis } from '../helpers/fixtures';
+import { startSidecar, type TestSidecar } from '../helpers/sidecar';
 import { waitFor } from '../helpers/wait';
 
 /** Parses the Prometheus text format into `name{labels}` → value. */
