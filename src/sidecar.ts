@@ -97,6 +97,7 @@ export class Sidecar {
       counters: this.watchCounters,
       onError: (error) => log.error({ err: error }, 'delivering a Watch event failed'),
     });
+    this.sessions.nodeWanted = (sessionId) => watch.wantsSession(sessionId);
     const service = contextCacheService({
       calls: this.calls,
       cache: cacheHandlers({ entries: this.entries, validate, calls: this.calls }),

@@ -33,7 +33,6 @@ export class EntryCache {
     // Keys and tags written while Redis was away: deleted in Redis, and here (the local value is what Redis missed).
     tiers.onReplay('entry', async (keys) => {
       const { versions } = await this.store!.delete(keys);
-      for (const key of keys) tiers.l1.delete(entryKey(key));
       return this.deletions(keys, versions);
     });
     tiers.onReplay('tag', async (tags) => this.tagsRemoved(tags, await this.store!.invalidateTags(tags)).events);
@@ -125,9 +124,10 @@ export class EntryCache {
     });
   }
 
-  /** Keys deleted at `versions` (tombstones): L1 keeps them out, and watchers hear of each. */
+  /** Keys this sidecar deleted at `versions` (tombstones): gone from L1 whatever they claim, older copies kept out, watchers told. */
   private deletions(keys: readonly string[], versions: readonly number[]): CacheEvent[] {
     return keys.map((key, index) => {
+      this.tiers.l1.delete(entryKey(key));
       this.tiers.l1.invalidate(entryKey(key), versions[index]!);
       return { kind: 'key', key, change: 'deleted', version: versions[index]!, tags: [] };
     });

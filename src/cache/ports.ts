@@ -1,5 +1,5 @@
 import type { Entry } from '../model/entry';
-import type { EventEnvelope } from '../model/events';
+import type { RemoteEnvelope } from '../model/events';
 import type { Subject } from '../model/subject';
 
 /**
@@ -14,8 +14,8 @@ import type { Subject } from '../model/subject';
 export interface EventBus {
   /** Subscribed now: every event published from here on reaches this sidecar. */
   readonly subscribed: boolean;
-  /** Events of other sidecars (this sidecar's own echoes are not delivered). */
-  onEvents(listener: (envelopes: readonly EventEnvelope[]) => void): void;
+  /** Events of other sidecars (this sidecar's own echoes are not delivered): untrusted hints. */
+  onEvents(listener: (envelopes: readonly RemoteEnvelope[]) => void): void;
   /** Every (re)subscription; `restored`: there was one before (events may have been missed in between). */
   onSubscribed(listener: (restored: boolean) => void): void;
 }

@@ -1,7 +1,7 @@
 import { isCacheError, unavailable } from '../errors';
 import type { Logger } from '../log';
 import type { CoherenceMode, Entry, L1Value, Tier, WriteScope } from '../model/entry';
-import type { CacheEvent, EventEnvelope, ResyncReason } from '../model/events';
+import type { AppendedHint, CacheEvent, RemoteEnvelope, RemoteEvent, ResyncReason } from '../model/events';
 import { l1Key, type SubjectKind } from '../model/subject';
 import type { EventHub } from './event-hub';
 import type { L1Cache } from './l1';
@@ -102,6 +102,36 @@ export interface TiersOptions {
   pending?: PendingInvalidations;
 }
 
+/**
+ * How far ahead of this host's clock a version (Redis TIME in µs) of another
+ * sidecar's event may be before it is taken for a forgery: far beyond any
+ * real clock skew, far below the 2^53 that would pin an entry forever.
+ */
+const PLAUSIBLE_AHEAD_US = 10 * 60 * 1_000_000;
+
+/**
+ * A lower bound of how far Redis's clock runs ahead of this host's, learned
+ * from Redis TIME: versions of remote events are judged against it.
+ */
+class RedisClockEstimate {
+  private aheadUs = 0;
+
+  observe(redisUs: number): void {
+    this.aheadUs = Math.max(this.aheadUs, redisUs - Date.now() * 1000);
+  }
+
+  plausible(version: number): boolean {
+    return version <= Date.now() * 1000 + this.aheadUs + PLAUSIBLE_AHEAD_US;
+  }
+}
+
+/**
+ * Resolves another sidecar's append: applied to L1 at once (at the least, the
+ * copy is dropped) and returns what watchers are told now; `later` tells
+ * them what comes of a fetch from Redis, in the order fetches complete.
+ */
+export type AppendedResolver = (hint: AppendedHint, later: (event: CacheEvent) => void) => CacheEvent | undefined;
+
 /** Subjects per kind in one replay round trip. */
 const REPLAY_BATCH = 256;
 const REPLAY_RETRY_BASE_MS = 50;
@@ -114,6 +144,10 @@ export class Tiers {
   readonly pending: PendingInvalidations;
   private readonly versions = new VersionClock();
   private readonly remoteAppliers: ((event: CacheEvent) => void)[] = [];
+  private appendedResolver: AppendedResolver | undefined;
+  private readonly redisClock = new RedisClockEstimate();
+  /** Remote events refused as implausible (a version far ahead of Redis's clock). */
+  implausibleEvents = 0;
   private readonly replayers = new Map<PendingKind, Replayer>();
   private replaying = false;
   private replayFailures = 0;
@@ -143,9 +177,7 @@ export class Tiers {
   ) {
     this.pending = options.pending ?? new PendingInvalidations();
     this.leases = new LeaseManager(() => (this.sharedUsable() ? { store: shared!.leases, clockUs: () => this.redisClockUs() } : undefined), events);
-    shared?.bus.onEvents((envelopes) => {
-      for (const envelope of envelopes) this.applyRemote(envelope);
-    });
+    shared?.bus.onEvents((envelopes) => this.receive(envelopes));
     shared?.bus.onSubscribed((restored) => {
       // Before this subscription nothing told L1 about other sidecars' writes: whatever it
       // holds (local writes while Redis was away, or an earlier subscription's state) is suspect,
@@ -157,6 +189,10 @@ export class Tiers {
     shared?.onConnected(() => {
       if (this.pending.empty) this.unusableSince = undefined;
       this.scheduleReplay(0);
+      shared.clockUs().then(
+        (us) => this.redisClock.observe(us),
+        () => undefined,
+      );
     });
     shared?.onDisconnected(() => (this.unusableSince ??= Date.now()));
   }
@@ -391,14 +427,65 @@ export class Tiers {
     this.log.debug({ operation, err: (error as Error)?.message ?? String(error) }, 'redis operation failed; degrading to L1');
   }
 
-  private applyRemote(envelope: EventEnvelope): void {
-    // Another sidecar invalidated the whole namespace: flush here too (this sidecar's own Resync reaches its watchers).
-    if (envelope.event.kind === 'resync') {
-      this.resync(envelope.event.reason);
-      return;
+  /** Registers how a hint of another sidecar's append is applied (the node fetched from Redis, or the copy dropped). */
+  onAppended(resolve: AppendedResolver): void {
+    this.appendedResolver = resolve;
+  }
+
+  /**
+   * Other sidecars' events, applied at once and in order: nothing waits for
+   * Redis here (an appended node is fetched on the side), so no
+   * invalidation is ever held back.
+   */
+  private receive(envelopes: readonly RemoteEnvelope[]): void {
+    for (const envelope of envelopes) {
+      const later = (event: CacheEvent) => this.events.emit({ event, origin: envelope.origin, time: envelope.time });
+      const event = this.applyRemote(envelope, later);
+      if (event !== undefined) later(event);
     }
-    for (const apply of this.remoteAppliers) apply(envelope.event);
-    this.events.emit(envelope);
+  }
+
+  /**
+   * A remote event is a hint, never state: it can make L1 forget, never
+   * install data (an appended node is fetched from Redis) or raise a version
+   * floor beyond what Redis's clock makes plausible. Returns what this
+   * sidecar's watchers are told, if anything.
+   */
+  private applyRemote(envelope: RemoteEnvelope, later: (event: CacheEvent) => void): CacheEvent | undefined {
+    const { event } = envelope;
+    // Another sidecar invalidated the whole namespace: flush here too (this sidecar's own Resync reaches its watchers).
+    if (event.kind === 'resync') {
+      this.resync(event.reason);
+      return undefined;
+    }
+    if (!this.plausible(event)) {
+      this.implausibleEvents++;
+      this.log.debug({ kind: event.kind }, 'dropped an implausible event (version far ahead of Redis\'s clock); forgot its subject');
+      if (event.kind === 'key') this.l1.delete(l1Key('entry', event.key));
+      else if (event.kind === 'session' || event.kind === 'appended') this.l1.delete(l1Key('session', event.sessionId));
+      return undefined;
+    }
+    if (event.kind === 'appended') return this.appendedResolver ? this.appendedResolver(event, later) : this.forgetAppended(event);
+    for (const apply of this.remoteAppliers) apply(event);
+    return event;
+  }
+
+  private plausible(event: RemoteEvent): boolean {
+    switch (event.kind) {
+      case 'key':
+      case 'session':
+        return this.redisClock.plausible(event.version);
+      case 'appended':
+        return this.redisClock.plausible(event.sessionVersion) && event.previousVersion < event.sessionVersion;
+      default:
+        return true;
+    }
+  }
+
+  /** Without a resolver, an append elsewhere only makes L1 drop its copy. */
+  private forgetAppended(hint: AppendedHint): CacheEvent {
+    this.l1.invalidate(l1Key('session', hint.sessionId), hint.sessionVersion);
+    return { kind: 'session', sessionId: hint.sessionId, change: 'invalidated', version: hint.sessionVersion };
   }
 
   /** Tells this sidecar's watchers (and lease waiters) about a change made here. */
@@ -409,7 +496,9 @@ export class Tiers {
   /** Redis's clock; a failure counts like any Redis failure and reads as "unavailable". */
   private async redisClockUs(): Promise<number> {
     try {
-      return await this.shared!.clockUs();
+      const us = await this.shared!.clockUs();
+      this.redisClock.observe(us);
+      return us;
     } catch (error) {
       this.failed(error, 'read the Redis clock');
       throw unavailable('Redis did not answer TIME', error);

@@ -138,6 +138,8 @@ export class ContextCacheClient {
       'grpc.keepalive_timeout_ms': 10_000,
       // Contexts of hundreds of nodes are large responses: a 64 KiB HTTP/2 window would stall them.
       'grpc-node.flow_control_window': 16 * 1024 * 1024,
+      // What the sidecar may send by default (CONTEXT_CACHE_MAX_MESSAGE_BYTES), not grpc-js's 4 MiB.
+      'grpc.max_receive_message_length': 16 * 1024 * 1024,
       ...options,
     });
   }

@@ -28,6 +28,8 @@ export interface SessionL2 {
   put(sessionId: string, nodes: readonly NodeRecord[], ttlMs: number, leaseToken: string): Promise<{ version: number; expiresAt: number } | 'stale'>;
   append(node: NodeRecord): Promise<StoredAppend>;
   invalidate(sessionId: string): Promise<{ existed: boolean; version: number }>;
+  /** The node another sidecar appended at `version`, while it is still the session's last append; undefined otherwise. */
+  appendedNode(sessionId: string, version: number): Promise<NodeRecord | undefined>;
   /** Points the nodes' short IDs at their session, for cross-session references. */
   indexShortIds(nodes: readonly NodeRecord[], ttlMs: number): Promise<void>;
   /** The session each short ID belongs to, as far as the index knows. */

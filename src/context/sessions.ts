@@ -3,7 +3,7 @@ import type { LeasedRead, LeaseRequest } from '../cache/leases';
 import type { Tiers } from '../cache/tiers';
 import { memoryTierFull } from '../errors';
 import type { Entry, Tier, WriteScope } from '../model/entry';
-import type { CacheEvent } from '../model/events';
+import type { AppendedHint, CacheEvent } from '../model/events';
 import type { NodeRecord } from '../model/node';
 import { l1Key, type Subject } from '../model/subject';
 import type { SessionL2 } from './ports';
@@ -37,6 +37,12 @@ export interface ShortIdResolution {
  * to in place. It knows nothing of gRPC or Redis.
  */
 export class SessionStore {
+  /**
+   * Whether some Watch stream of this sidecar wants the nodes appended to a
+   * session (set by the edge): then another sidecar's append is fetched from
+   * Redis even when L1 holds no copy to extend.
+   */
+  nodeWanted: (sessionId: string) => boolean = () => false;
   /** short ID → session ID for sessions this sidecar has seen; verified against the session on use. */
   private readonly shortIdIndex = new LRUCache<string, string>({ max: 200_000 });
 
@@ -46,13 +52,13 @@ export class SessionStore {
     private readonly defaultTtlMs: number,
   ) {
     tiers.onRemoteEvent((event) => this.applyRemote(event));
+    tiers.onAppended((hint, later) => this.resolveAppended(hint, later));
     // Sessions written while Redis was away: invalidated in Redis (revoking fill leases granted
     // before, so no fill can bring back a session without the appends it missed) and here.
     tiers.onReplay('session', (sessionIds) =>
       Promise.all(
         sessionIds.map(async (sessionId) => {
           const { version } = await this.redis!.invalidate(sessionId);
-          tiers.l1.delete(sessionKey(sessionId));
           return this.invalidated(sessionId, version);
         }),
       ),
@@ -158,8 +164,13 @@ export class SessionStore {
     });
   }
 
-  /** The session is gone at `version` (a tombstone): L1 keeps older copies out, and watchers hear of it. */
+  /**
+   * This sidecar invalidated the session at `version` (a tombstone): its L1
+   * copy goes whatever version it claims, older copies are kept out, and
+   * watchers hear of it.
+   */
   private invalidated(sessionId: string, version: number): CacheEvent {
+    this.tiers.l1.delete(sessionKey(sessionId));
     this.tiers.l1.invalidate(sessionKey(sessionId), version);
     return { kind: 'session', sessionId, change: 'invalidated', version };
   }
@@ -256,9 +267,46 @@ export class SessionStore {
     if (event.kind === 'session') {
       this.tiers.l1.invalidate(sessionKey(event.sessionId), event.version);
       this.tiers.leases.revokeLocal(subject(event.sessionId));
-    } else if (event.kind === 'node') {
-      this.applyAppend(event.node, event.previousVersion, event.sessionVersion);
-      this.tiers.leases.revokeLocal(subject(event.node.sessionId));
     }
+  }
+
+  /**
+   * Another sidecar appended a node. L1's copy is dropped at once (an older
+   * copy never serves after the event, and no later event waits behind a
+   * fetch). When this sidecar wants the node — its copy was exactly the
+   * predecessor, or a Watch stream wants the session — it is fetched from
+   * Redis (never taken from the bus): the extended copy goes back into L1
+   * if nothing happened to the session meanwhile, and watchers get the node.
+   * When it cannot be confirmed (a later append replaced it, Redis failed),
+   * watchers are told the session changed instead.
+   */
+  private resolveAppended(hint: AppendedHint, later: (event: CacheEvent) => void): CacheEvent | undefined {
+    const { sessionId, sessionVersion, previousVersion } = hint;
+    const key = sessionKey(sessionId);
+    const invalidated: CacheEvent = { kind: 'session', sessionId, change: 'invalidated', version: sessionVersion };
+    this.tiers.leases.revokeLocal(subject(sessionId));
+    const copy = this.tiers.l1.peek<SessionState>(key);
+    this.tiers.l1.invalidate(key, sessionVersion);
+    const extend = copy?.version === previousVersion;
+    const watched = this.nodeWanted(sessionId);
+    if (this.redis === undefined || (!extend && !watched)) return invalidated;
+    const generation = this.tiers.generation;
+    this.redis.appendedNode(sessionId, sessionVersion).then(
+      (node) => {
+        if (node === undefined || node.id !== hint.nodeId) {
+          if (watched) later(invalidated);
+          return;
+        }
+        // Back into L1 only if nothing touched the session since: no newer event, write or flush.
+        const untouched = this.tiers.l1.peek(key) === undefined && this.tiers.l1.knownVersion(key) === sessionVersion && this.tiers.generation === generation;
+        if (extend && untouched) this.remember(sessionId, { ...copy!, value: appendToSession(copy!.value, node), version: sessionVersion });
+        if (watched) later({ kind: 'node', node, sessionVersion, previousVersion });
+      },
+      (error: unknown) => {
+        this.tiers.failed(error, 'fetch an appended node');
+        if (watched) later(invalidated);
+      },
+    );
+    return watched ? undefined : invalidated;
   }
 }

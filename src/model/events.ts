@@ -22,3 +22,26 @@ export interface EventEnvelope {
   /** Epoch milliseconds on the origin's clock. */
   time: number;
 }
+
+/**
+ * Another sidecar appended a node: the bus says which (never the node
+ * itself: events carry no values). The receiver fetches the node from Redis
+ * when it needs it, and turns the hint into a `node` event — or, when it
+ * cannot confirm the node, into a `session` invalidation.
+ */
+export interface AppendedHint {
+  kind: 'appended';
+  sessionId: string;
+  nodeId: string;
+  sessionVersion: number;
+  previousVersion: number;
+}
+
+/** What arrives from other sidecars: untrusted hints, resolved by the core before anyone sees them. */
+export type RemoteEvent = Exclude<CacheEvent, { kind: 'node' }> | AppendedHint;
+
+export interface RemoteEnvelope {
+  event: RemoteEvent;
+  origin: string;
+  time: number;
+}

@@ -1,7 +1,7 @@
 import { EventEmitter } from 'node:events';
 import type { EventBus } from '../cache/ports';
 import type { Logger } from '../log';
-import type { EventEnvelope } from '../model/events';
+import type { RemoteEnvelope } from '../model/events';
 import type { RedisLink } from './connection';
 import { decodeBusMessage } from './event-wire';
 
@@ -15,12 +15,17 @@ import { decodeBusMessage } from './event-wire';
  * treats a re-subscription after a gap as "anything may have changed".
  *
  */
+const MALFORMED_LOG_INTERVAL_MS = 10_000;
+
 export class Bus implements EventBus {
   private readonly emitter = new EventEmitter();
   private subscribedNow = false;
   private everSubscribed = false;
   private heartbeat: NodeJS.Timeout | undefined;
   readonly counters = { messagesIn: 0, malformed: 0 };
+  /** Malformed messages are logged at most once per interval, with how many there were: a flood is one line. */
+  private malformedLoggedAt = 0;
+  private malformedSinceLog = 0;
 
   /**
    * `heartbeatMs`: how often the subscription proves it is alive with a PING
@@ -52,7 +57,7 @@ export class Bus implements EventBus {
     return this.subscribedNow;
   }
 
-  onEvents(listener: (envelopes: readonly EventEnvelope[]) => void): void {
+  onEvents(listener: (envelopes: readonly RemoteEnvelope[]) => void): void {
     this.emitter.on('events', listener);
   }
 
@@ -104,12 +109,18 @@ export class Bus implements EventBus {
   }
 
   private receive(raw: string): void {
-    let envelopes: EventEnvelope[];
+    let envelopes: RemoteEnvelope[];
     try {
       envelopes = decodeBusMessage(raw, Date.now());
     } catch (error) {
       this.counters.malformed++;
-      this.log.warn({ err: (error as Error).message }, 'ignored a malformed pub/sub message');
+      this.malformedSinceLog++;
+      const now = Date.now();
+      if (now - this.malformedLoggedAt >= MALFORMED_LOG_INTERVAL_MS) {
+        this.log.warn({ err: (error as Error).message, count: this.malformedSinceLog }, 'ignored malformed pub/sub messages');
+        this.malformedLoggedAt = now;
+        this.malformedSinceLog = 0;
+      }
       return;
     }
     // An echo of this sidecar's own write: applied locally already.

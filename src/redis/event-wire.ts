@@ -1,13 +1,15 @@
-import type { CacheEvent, EventEnvelope } from '../model/events';
-import type { NodeRecord } from '../model/node';
+import type { RemoteEnvelope, RemoteEvent } from '../model/events';
 
 /**
  * The wire form of an event on the namespace's Pub/Sub channel: compact
  * JSON, keys/tags/session with versions as strings (Lua's cjson would round
- * 16-digit numbers), never a cached value but an appended node. Every
- * message is written by the Lua script that performs the write, through
- * `publish_event` below, so a write and its announcement are one atomic
- * step; `decodeBusMessage` is the one reader.
+ * 16-digit numbers) — never a cached value, not even an appended node (a
+ * receiver that needs it fetches it from Redis), so a message stays small
+ * whatever was written. Every message is written by the Lua script that
+ * performs the write, through `publish_event` below, so a write and its
+ * announcement are one atomic step; `decodeBusMessage` is the one reader,
+ * and trusts nothing: a message larger than MAX_BUS_MESSAGE_BYTES or of any
+ * other shape is refused.
  */
 export interface BusMessage {
   /** Origin sidecar. */
@@ -21,25 +23,29 @@ export interface BusMessage {
   v?: string[] | string;
   g?: string[];
   s?: string;
-  n?: NodeRecord;
+  /** Node events: the appended node's ID. */
+  i?: string;
   /** Node events: the session's version before the append. */
   p?: string;
 }
 
 /**
+ * The largest message a legitimate write publishes is a Delete of the most
+ * keys per call at the longest key length (about 1.1 MB with the defaults);
+ * anything beyond this is refused before it is parsed.
+ */
+export const MAX_BUS_MESSAGE_BYTES = 4 * 1024 * 1024;
+
+/**
  * The one writer of the format, for the scripts: fills in the origin and the
- * time (Redis's clock, ms) of `event` — a table with e, c, k, v, g, s, p as
- * above — and publishes it. `node_json`, when given, is the appended node,
- * already JSON (cjson would turn its empty metadata object into a list), and
- * becomes field n.
+ * time (Redis's clock, ms) of `event` — a table with e, c, k, v, g, s, i, p
+ * as above — and publishes it.
  */
 export const PUBLISH_EVENT_LUA = `
-local function publish_event(channel, origin, now_ms, event, node_json)
+local function publish_event(channel, origin, now_ms, event)
   event.o = origin
   event.t = string.format('%.0f', now_ms)
-  local message = cjson.encode(event)
-  if node_json then message = string.sub(message, 1, -2) .. ',"n":' .. node_json .. '}' end
-  redis.call('PUBLISH', channel, message)
+  redis.call('PUBLISH', channel, cjson.encode(event))
 end
 `;
 
@@ -55,33 +61,13 @@ function integer(value: unknown, what: string): number {
   return number;
 }
 
-/** A node as published by APPEND_SCRIPT (JSON.stringify of a NodeRecord); anything else is refused. */
-function node(value: unknown): NodeRecord {
-  const n = value as Partial<NodeRecord> | null;
-  if (
-    n === null ||
-    typeof n !== 'object' ||
-    ![n.id, n.shortId, n.sessionId, n.parentId, n.content].every(isString) ||
-    !Number.isSafeInteger(n.role) ||
-    (n.role as number) < 0 ||
-    (n.role as number) > 2 ** 31 - 1 ||
-    !Number.isSafeInteger(n.createdAt) ||
-    !isStringArray(n.refs) ||
-    typeof n.metadata !== 'object' ||
-    n.metadata === null ||
-    !Object.values(n.metadata).every(isString)
-  ) {
-    throw new MalformedMessage('node event with a malformed node');
-  }
-  return n as NodeRecord;
-}
-
 /**
  * Parses and checks one message. Messages come from other sidecars — of
  * another version during a rollout — or from anyone with PUBLISH rights on
  * the channel: nothing in them is trusted until checked.
  */
-export function decodeBusMessage(raw: string, receivedAt: number): EventEnvelope[] {
+export function decodeBusMessage(raw: string, receivedAt: number): RemoteEnvelope[] {
+  if (raw.length > MAX_BUS_MESSAGE_BYTES) throw new MalformedMessage(`${raw.length} characters is over the ${MAX_BUS_MESSAGE_BYTES} limit`);
   let message: BusMessage;
   try {
     message = JSON.parse(raw) as BusMessage;
@@ -91,7 +77,7 @@ export function decodeBusMessage(raw: string, receivedAt: number): EventEnvelope
   if (message === null || typeof message !== 'object' || !isString(message.o)) throw new MalformedMessage('no origin');
   const time = message.t === undefined ? receivedAt : integer(message.t, 'time');
   const origin = message.o;
-  const envelope = (event: CacheEvent): EventEnvelope => ({ event, origin, time });
+  const envelope = (event: RemoteEvent): RemoteEnvelope => ({ event, origin, time });
   // cjson encodes an empty Lua table as {}: anything but an array of strings means none.
   const tags = isStringArray(message.g) ? message.g : [];
   switch (message.e) {
@@ -110,16 +96,16 @@ export function decodeBusMessage(raw: string, receivedAt: number): EventEnvelope
       if (!isString(message.s)) throw new MalformedMessage('session event without session');
       return [envelope({ kind: 'session', sessionId: message.s, change: message.c === 'fill' ? 'filled' : 'invalidated', version: integer(message.v, 'version') })];
     case 'n': {
-      const sessionVersion = integer(message.v, 'version');
-      let appended: NodeRecord;
-      try {
-        appended = node(message.n);
-      } catch (error) {
-        // The session did change: whatever this sidecar holds of it is older. Drop it rather than ignore the event.
-        if (isString(message.s)) return [envelope({ kind: 'session', sessionId: message.s, change: 'invalidated', version: sessionVersion })];
-        throw error;
-      }
-      return [envelope({ kind: 'node', node: appended, sessionVersion, previousVersion: integer(message.p ?? '0', 'previous version') })];
+      if (!isString(message.s) || !isString(message.i)) throw new MalformedMessage('node event without session and node');
+      return [
+        envelope({
+          kind: 'appended',
+          sessionId: message.s,
+          nodeId: message.i,
+          sessionVersion: integer(message.v, 'version'),
+          previousVersion: integer(message.p ?? '0', 'previous version'),
+        }),
+      ];
     }
     case 'f':
       return [envelope({ kind: 'resync', reason: 'namespace-flushed' })];

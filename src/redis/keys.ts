@@ -11,6 +11,7 @@ import type { Subject } from '../model/subject';
  *   cc:<ns>:s:{<sid>}        hash: v (version), x (expires at, ms), n (node count)
  *   cc:<ns>:s:{<sid>}:c      list of chunks: encoded JSON arrays of nodes
  *   cc:<ns>:s:{<sid>}:l      the fill lease of a session (a Mutex key)
+ *   cc:<ns>:s:{<sid>}:a      the last node appended (version, node JSON), kept a minute
  *   cc:<ns>:i:<short id>     short-ID index: the session that holds the node
  *   cc:<ns>:lock:<resource>  a distributed lock (a Mutex key on every lock master)
  *   cc:<ns>:fence:<resource> the fencing counter of a lock's resource, no TTL
@@ -70,6 +71,11 @@ export class KeySpace {
 
   sessionChunks(sessionId: string): string {
     return `${this.sessionMeta(sessionId)}:c`;
+  }
+
+  /** The last node appended to the session (`<version>\n<node JSON>`, for a minute), for sidecars that heard of the append. */
+  sessionLastAppended(sessionId: string): string {
+    return `${this.sessionMeta(sessionId)}:a`;
   }
 
   shortId(shortId: string): string {

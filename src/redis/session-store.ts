@@ -2,6 +2,7 @@ import { isAscii } from 'node:buffer';
 import type { SessionL2, StoredAppend, StoredSession } from '../context/ports';
 import { CorruptValueError } from '../errors';
 import type { NodeRecord } from '../model/node';
+import { isNodeRecord } from '../model/node-shape';
 import { sessionAppend } from './scripts/session-append';
 import { sessionCompact } from './scripts/session-compact';
 import { sessionInvalidate } from './scripts/session-invalidate';
@@ -52,11 +53,26 @@ export class RedisSessionStore implements SessionL2 {
   append(node: NodeRecord): Promise<StoredAppend> {
     const json = JSON.stringify(node);
     const chunk = this.parts.codec.encode(Buffer.from(`[${json}]`)).bytes;
-    return this.parts.link.command(this.parts.scripts.run(sessionAppend, node.sessionId, chunk, json));
+    return this.parts.link.command(this.parts.scripts.run(sessionAppend, node.sessionId, chunk, json, node.id));
   }
 
   invalidate(sessionId: string): Promise<{ existed: boolean; version: number }> {
     return this.parts.link.command(this.parts.scripts.run(sessionInvalidate, sessionId));
+  }
+
+  /** The node appended at `version`, if it is still the session's last append (and has the shape of a node). */
+  async appendedNode(sessionId: string, version: number): Promise<NodeRecord | undefined> {
+    const raw = await this.parts.link.command(this.parts.link.client.get(this.parts.keys.sessionLastAppended(sessionId)));
+    if (raw === null) return undefined;
+    const newline = raw.indexOf('\n');
+    if (newline < 0 || raw.slice(0, newline) !== String(version)) return undefined;
+    let node: unknown;
+    try {
+      node = JSON.parse(raw.slice(newline + 1));
+    } catch {
+      return undefined;
+    }
+    return isNodeRecord(node) && node.sessionId === sessionId ? node : undefined;
   }
 
   async indexShortIds(nodes: readonly NodeRecord[], ttlMs: number): Promise<void> {

@@ -19,6 +19,11 @@ export class WatchFilter {
     this.everything = keyPrefixes.length === 0 && this.tags.size === 0 && this.sessions.size === 0;
   }
 
+  /** Whether nodes appended to the session would reach this stream. */
+  wantsSession(sessionId: string): boolean {
+    return this.everything || this.sessions.has(sessionId);
+  }
+
   matches(event: CacheEvent): boolean {
     if (this.everything || event.kind === 'resync') return true;
     switch (event.kind) {
@@ -138,6 +143,12 @@ export class WatchFanout {
     },
   ) {
     hub.subscribe((envelope) => this.publish(envelope));
+  }
+
+  /** Whether some open stream wants the nodes appended to the session (another sidecar's appends are then fetched). */
+  wantsSession(sessionId: string): boolean {
+    for (const stream of this.streams) if (stream.filter.wantsSession(sessionId)) return true;
+    return false;
   }
 
   /** Serves one Watch call until it ends. */

@@ -179,14 +179,15 @@ describe('hostile or malformed Pub/Sub messages', () => {
         '{"o":"x","e":"zzz"}',
       ];
       for (const message of garbage) await redis.command('PUBLISH', 'cc:hostile:events', message);
-      // A node event whose node cannot be trusted (role 1e400 parses as Infinity) still says the
-      // session changed: the session is dropped, never appended to with that node.
+      // A node event names a node; the bus is never trusted for it. One that Redis cannot confirm
+      // (forged, or replaced by a later append) still says the session changed: the session is
+      // dropped, never appended to with that node.
       await sc.client.putSessionNodes({ sessionId: 'victim', nodes: [{ id: 'n0', role: 2, content: 'fine' }] });
       const version = (await sc.client.getSessionNodes({ sessionId: 'victim' })).info!.version;
       await redis.command(
         'PUBLISH',
         'cc:hostile:events',
-        `{"o":"x","e":"n","s":"victim","v":"${version + 1}","p":"${version}","n":{"id":"evil","shortId":"","sessionId":"victim","parentId":"","role":1e400,"content":"","createdAt":0,"metadata":{},"refs":[]}}`,
+        `{"o":"x","e":"n","s":"victim","i":"evil","v":"${version + 1}","p":"${version}"}`,
       );
       await watcher.waitFor((m) => m.event?.$case === 'sessionInvalidated' && m.event.value.sessionId === 'victim', 'the victim session dropped');
       const reread = await sc.client.getSessionNodes({ sessionId: 'victim' });

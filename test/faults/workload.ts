@@ -259,7 +259,7 @@ export class FaultWorkload {
       return 0;
     }
     const seq = Number(read.value.toString().split(':')[1]);
-    this.judge(final, started, `key ${key}`, seq, this.latestAnswered(state.answeredAt, final ? Infinity : started - VISIBILITY_MS));
+    this.judge(final, started, `key ${key} (sidecar ${this.sidecars.findIndex((sc) => sc.client === client)}, source ${read.info?.source}, version ${read.info?.version}, degraded ${read.info?.degraded})`, seq, this.latestAnswered(state.answeredAt, final ? Infinity : started - VISIBILITY_MS));
     return seq;
   }
 
@@ -285,7 +285,8 @@ export class FaultWorkload {
     while (contiguous < ids.length && state.db[contiguous] === ids[contiguous]) contiguous++;
     const gap = contiguous < ids.length ? ` (gap after ${contiguous} of ${ids.length} nodes)` : '';
     const required = this.latestAnswered(state.answeredAt, final ? Infinity : started - VISIBILITY_MS);
-    this.judge(final, started, `session ${sessionId}${gap}`, gap === '' ? ids.length - 1 : Math.min(contiguous - 1, required - 1), required);
+    const where = `sidecar ${this.sidecars.findIndex((sc) => sc.client === client)}, source ${read.info?.source}, version ${read.info?.version}, ${Date.now() - started} ms`;
+    this.judge(final, started, `session ${sessionId}${gap} (${where})`, gap === '' ? ids.length - 1 : Math.min(contiguous - 1, required - 1), required);
     return ids.length;
   }
 

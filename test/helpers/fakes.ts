@@ -27,7 +27,7 @@ import { SessionStore } from '../../src/context/sessions';
 import { unavailable } from '../../src/errors';
 import { createLogger } from '../../src/log';
 import type { Entry } from '../../src/model/entry';
-import type { CacheEvent, EventEnvelope } from '../../src/model/events';
+import type { CacheEvent, EventEnvelope, RemoteEnvelope, RemoteEvent } from '../../src/model/events';
 import type { NodeRecord } from '../../src/model/node';
 import type { Subject } from '../../src/model/subject';
 
@@ -35,7 +35,7 @@ import type { Subject } from '../../src/model/subject';
 export const PEER = 'sidecar-peer';
 
 /** An envelope as another sidecar's write would arrive on the bus. */
-export function fromPeer(event: CacheEvent, origin = PEER): EventEnvelope {
+export function fromPeer(event: RemoteEvent, origin = PEER): RemoteEnvelope {
   return { event, origin, time: Date.now() };
 }
 
@@ -232,12 +232,14 @@ export class FakeRedis {
   readonly entries = new Map<string, StoredEntry>();
   readonly sessions = new Map<string, SessionRecord>();
   readonly shortIds = new Map<string, { sessionId: string; expiresAt: number }>();
+  /** Per session, the last node appended (session-append.ts keeps it for the sidecars that hear of it). */
+  readonly lastAppended = new Map<string, { version: number; node: NodeRecord }>();
   /** Fill leases: subject → mutex token and expiry (Redis clock, ms). */
   readonly leases = new Map<string, { token: string; expiresAt: number }>();
   /** When each tag was last invalidated (Redis clock, µs). */
   readonly tagStamps = new Map<string, number>();
   /** Everything published on the channel, in order. */
-  readonly published: EventEnvelope[] = [];
+  readonly published: RemoteEnvelope[] = [];
   private readonly views = new Set<FakeShared>();
 
   /** A sidecar's view of this Redis. */
@@ -257,8 +259,8 @@ export class FakeRedis {
   }
 
   /** PUBLISH: every other subscribed sidecar receives it at once (the writer's own echo is dropped). */
-  publish(origin: string, event: CacheEvent): void {
-    const envelope: EventEnvelope = { event, origin, time: this.clock.nowMs() };
+  publish(origin: string, event: RemoteEvent): void {
+    const envelope: RemoteEnvelope = { event, origin, time: this.clock.nowMs() };
     this.published.push(envelope);
     for (const view of this.views) if (view.origin !== origin && view.bus.subscribed) view.bus.deliver([envelope]);
   }
@@ -339,10 +341,10 @@ export class FakeRedis {
 export class FakeBus implements EventBus {
   subscribed = false;
   private everSubscribed = false;
-  private readonly eventListeners: ((envelopes: readonly EventEnvelope[]) => void)[] = [];
+  private readonly eventListeners: ((envelopes: readonly RemoteEnvelope[]) => void)[] = [];
   private readonly subscribedListeners: ((restored: boolean) => void)[] = [];
 
-  onEvents(listener: (envelopes: readonly EventEnvelope[]) => void): void {
+  onEvents(listener: (envelopes: readonly RemoteEnvelope[]) => void): void {
     this.eventListeners.push(listener);
   }
 
@@ -363,8 +365,8 @@ export class FakeBus implements EventBus {
   }
 
   /** Events of other sidecars, as the bus hands them over (whatever `subscribed` says: the test decides). */
-  deliver(envelopes: EventEnvelope | readonly EventEnvelope[]): void {
-    const batch = Array.isArray(envelopes) ? (envelopes as readonly EventEnvelope[]) : [envelopes as EventEnvelope];
+  deliver(envelopes: RemoteEnvelope | readonly RemoteEnvelope[]): void {
+    const batch = Array.isArray(envelopes) ? (envelopes as readonly RemoteEnvelope[]) : [envelopes as RemoteEnvelope];
     for (const listener of this.eventListeners) listener(batch);
   }
 }
@@ -508,8 +510,17 @@ export class FakeSessionL2 extends Chaos implements SessionL2 {
         current.nodes.push(structuredClone(node));
         current.version = version;
       }
-      this.redis.publish(this.origin, { kind: 'node', node: structuredClone(node), sessionVersion: version, previousVersion });
+      // As session-append.ts: the node is kept under "last appended"; the event only names it.
+      this.redis.lastAppended.set(sessionId, { version, node: structuredClone(node) });
+      this.redis.publish(this.origin, { kind: 'appended', sessionId, nodeId: node.id, sessionVersion: version, previousVersion });
       return { appended: current !== undefined, version, previousVersion, expiresAt: current?.expiresAt ?? 0 };
+    });
+  }
+
+  appendedNode(sessionId: string, version: number): Promise<NodeRecord | undefined> {
+    return this.run('appendedNode', () => {
+      const last = this.redis.lastAppended.get(sessionId);
+      return last?.version === version ? structuredClone(last.node) : undefined;
     });
   }
 

@@ -2,6 +2,7 @@ import { describe, expect, it } from 'vitest';
 import type { SessionState } from '../../src/context/session';
 import { l1Key } from '../../src/model/subject';
 import { coreOnFakes, FakeRedis, fromPeer, nodeRecord, nodeRecords, PEER, plainWrite } from '../helpers/fakes';
+import { waitFor } from '../helpers/wait';
 
 const k = (key: string) => l1Key('entry', key);
 const s = (sessionId: string) => l1Key('session', sessionId);
@@ -83,11 +84,25 @@ describe("other sidecars' events racing this sidecar's own write", () => {
 });
 
 describe("other sidecars' session events", () => {
-  it('a node event whose previous version is L1 version appends in place', async () => {
+  it('a forged event with a version far ahead of Redis\'s clock only makes L1 forget: no floor, so the next fill is cached again', async () => {
+    const core = coreOnFakes({ redis: true });
+    await core.sessions.put('s', nodeRecords('s', 2), '');
+    core.shared.bus.deliver(fromPeer({ kind: 'appended', sessionId: 's', nodeId: 'forged', sessionVersion: Number.MAX_SAFE_INTEGER, previousVersion: 1 }));
+    expect(core.l1.peek(s('s'))).toBeUndefined();
+    expect(core.tiers.implausibleEvents).toBe(1);
+    expect(core.l1.knownVersion(s('s'))).toBeLessThan(Number.MAX_SAFE_INTEGER);
+    await core.sessions.put('s', nodeRecords('s', 3), '');
+    expect(core.l1.peek<SessionState>(s('s'))?.value.nodes).toHaveLength(3);
+  });
+
+
+  it('an append event whose previous version is L1 version appends in place, with the node fetched from Redis', async () => {
     const core = coreOnFakes({ redis: true });
     const put = await core.sessions.put('s', nodeRecords('s', 2), '');
     const next = nodeRecord('s', 2);
-    core.shared.bus.deliver(fromPeer({ kind: 'node', node: next, sessionVersion: put.version + 5, previousVersion: put.version }));
+    core.shared.redis.lastAppended.set('s', { version: put.version + 5, node: next });
+    core.shared.bus.deliver(fromPeer({ kind: 'appended', sessionId: 's', nodeId: next.id, sessionVersion: put.version + 5, previousVersion: put.version }));
+    await waitFor(() => core.l1.peek(s('s'))?.version === put.version + 5, 'the fetched append to land in L1');
 
     const cached = core.l1.peek<SessionState>(s('s'));
     expect(cached?.version).toBe(put.version + 5);
@@ -98,11 +113,19 @@ describe("other sidecars' session events", () => {
     expect(core.shared.sessions.callCount('getMany')).toBe(0);
   });
 
-  it('a node event whose previous version is not L1 version drops the copy (a missed append in between)', async () => {
+  it('an append event whose node Redis no longer holds (a later append replaced it) drops the copy: the bus is never trusted for data', async () => {
     const core = coreOnFakes({ redis: true });
     const put = await core.sessions.put('s', nodeRecords('s', 2), '');
-    core.shared.bus.deliver(fromPeer({ kind: 'node', node: nodeRecord('s', 3), sessionVersion: put.version + 9, previousVersion: put.version + 4 }));
-    expect(core.l1.peek(s('s'))).toBeUndefined();
+    core.shared.bus.deliver(fromPeer({ kind: 'appended', sessionId: 's', nodeId: 's/n2', sessionVersion: put.version + 5, previousVersion: put.version }));
+    await waitFor(() => core.l1.peek(s('s')) === undefined, 'the copy to be dropped');
+    expect(core.l1.knownVersion(s('s'))).toBe(put.version + 5);
+  });
+
+  it('an append event whose previous version is not L1 version drops the copy (a missed append in between)', async () => {
+    const core = coreOnFakes({ redis: true });
+    const put = await core.sessions.put('s', nodeRecords('s', 2), '');
+    core.shared.bus.deliver(fromPeer({ kind: 'appended', sessionId: 's', nodeId: 's/n3', sessionVersion: put.version + 9, previousVersion: put.version + 4 }));
+    await waitFor(() => core.l1.peek(s('s')) === undefined, 'the copy to be dropped');
     // …and the copy it replaced cannot come back.
     expect(core.l1.knownVersion(s('s'))).toBe(put.version + 9);
   });

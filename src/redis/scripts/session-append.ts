@@ -3,15 +3,20 @@ import { PUBLISH_EVENT_LUA } from '../event-wire';
 import { NEXT_VERSION_LUA } from './lib';
 import { defineScript } from './script';
 
+/** How long an appended node stays fetchable for the sidecars that heard of it. */
+export const LAST_APPENDED_TTL_MS = 60_000;
+
 /**
  * Write-through APPEND of a node. Revokes outstanding fill leases first, so a
  * fill that loaded the session before this node cannot land after it;
- * appends to the cached session when there is one. The event carries the
- * node itself (live sync) and the previous version (so a sidecar can tell
- * whether its copy is exactly the predecessor).
+ * appends to the cached session when there is one. The event names the node
+ * and the previous version (so a sidecar can tell whether its copy is
+ * exactly the predecessor) but does not carry it: the node is kept for a
+ * minute under the session's "last appended" key, where a sidecar that needs
+ * it (to append in place, or for its Watch streams) fetches it.
  *
- * KEYS: meta, chunks, lease
- * ARGV: chunk, channel, origin, sid, node_json
+ * KEYS: meta, chunks, lease, last appended
+ * ARGV: chunk, channel, origin, sid, node_json, node_id
  * Reply: {appended, version, previous_version, expires_at}.
  */
 const LUA = `${NEXT_VERSION_LUA}${PUBLISH_EVENT_LUA}
@@ -31,16 +36,17 @@ if previous then
   redis.call('HINCRBY', KEYS[1], 'n', 1)
   appended = 1
 end
-publish_event(ARGV[2], ARGV[3], now_ms, {e = 'n', s = ARGV[4], v = version, p = previous or '0'}, ARGV[5])
+redis.call('SET', KEYS[4], version .. '\\n' .. ARGV[5], 'PX', ${LAST_APPENDED_TTL_MS})
+publish_event(ARGV[2], ARGV[3], now_ms, {e = 'n', s = ARGV[4], i = ARGV[6], v = version, p = previous or '0'})
 return {appended, version, previous or '0', meta[2] or '0'}
 `;
 
 export const sessionAppend = defineScript({
   name: 'ccSessionAppend',
   lua: LUA,
-  args: ({ keys, origin }, sessionId: string, chunk: Buffer, nodeJson: string) => ({
-    keys: [keys.sessionMeta(sessionId), keys.sessionChunks(sessionId), keys.lease({ kind: 'session', id: sessionId })],
-    argv: [chunk, keys.channel, origin, sessionId, nodeJson],
+  args: ({ keys, origin }, sessionId: string, chunk: Buffer, nodeJson: string, nodeId: string) => ({
+    keys: [keys.sessionMeta(sessionId), keys.sessionChunks(sessionId), keys.lease({ kind: 'session', id: sessionId }), keys.sessionLastAppended(sessionId)],
+    argv: [chunk, keys.channel, origin, sessionId, nodeJson, nodeId],
   }),
   parse: (reply): StoredAppend => {
     const [appended, version, previousVersion, expiresAt] = (reply as unknown[]).map(Number) as [number, number, number, number];
