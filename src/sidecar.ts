@@ -18,7 +18,7 @@ import { RedisTier } from './redis/shared';
 import { cacheHandlers } from './server/cache-handlers';
 import { CallTracker } from './server/calls';
 import { contextHandlers } from './server/context-handlers';
-import { acceptPreEncoded } from './server/encoding';
+import { acceptPreEncoded, decodeStrictly } from './server/encoding';
 import { GrpcServer, HEALTH_SERVICE_CACHE, HEALTH_SERVICE_OVERALL } from './server/grpc-server';
 import { lockHandlers } from './server/lock-handlers';
 import { addReflection, REFLECTION_SERVICES, ReflectionIndex } from './server/reflection';
@@ -106,7 +106,7 @@ export class Sidecar {
       watch,
       stats,
     });
-    this.grpc.server.addService(acceptPreEncoded(ContextCacheService, service), service);
+    this.grpc.server.addService(decodeStrictly(acceptPreEncoded(ContextCacheService, service)), service);
     addReflection(this.grpc.server, new ReflectionIndex([HEALTH_SERVICE_CACHE, 'grpc.health.v1.Health', ...REFLECTION_SERVICES]));
   }
 

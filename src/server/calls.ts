@@ -1,5 +1,5 @@
 import type { Deadline, handleServerStreamingCall, handleUnaryCall, ServerUnaryCall, ServerWritableStream, ServiceError } from '@grpc/grpc-js';
-import { shuttingDown } from '../errors';
+import { invalidArgument, shuttingDown } from '../errors';
 import type { Logger } from '../log';
 import { toServiceError } from './status';
 
@@ -29,6 +29,17 @@ export interface CallContext {
 export function onCallEnd(context: CallContext, listener: () => void): void {
   if (context.signal.aborted) listener();
   else context.signal.addEventListener('abort', listener, { once: true });
+}
+
+/**
+ * A request that did not decode (encoding.ts's strict decoder), in place of
+ * the message: the tracker answers INVALID_ARGUMENT with the reason instead
+ * of running the handler.
+ */
+export const UNDECODABLE = Symbol('undecodable request');
+
+function undecodableReason(request: unknown): string | undefined {
+  return typeof request === 'object' && request !== null && UNDECODABLE in request ? (request as { [UNDECODABLE]: string })[UNDECODABLE] : undefined;
 }
 
 /** Marks a handler whose responses are pre-encoded Buffers (see `acceptPreEncoded` in encoding.ts). */
@@ -111,6 +122,11 @@ export class CallTracker {
         callback(toServiceError(shuttingDown(), method, this.log));
         return;
       }
+      const undecodable = undecodableReason(call.request);
+      if (undecodable !== undefined) {
+        callback(toServiceError(invalidArgument(undecodable), method, this.log));
+        return;
+      }
       this.inFlight++;
       const started = process.hrtime.bigint();
       const finish = (code: number) => this.onCallEnd?.(method, code, Number(process.hrtime.bigint() - started) / 1e9);
@@ -145,6 +161,11 @@ export class CallTracker {
     return declare<handleServerStreamingCall<Req, Res>>((call) => {
       if (this.draining) {
         endStream(call, toServiceError(shuttingDown(), method, this.log));
+        return;
+      }
+      const undecodable = undecodableReason(call.request);
+      if (undecodable !== undefined) {
+        endStream(call, toServiceError(invalidArgument(undecodable), method, this.log));
         return;
       }
       const tracked = call as ServerWritableStream<unknown, unknown>;

@@ -36,6 +36,11 @@ export function contextHandlers({ sessions, validate, calls }: { sessions: Sessi
     putSessionNodes: calls.unary('PutSessionNodes', async (request) => {
       const sessionId = validate.id(request.sessionId, 'session_id');
       const nodes = validate.nodes(request.nodes, sessionId);
+      encodeNodes(nodes);
+      validate.servable(
+        nodes.reduce((sum, node) => sum + 6 + encodedNode(node).length, 0),
+        `the session (${nodes.length} nodes)`,
+      );
       const ttlMs = validate.ttl(request.ttl);
       const stored = await sessions.put(sessionId, nodes, request.leaseToken, ttlMs);
       return { info: storedSessionInfo(stored), scope: scopeToProto(stored.scope) };

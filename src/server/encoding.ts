@@ -1,6 +1,7 @@
+import { BinaryReader } from '@bufbuild/protobuf/wire';
 import { Node } from '../gen/contextcache/v1/context_cache';
 import type { NodeRecord } from '../model/node';
-import { PRE_ENCODED } from './calls';
+import { PRE_ENCODED, UNDECODABLE } from './calls';
 import { nodeToProto } from './mapping';
 
 /**
@@ -238,6 +239,70 @@ export function acceptPreEncoded<S extends MethodDefinitions>(service: S, implem
     const definition = service[method]!;
     const serialize = definition.responseSerialize as (value: unknown) => Buffer;
     copy[method] = { ...definition, responseSerialize: (value: unknown) => (Buffer.isBuffer(value) ? value : serialize(value)) };
+  }
+  return copy as S;
+}
+
+/** Strict UTF-8: a string field that is not valid UTF-8 fails the decode instead of turning into U+FFFD (so keys cannot collide). */
+const fatalUtf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
+
+class InvalidUtf8 extends Error {}
+
+function strictDecodeUtf8(bytes: Uint8Array): string {
+  try {
+    return fatalUtf8.decode(bytes);
+  } catch {
+    throw new InvalidUtf8('invalid UTF-8');
+  }
+}
+
+/** The path of the first string holding U+FFFD in a leniently decoded message: where the invalid UTF-8 was. */
+function replacementPath(value: unknown, path: string): string | undefined {
+  if (typeof value === 'string') return value.includes('\uFFFD') ? path : undefined;
+  if (value === null || typeof value !== 'object' || value instanceof Uint8Array || value instanceof Date) return undefined;
+  for (const [key, item] of Object.entries(value)) {
+    const found = replacementPath(item, Array.isArray(value) ? `${path}[${key}]` : path === '' ? snake(key) : `${path}.${snake(key)}`);
+    if (found !== undefined) return found;
+  }
+  return undefined;
+}
+
+const snake = (name: string) => name.replace(/[A-Z]/g, (letter) => `_${letter.toLowerCase()}`);
+
+type RequestDefinitions = Record<string, { requestDeserialize: (value: Buffer) => unknown }>;
+
+/**
+ * The service definition with every request decoded strictly: invalid UTF-8
+ * in any string field, an int64 beyond what a JavaScript number holds, or
+ * bytes that are not the message all become an UndecodableRequest (answered
+ * INVALID_ARGUMENT naming the field where it can), never an INTERNAL from
+ * inside grpc-js.
+ */
+export function decodeStrictly<S extends RequestDefinitions>(service: S): S {
+  const copy: Record<string, unknown> = { ...service };
+  for (const method of Object.keys(service)) {
+    const definition = service[method]!;
+    const decode = definition.requestDeserialize as (value: Buffer | BinaryReader) => unknown;
+    copy[method] = {
+      ...definition,
+      requestDeserialize: (bytes: Buffer): unknown => {
+        try {
+          return decode(new BinaryReader(bytes, strictDecodeUtf8));
+        } catch (error) {
+          if (error instanceof InvalidUtf8) {
+            let field: string | undefined;
+            try {
+              field = replacementPath(decode(bytes), '');
+            } catch {
+              field = undefined;
+            }
+            return { [UNDECODABLE]: `${field ?? 'a string field'} is not valid UTF-8; every string must be UTF-8 text` };
+          }
+          const reason = (error as Error).message ?? String(error);
+          return { [UNDECODABLE]: /MAX_SAFE_INTEGER|larger than/i.test(reason) ? 'an integer field (a duration, timestamp or version) is out of range' : `the request does not decode as its message (${reason})` };
+        }
+      },
+    };
   }
   return copy as S;
 }

@@ -1,6 +1,6 @@
 import { MAX_LEASE_TTL_MS, type LeaseRequest } from '../cache/leases';
 import type { Config } from '../config';
-import { invalidArgument } from '../errors';
+import { invalidArgument, tooLarge } from '../errors';
 import { Role, type Node } from '../gen/contextcache/v1/context_cache';
 import type { Duration } from '../gen/google/protobuf/duration';
 import type { NodeRecord } from '../model/node';
@@ -51,7 +51,17 @@ export interface LockWait {
  * core takes it.
  */
 export class RequestValidator {
-  constructor(private readonly config: Pick<Config, 'maxKeyBytes' | 'maxKeysPerCall' | 'maxValueBytes' | 'maxTagsPerEntry' | 'defaultTtlMs' | 'leaseTtlMs'>) {}
+  constructor(private readonly config: Pick<Config, 'maxKeyBytes' | 'maxKeysPerCall' | 'maxValueBytes' | 'maxTagsPerEntry' | 'defaultTtlMs' | 'leaseTtlMs' | 'maxMessageBytes'>) {}
+
+  /**
+   * A session is refused at write time when reading it back would exceed
+   * the message limit (CONTEXT_CACHE_MAX_MESSAGE_BYTES): stored, it could
+   * never be served. `bytes`: its encoded size as GetSessionNodes sends it.
+   */
+  servable(bytes: number, what: string): void {
+    const limit = this.config.maxMessageBytes - 1024;
+    if (bytes > limit) throw tooLarge(`${what} encodes to ${bytes} bytes; reading it back must fit in a message of ${this.config.maxMessageBytes} bytes (CONTEXT_CACHE_MAX_MESSAGE_BYTES) with room for the rest of the response, so at most ${limit}`);
+  }
 
   get maxKeysPerCall(): number {
     return this.config.maxKeysPerCall;
@@ -208,7 +218,14 @@ export class RequestValidator {
   /** PutSessionNodes' nodes. */
   nodes(nodes: readonly Node[], sessionId: string): NodeRecord[] {
     if (nodes.length > LIMITS.maxNodesPerPut) throw invalidArgument(`nodes has ${nodes.length} entries; the limit is ${LIMITS.maxNodesPerPut}`);
-    return nodes.map((node, index) => this.node(node, `nodes[${index}]`, sessionId));
+    const first = new Map<string, number>();
+    return nodes.map((node, index) => {
+      const record = this.node(node, `nodes[${index}]`, sessionId);
+      const seen = first.get(record.id);
+      if (seen !== undefined) throw invalidArgument(`nodes[${index}].id "${record.id.slice(0, 80)}" repeats nodes[${seen}].id; node IDs are unique within a session`);
+      first.set(record.id, index);
+      return record;
+    });
   }
 }
 
