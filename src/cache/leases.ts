@@ -74,6 +74,14 @@ function splitToken(token: string): { base: string; grantedAt: number } {
   return match ? { base: match[1]!, grantedAt: Number(match[2]) } : { base: token, grantedAt: 0 };
 }
 const POLL_INTERVAL_MS = 50;
+/** Callers of one sidecar waiting for one subject's fill; past this, a miss gives up at once. */
+const MAX_WAITERS_PER_SUBJECT = 10_000;
+
+interface SharedWait {
+  subject: Subject;
+  reread: () => Promise<unknown>;
+  waiters: { request: LeaseRequest; resolve: (outcome: MissOutcome<unknown>) => void }[];
+}
 
 /**
  * Stampede protection for every miss path: at most one lease holder per key
@@ -89,6 +97,8 @@ const POLL_INTERVAL_MS = 50;
 export class LeaseManager {
   readonly counters: LeaseCounters = { granted: 0, waits: 0, staleFillsRefused: 0 };
   private readonly sleepers = new Map<string, Set<() => void>>();
+  /** The shared wait of each subject someone waits for, by L1 key. */
+  private readonly waits = new Map<string, SharedWait>();
   /** Leases granted from memory; each entry lapses with its lease, and the table is bounded. */
   private readonly local = new LRUCache<string, LeaseGrant>({ max: 100_000 });
   /** When each tag was last invalidated here (ms), for fills under memory leases. */
@@ -111,41 +121,77 @@ export class LeaseManager {
 
   /**
    * Handles a miss of `subject`: grant the lease, or wait until `waitUntil`
-   * (epoch ms) for somebody's fill, re-reading with `reread` whenever there
-   * may be news (the subject's events wake the wait).
+   * (epoch ms) for somebody's fill. The callers of this sidecar that wait
+   * for the same subject share one wait (one re-read and one lease attempt
+   * per wake-up or poll, whoever many they are), woken by the subject's
+   * events; when the lease comes free, the longest waiter gets it.
    */
   private async onMiss<T>(subject: Subject, request: LeaseRequest, reread: () => Promise<T | undefined>): Promise<MissOutcome<T>> {
-    const { ttlMs, waitUntil, callDeadline } = request;
-    const wakeKey = l1Key(subject.kind, subject.id);
-    let waited = false;
-    for (;;) {
-      const lease = await this.tryAcquire(subject, ttlMs);
-      if (lease !== undefined) {
-        // A fill writes the value and frees the lease in one step, so a free lease
-        // may mean "just filled": look once more before sending this caller to the database.
-        const filled = await reread();
-        if (filled !== undefined) {
-          if (!waited) this.counters.waits++;
-          await this.release(subject, lease);
-          return { kind: 'filled', value: filled };
+    const lease = await this.tryAcquire(subject, request.ttlMs);
+    if (lease !== undefined) return this.claim(subject, lease, request, reread, false);
+    this.counters.waits++;
+    const name = l1Key(subject.kind, subject.id);
+    let wait = this.waits.get(name);
+    if (wait === undefined) this.waits.set(name, (wait = { subject, reread, waiters: [] }));
+    if (wait.waiters.length >= MAX_WAITERS_PER_SUBJECT) return { kind: 'gave-up' };
+    const outcome = new Promise<MissOutcome<unknown>>((resolve) => wait.waiters.push({ request, resolve }));
+    if (wait.waiters.length === 1) void this.runWait(name, wait);
+    return outcome as Promise<MissOutcome<T>>;
+  }
+
+  /**
+   * A lease was granted to this caller. A fill writes the value and frees
+   * the lease in one step, so a free lease may mean "just filled": look once
+   * more before sending the caller to the database.
+   */
+  private async claim<T>(subject: Subject, lease: LeaseGrant, request: LeaseRequest, reread: () => Promise<T | undefined>, waited: boolean): Promise<MissOutcome<T>> {
+    const filled = await reread();
+    if (filled !== undefined) {
+      if (!waited) this.counters.waits++;
+      await this.release(subject, lease);
+      return { kind: 'filled', value: filled };
+    }
+    if (Date.now() >= request.callDeadline) {
+      // Nobody would fill it: free it for the next caller instead of making everyone wait out its TTL.
+      await this.release(subject, lease);
+      return { kind: 'gave-up' };
+    }
+    this.counters.granted++;
+    return { kind: 'lease', lease };
+  }
+
+  /** The shared wait of one subject: runs while anyone waits. */
+  private async runWait(name: string, wait: SharedWait): Promise<void> {
+    const { waiters } = wait;
+    try {
+      while (waiters.length > 0) {
+        const now = Date.now();
+        for (let i = waiters.length - 1; i >= 0; i--) {
+          if (waiters[i]!.request.waitUntil <= now) waiters.splice(i, 1)[0]!.resolve({ kind: 'gave-up' });
         }
-        if (Date.now() >= callDeadline) {
-          // Nobody would fill it: free it for the next caller instead of making everyone wait out its TTL.
-          await this.release(subject, lease);
-          return { kind: 'gave-up' };
+        if (waiters.length === 0) break;
+        const soonest = Math.min(...waiters.map((waiter) => waiter.request.waitUntil));
+        await this.sleep(name, Math.min(soonest - now, POLL_INTERVAL_MS));
+        const value = await wait.reread();
+        if (value !== undefined) {
+          for (const waiter of waiters.splice(0)) waiter.resolve({ kind: 'filled', value });
+          break;
         }
-        this.counters.granted++;
-        return { kind: 'lease', lease };
+        const head = waiters[0];
+        if (head === undefined || head.request.waitUntil <= Date.now()) continue;
+        const lease = await this.tryAcquire(wait.subject, head.request.ttlMs);
+        if (lease === undefined) continue;
+        waiters.splice(waiters.indexOf(head), 1);
+        const outcome = await this.claim(wait.subject, lease, head.request, wait.reread, true);
+        head.resolve(outcome);
+        if (outcome.kind === 'filled') for (const waiter of waiters.splice(0)) waiter.resolve(outcome);
       }
-      if (!waited) {
-        waited = true;
-        this.counters.waits++;
-      }
-      const remaining = waitUntil - Date.now();
-      if (remaining <= 0) return { kind: 'gave-up' };
-      await this.sleep(wakeKey, Math.min(remaining, POLL_INTERVAL_MS));
-      const value = await reread();
-      if (value !== undefined) return { kind: 'filled', value };
+    } catch (error) {
+      // A failed re-read or lease attempt ends the wait for everyone: a plain miss, as when the wait runs out.
+      for (const waiter of waiters.splice(0)) waiter.resolve({ kind: 'gave-up' });
+      void error;
+    } finally {
+      if (this.waits.get(name) === wait) this.waits.delete(name);
     }
   }
 

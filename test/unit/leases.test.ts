@@ -259,3 +259,34 @@ describe('leases from the shared tier', () => {
     expect(core.shared.redis.session('s')).toBeUndefined();
   });
 });
+
+describe('waiters on one subject', () => {
+  it('share one wait per sidecar: 500 waiters cost the shared tier what a few do, and all get the fill', async () => {
+    const core = coreOnFakes({ redis: true });
+    const holder = await core.entries.getOrLease('hot', leaseRequest());
+    expect(holder.lease).toBeDefined();
+    const before = core.shared.leases.callCount('tryAcquire');
+    const waiting = Array.from({ length: 500 }, () => core.entries.getOrLease('hot', leaseRequest(5_000)));
+    await waitFor(() => core.shared.leases.callCount('tryAcquire') - before >= 510, 'every waiter to try once');
+    const tried = core.shared.leases.callCount('tryAcquire');
+    // Three poll intervals later, the shared wait has tried a handful of times, not 500 per poll.
+    const until = Date.now() + 160;
+    await waitFor(() => Date.now() >= until, 'three poll intervals');
+    expect(core.shared.leases.callCount('tryAcquire') - tried).toBeLessThan(10);
+    await core.entries.set('hot', Buffer.from('filled'), plainWrite({ leaseToken: holder.lease!.token }));
+    const reads = await Promise.all(waiting);
+    expect(reads.every((read) => read.read?.entry.value.toString() === 'filled' && read.waited)).toBe(true);
+  });
+
+  it('hands a lapsed lease to the longest waiter only; the others keep waiting for its fill', async () => {
+    const core = coreOnFakes({ redis: false });
+    await core.entries.getOrLease('k', leaseRequest(5_000, 100));
+    const first = core.entries.getOrLease('k', leaseRequest(5_000));
+    const second = core.entries.getOrLease('k', leaseRequest(5_000));
+    const granted = await first;
+    expect(granted.lease?.token).toMatch(/^local\./);
+    await core.entries.set('k', Buffer.from('v'), plainWrite({ leaseToken: granted.lease!.token }));
+    expect((await second).read?.entry.value.toString()).toBe('v');
+  });
+});
+
