@@ -49,7 +49,11 @@ export interface Config {
    */
   degradedMaxAgeMs: number;
   pubsubHeartbeatMs: number;
-  watchBuffer: number;
+  /** Bytes buffered per Watch stream for a reader that falls behind. */
+  watchBufferBytes: number;
+  /** Bytes buffered across all Watch streams of the sidecar. */
+  watchTotalBufferBytes: number;
+  watchMaxStreams: number;
   leaseTtlMs: number;
   logLevel: LogLevel;
   /** `undefined`: L1-only by configuration. */
@@ -101,7 +105,9 @@ export const CONFIG_VARIABLES = {
   CONTEXT_CACHE_REDIS_RECONNECT_MAX: { default: '500ms', help: 'Cap of the exponential reconnect backoff (full jitter, from 100 ms). Low, so a sidecar is coherent again well within a second of Redis returning; a refused connect to a dead Redis costs next to nothing, and the jitter keeps the fleet from reconnecting in lockstep.' },
   CONTEXT_CACHE_DEGRADED_MAX_AGE: { default: '30s', help: 'While Redis is unreachable, L1 keeps answering reads (EntryInfo.degraded) for at most this long after the outage began; then reads are misses, so the app goes to its source of truth. 30 s rides out a failover or a restart; 0 refuses degraded reads; off never stops serving them.' },
   CONTEXT_CACHE_PUBSUB_HEARTBEAT: { default: '5s', help: 'How often the Pub/Sub subscription PINGs on its own connection (no answer within the command timeout: re-subscribe and resync), and Redis is checked for lost data (FLUSHALL, restart).' },
-  CONTEXT_CACHE_WATCH_BUFFER: { default: '1000', help: 'Events buffered per Watch stream; a stream that falls further behind gets a Resync (STREAM_OVERFLOW) instead.' },
+  CONTEXT_CACHE_WATCH_BUFFER: { default: '256KiB', help: 'Bytes buffered per Watch stream for a reader that falls behind; past it the stream drops events and gets a Resync (STREAM_OVERFLOW) once it has caught up.' },
+  CONTEXT_CACHE_WATCH_TOTAL_BUFFER: { default: '64MiB', help: 'Bytes buffered across all Watch streams; a stream whose event would exceed it is treated as past its own buffer. 1,000 streams that never read cost at most this.' },
+  CONTEXT_CACHE_WATCH_MAX_STREAMS: { default: '5000', help: 'Open Watch streams at most; more are refused with RESOURCE_EXHAUSTED.' },
   CONTEXT_CACHE_LEASE_TTL: { default: '10s', help: 'Default lifetime of a fill lease granted on a miss (lease_ttl overrides it per call).' },
   CONTEXT_CACHE_LOG_LEVEL: { default: 'info', help: 'fatal, error, warn, info, debug, trace or silent.' },
   REDIS_URL: { default: '(unset)', help: 'redis://[user:password@]host:port[/db], or rediss:// for TLS. Unset together with REDIS_HOST: L1-only.' },
@@ -341,7 +347,9 @@ export function loadConfig(env: Env = process.env): Config {
     redisReconnectMaxMs: parseDuration(env, 'CONTEXT_CACHE_REDIS_RECONNECT_MAX', 500, 100, 300_000),
     degradedMaxAgeMs: read(env, 'CONTEXT_CACHE_DEGRADED_MAX_AGE') === 'off' ? Number.POSITIVE_INFINITY : parseDuration(env, 'CONTEXT_CACHE_DEGRADED_MAX_AGE', 30_000, 0, 24 * 3_600_000),
     pubsubHeartbeatMs: parseDuration(env, 'CONTEXT_CACHE_PUBSUB_HEARTBEAT', 5000, 100, 300_000),
-    watchBuffer: parseInteger(env, 'CONTEXT_CACHE_WATCH_BUFFER', 1000, 16, 1_000_000),
+    watchBufferBytes: parseSize(env, 'CONTEXT_CACHE_WATCH_BUFFER', 256 * 1024, 4 * 1024, 1024 * MiB),
+    watchTotalBufferBytes: parseSize(env, 'CONTEXT_CACHE_WATCH_TOTAL_BUFFER', 64 * MiB, 64 * 1024, 64 * 1024 * MiB),
+    watchMaxStreams: parseInteger(env, 'CONTEXT_CACHE_WATCH_MAX_STREAMS', 5000, 1, 1_000_000),
     leaseTtlMs: parseDuration(env, 'CONTEXT_CACHE_LEASE_TTL', 10_000, 100, 600_000),
     logLevel,
     redis: parseRedis(env),

@@ -47,6 +47,8 @@ export class Sidecar {
   /** Distributed locks: on CONTEXT_CACHE_LOCK_REDIS_URLS, else on the main Redis link, else refused (L1-only). */
   readonly locks: DistributedLocks;
   readonly watchCounters: WatchCounters = { open: 0, delivered: 0, dropped: 0 };
+  /** The Watch streams' fan-out (bounded in streams and bytes). */
+  readonly watch: WatchFanout;
   readonly metrics: Metrics;
   private readonly admin: AdminServer | undefined;
   private readonly calls: CallTracker;
@@ -89,14 +91,16 @@ export class Sidecar {
     this.admin = config.adminListen === undefined ? undefined : new AdminServer(config.adminListen, this.metrics, healthStatuses, log);
 
     const validate = new RequestValidator(config);
-    const watch = new WatchFanout(this.events, {
+    const watch = (this.watch = new WatchFanout(this.events, {
       validate,
       sidecarId: this.sidecarId,
       subscribed: () => this.tiers.mode === 'coherent',
-      bufferLimit: config.watchBuffer,
+      bufferBytes: config.watchBufferBytes,
+      totalBufferBytes: config.watchTotalBufferBytes,
+      maxStreams: config.watchMaxStreams,
       counters: this.watchCounters,
       onError: (error) => log.error({ err: error }, 'delivering a Watch event failed'),
-    });
+    }));
     this.sessions.nodeWanted = (sessionId) => watch.wantsSession(sessionId);
     const service = contextCacheService({
       calls: this.calls,

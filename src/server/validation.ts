@@ -31,6 +31,9 @@ export const LIMITS = {
   /** HoldLockRequest.ttl when unset. */
   holdDefaultTtlMs: 10_000,
   maxLockTokenBytes: 256,
+  /** Entries in each filter list of a Watch, and bytes of all of them together. */
+  maxWatchFilters: 1000,
+  maxWatchFilterBytes: 64 * 1024,
 } as const;
 
 // eslint-disable-next-line no-control-regex
@@ -213,6 +216,21 @@ export class RequestValidator {
     this.id(node.parentId, `${field}.parent_id`, true);
     this.shortIds(node.refs, `${field}.refs`, LIMITS.maxRefsPerNode);
     return nodeFromProto(node, session);
+  }
+
+  /** A Watch's filters: each a valid key, at most maxWatchFilters per list and maxWatchFilterBytes in all. */
+  watchFilters(keyPrefixes: readonly string[], tags: readonly string[], sessionIds: readonly string[]): [string[], string[], string[]] {
+    let bytes = 0;
+    const list = (values: readonly string[], field: string) => {
+      if (values.length > LIMITS.maxWatchFilters) throw invalidArgument(`${field} has ${values.length} entries; the limit is ${LIMITS.maxWatchFilters}`);
+      return values.map((value, i) => {
+        bytes += Buffer.byteLength(value);
+        return this.key(value, `${field}[${i}]`);
+      });
+    };
+    const filters: [string[], string[], string[]] = [list(keyPrefixes, 'key_prefixes'), list(tags, 'tags'), list(sessionIds, 'session_ids')];
+    if (bytes > LIMITS.maxWatchFilterBytes) throw invalidArgument(`the filters hold ${bytes} bytes; the limit is ${LIMITS.maxWatchFilterBytes} in all`);
+    return filters;
   }
 
   /** PutSessionNodes' nodes. */

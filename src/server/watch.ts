@@ -2,21 +2,49 @@ import { BinaryWriter } from '@bufbuild/protobuf/wire';
 import type { ServerWritableStream } from '@grpc/grpc-js';
 import type { EventHub } from '../cache/event-hub';
 import { WatchResponse, type WatchRequest } from '../gen/contextcache/v1/context_cache';
+import { tooLarge } from '../errors';
 import type { CacheEvent, EventEnvelope } from '../model/events';
 import { onCallEnd, type CallContext } from './calls';
 import { eventToProto } from './mapping';
 import type { RequestValidator } from './validation';
 
+/**
+ * Key prefixes, matched without scanning them all: grouped by length, a key
+ * is looked up once per distinct prefix length.
+ */
+class PrefixSet {
+  private readonly byLength = new Map<number, Set<string>>();
+
+  constructor(prefixes: readonly string[]) {
+    for (const prefix of prefixes) {
+      let set = this.byLength.get(prefix.length);
+      if (set === undefined) this.byLength.set(prefix.length, (set = new Set()));
+      set.add(prefix);
+    }
+  }
+
+  get size(): number {
+    return this.byLength.size;
+  }
+
+  matches(key: string): boolean {
+    for (const [length, prefixes] of this.byLength) if (key.length >= length && prefixes.has(key.slice(0, length))) return true;
+    return false;
+  }
+}
+
 /** Which events a stream asked for; no filter at all means everything. */
 export class WatchFilter {
   private readonly everything: boolean;
+  private readonly prefixes: PrefixSet;
   private readonly tags: Set<string>;
   private readonly sessions: Set<string>;
 
-  constructor(private readonly keyPrefixes: readonly string[], tags: readonly string[], sessionIds: readonly string[]) {
+  constructor(keyPrefixes: readonly string[], tags: readonly string[], sessionIds: readonly string[]) {
+    this.prefixes = new PrefixSet(keyPrefixes);
     this.tags = new Set(tags);
     this.sessions = new Set(sessionIds);
-    this.everything = keyPrefixes.length === 0 && this.tags.size === 0 && this.sessions.size === 0;
+    this.everything = this.prefixes.size === 0 && this.tags.size === 0 && this.sessions.size === 0;
   }
 
   /** Whether nodes appended to the session would reach this stream. */
@@ -28,9 +56,9 @@ export class WatchFilter {
     if (this.everything || event.kind === 'resync') return true;
     switch (event.kind) {
       case 'key':
-        return this.keyPrefixes.some((prefix) => event.key.startsWith(prefix)) || event.tags.some((tag) => this.tags.has(tag));
+        return this.prefixes.matches(event.key) || event.tags.some((tag) => this.tags.has(tag));
       case 'tags':
-        return event.tags.some((tag) => this.tags.has(tag)) || event.keys.some((key) => this.keyPrefixes.some((prefix) => key.startsWith(prefix)));
+        return event.tags.some((tag) => this.tags.has(tag)) || event.keys.some((key) => this.prefixes.matches(key));
       case 'session':
         return this.sessions.has(event.sessionId);
       case 'node':
@@ -73,34 +101,54 @@ const DELIVERIES_PER_TURN = 128;
 /** Events waiting for fan-out beyond this are dropped for every stream (each then gets a Resync). */
 const MAX_PENDING_EVENTS = 10_000;
 
+/** The bytes buffered across every stream: one budget the streams draw from. */
+class BufferBudget {
+  used = 0;
+
+  constructor(readonly limit: number) {}
+}
+
+/** What a message written as an object (Started, Resync) is counted as. */
+const OBJECT_MESSAGE_BYTES = 128;
+
 /** One open Watch stream. */
 class WatchStream {
   private sequence = 0;
   private overflowed = false;
+  /** Bytes written and not yet taken by the transport. */
+  private queued = 0;
   ended = false;
 
   constructor(
     private readonly call: ServerWritableStream<WatchRequest, WatchResponse>,
     readonly filter: WatchFilter,
     private readonly sidecarId: string,
-    private readonly bufferLimit: number,
+    private readonly bufferBytes: number,
+    private readonly budget: BufferBudget,
     private readonly counters: WatchCounters,
   ) {}
 
   send(origin: string, time: number, event: WatchResponse['event']): void {
     if (this.ended) return;
-    this.call.write({ sequence: ++this.sequence, time: new Date(time), originSidecarId: origin, event });
+    this.charge(OBJECT_MESSAGE_BYTES);
+    this.call.write({ sequence: ++this.sequence, time: new Date(time), originSidecarId: origin, event }, () => this.release(OBJECT_MESSAGE_BYTES));
   }
 
   deliver(envelope: EventEnvelope): void {
     if (this.ended) return;
-    if (this.overflowed || this.call.writableLength >= this.bufferLimit) {
+    const body = encodedBody(envelope);
+    const bytes = body.length + 11;
+    // A stream (and the sidecar) always takes one message, however large (an 8 MiB node): the bound is
+    // the buffer or one message, whichever is larger, never "this event can never be delivered".
+    const over = (used: number, limit: number) => used > 0 && used + bytes > limit;
+    if (this.overflowed || over(this.queued, this.bufferBytes) || over(this.budget.used, this.budget.limit)) {
       this.overflow();
       return;
     }
     this.counters.delivered++;
+    this.charge(bytes);
     // Pre-encoded: the service definition passes Buffers through (encoding.ts).
-    (this.call as unknown as ServerWritableStream<WatchRequest, Buffer>).write(frame(++this.sequence, encodedBody(envelope)));
+    (this.call as unknown as ServerWritableStream<WatchRequest, Buffer>).write(frame(++this.sequence, body), () => this.release(bytes));
   }
 
   /**
@@ -118,6 +166,24 @@ class WatchStream {
     if (this.call.writableNeedDrain) this.call.once('drain', resume);
     else setImmediate(resume);
   }
+
+  /** The stream ended: what it still held is given back to the budget (late write callbacks are ignored). */
+  close(): void {
+    this.ended = true;
+    this.budget.used -= this.queued;
+    this.queued = 0;
+  }
+
+  private charge(bytes: number): void {
+    this.queued += bytes;
+    this.budget.used += bytes;
+  }
+
+  private release(bytes: number): void {
+    if (this.ended) return;
+    this.queued -= bytes;
+    this.budget.used -= bytes;
+  }
 }
 
 /**
@@ -128,6 +194,7 @@ class WatchStream {
  */
 export class WatchFanout {
   private readonly streams = new Set<WatchStream>();
+  private readonly budget: BufferBudget;
   private readonly pending: { envelope: EventEnvelope; targets: WatchStream[]; next: number }[] = [];
   private scheduled = false;
 
@@ -137,12 +204,21 @@ export class WatchFanout {
       validate: RequestValidator;
       sidecarId: string;
       subscribed: () => boolean;
-      bufferLimit: number;
+      /** Bytes buffered per stream, across all streams, and how many streams may be open. */
+      bufferBytes: number;
+      totalBufferBytes: number;
+      maxStreams: number;
       counters: WatchCounters;
       onError: (error: unknown) => void;
     },
   ) {
+    this.budget = new BufferBudget(deps.totalBufferBytes);
     hub.subscribe((envelope) => this.publish(envelope));
+  }
+
+  /** Bytes buffered across every stream right now. */
+  get bufferedBytes(): number {
+    return this.budget.used;
   }
 
   /** Whether some open stream wants the nodes appended to the session (another sidecar's appends are then fetched). */
@@ -155,17 +231,16 @@ export class WatchFanout {
   serve(call: ServerWritableStream<WatchRequest, WatchResponse>, context: CallContext): void {
     const { request } = call;
     const { validate, counters } = this.deps;
-    const filter = new WatchFilter(
-      request.keyPrefixes.map((prefix, i) => validate.key(prefix, `key_prefixes[${i}]`)),
-      request.tags.map((tag, i) => validate.key(tag, `tags[${i}]`)),
-      request.sessionIds.map((id, i) => validate.key(id, `session_ids[${i}]`)),
-    );
-    const stream = new WatchStream(call, filter, this.deps.sidecarId, this.deps.bufferLimit, counters);
+    const filter = new WatchFilter(...validate.watchFilters(request.keyPrefixes, request.tags, request.sessionIds));
+    if (this.streams.size >= this.deps.maxStreams) {
+      throw tooLarge(`this sidecar has ${this.streams.size} Watch streams open, its limit (CONTEXT_CACHE_WATCH_MAX_STREAMS); share a stream per process, or retry later`);
+    }
+    const stream = new WatchStream(call, filter, this.deps.sidecarId, this.deps.bufferBytes, this.budget, counters);
     this.streams.add(stream);
     counters.open++;
     const end = () => {
       if (stream.ended) return;
-      stream.ended = true;
+      stream.close();
       counters.open--;
       this.streams.delete(stream);
     };

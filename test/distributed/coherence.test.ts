@@ -136,7 +136,7 @@ describe('three sidecars, compression, corrupt values and many watchers', () => 
   });
 
   it('gives a slow watcher a STREAM_OVERFLOW resync instead of buffering without bound', async () => {
-    const slow = await startSidecar({ REDIS_URL: redis.url, CONTEXT_CACHE_NAMESPACE: 'three', CONTEXT_CACHE_WATCH_BUFFER: '16' });
+    const slow = await startSidecar({ REDIS_URL: redis.url, CONTEXT_CACHE_NAMESPACE: 'three', CONTEXT_CACHE_WATCH_BUFFER: '4KiB' });
     await waitFor(() => slow.sidecar.tiers.mode === 'coherent', 'slow sidecar subscribed');
     // A client with the smallest HTTP/2 window, so that a paused reader pushes back quickly.
     const reader = new ContextCacheClient(slow.address, { 'grpc-node.flow_control_window': 65_535 });
