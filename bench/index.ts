@@ -7,10 +7,11 @@ import { compression } from './compression';
 import { context } from './context';
 import { distributed } from './distributed';
 import { l1Get } from './l1-get';
+import { l1Memory } from './l1-memory';
 import { formatReport, type Bench } from './lib';
 import { locks } from './locks';
 
-const BENCHES: Bench[] = [l1Get, distributed, compression, context, locks];
+const BENCHES: Bench[] = [l1Get, distributed, compression, context, locks, l1Memory];
 
 async function main(): Promise<void> {
   const wanted = process.argv.slice(2);

@@ -16,14 +16,26 @@ export interface NodeRecord {
   refs: string[];
 }
 
+/** A character outside Latin-1: V8 then keeps the whole string at two bytes per UTF-16 unit. */
+// eslint-disable-next-line no-control-regex
+const TWO_BYTE = /[^\u0000-\u00ff]/;
+
 /**
- * Rough memory of a decoded node: strings are UTF-16 in V8, plus object and
- * map overhead, plus its protobuf encoding once it has been served (about
- * one byte per character again).
+ * What a string costs a node in L1, in real bytes: V8's copy (one byte per
+ * character for Latin-1 text, two per UTF-16 unit otherwise, plus its
+ * header) and its UTF-8 bytes in the node's protobuf encoding, kept once the
+ * node has been served. Emoji and CJK text cost what they cost, not what
+ * their `length` suggests.
  */
+export function stringBytes(value: string): number {
+  if (value.length === 0) return 0;
+  return 16 + (TWO_BYTE.test(value) ? 2 : 1) * value.length + Buffer.byteLength(value);
+}
+
+/** Memory of a decoded node in L1: its strings (see stringBytes), the object, its map and arrays. */
 export function nodeSize(node: NodeRecord): number {
-  let size = 300 + (node.id.length + node.shortId.length + node.sessionId.length + node.parentId.length) * 3 + node.content.length * 3;
-  for (const [key, value] of Object.entries(node.metadata)) size += 64 + (key.length + value.length) * 2;
-  for (const ref of node.refs) size += 32 + ref.length * 2;
+  let size = 240 + stringBytes(node.id) + stringBytes(node.shortId) + stringBytes(node.sessionId) + stringBytes(node.parentId) + stringBytes(node.content);
+  for (const [key, value] of Object.entries(node.metadata)) size += 64 + stringBytes(key) + stringBytes(value);
+  for (const ref of node.refs) size += 16 + stringBytes(ref);
   return size;
 }
