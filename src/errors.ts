@@ -101,5 +101,9 @@ export function lockBusy(resource: string, waitMs: number): CacheError {
 export const fenceRaced = (): CacheError =>
   new CacheError('E_LOCK_BUSY', 'another holder took a fencing token of this resource at the same time (its lock and this one overlapped); try again');
 
+/** A fencing counter in Redis that no token can exceed (beyond 2^53, or not a number): every grant would fail as a race, forever. */
+export const corruptFence = (key: string, value: string): CacheError =>
+  new CacheError('E_CORRUPT_VALUE', `the fencing counter ${key} in Redis holds "${value.slice(0, 40)}", not a number below 2^53: something else wrote it; delete the key to repair it`);
+
 export const noMajority = (cause?: unknown): CacheError =>
   unavailable('Redis is unavailable: mutual exclusion cannot be decided without a majority of Redis masters', cause);

@@ -1,5 +1,5 @@
 import type Redis from 'ioredis';
-import { fenceRaced, unavailable } from '../errors';
+import { corruptFence, fenceRaced, unavailable } from '../errors';
 import type { KeySpace } from './keys';
 import { fenceAdvance } from './scripts/fence-advance';
 import { ScriptRunner } from './scripts/script';
@@ -48,6 +48,7 @@ export class FencingCounter {
     const reads = await Promise.allSettled(this.clients.map((client) => client.get(key)));
     let answered = 0;
     let highest = 0;
+    let unusable: string | undefined;
     reads.forEach((read, index) => {
       if (read.status === 'rejected') {
         this.onError(index, asError(read.reason));
@@ -55,8 +56,11 @@ export class FencingCounter {
       }
       answered++;
       const value = read.value === null ? 0 : Number(read.value);
-      if (Number.isSafeInteger(value) && value > highest) highest = value;
+      if (!Number.isSafeInteger(value) || value < 0) unusable = read.value!;
+      else if (value > highest) highest = value;
     });
+    // A counter no token can exceed (beyond 2^53, or not a number) would refuse every grant as a race, forever.
+    if (unusable !== undefined) throw corruptFence(key, unusable);
     if (answered < this.quorum) {
       throw unavailable(`only ${answered} of ${this.clients.length} lock masters answered; a fencing token needs a majority (${this.quorum})`);
     }
