@@ -64,6 +64,21 @@ export interface Config {
    * are unavailable when that is unset too.
    */
   lockRedis: readonly RedisConfig[] | undefined;
+  /**
+   * Caller authentication (CONTEXT_CACHE_AUTH_TOKEN_FILE); `undefined`: off,
+   * every call is accepted.
+   */
+  auth: AuthConfig | undefined;
+}
+
+/**
+ * The bearer token callers must present. `token` is what the file held at
+ * start-up; it is not enumerable, so logging or serialising the
+ * configuration never shows it. `server/auth.ts` reloads it when the file changes.
+ */
+export interface AuthConfig {
+  tokenFile: string;
+  readonly token: string;
 }
 
 export class ConfigError extends Error {
@@ -118,6 +133,10 @@ export const CONFIG_VARIABLES = {
   REDIS_DB: { default: '0', help: 'Redis database number.' },
   REDIS_TLS: { default: 'false', help: 'true for TLS, with REDIS_HOST.' },
   REDIS_TLS_CA_FILE: { default: '(system CAs)', help: 'PEM file of CA certificates to trust for TLS to Redis (a private CA); the server name is always verified.' },
+  CONTEXT_CACHE_AUTH_TOKEN_FILE: {
+    default: '(off)',
+    help: 'File holding the bearer token (at least 16 visible ASCII characters; e.g. a mounted Secret) that every call of the cache API and of reflection must send as metadata "authorization: Bearer TOKEN"; grpc.health.v1 stays open. Reread when the file changes. Unset: no authentication.',
+  },
   CONTEXT_CACHE_LOCK_REDIS_URLS: {
     default: '(the main Redis)',
     help: 'Comma-separated redis:// or rediss:// URLs of independent Redis masters for distributed locks; a majority must agree (use 1, 3 or 5). User, password and database default to REDIS_USERNAME, REDIS_PASSWORD and REDIS_DB.',
@@ -273,6 +292,43 @@ function parseTlsCa(env: Env): Buffer | undefined {
   }
 }
 
+/** The shortest and longest bearer token accepted (bytes); longer would not fit comfortably in a header. */
+export const AUTH_TOKEN_MIN_BYTES = 16;
+export const AUTH_TOKEN_MAX_BYTES = 4096;
+
+/**
+ * Reads and checks a bearer token file: surrounding whitespace (the newline
+ * an editor or `echo` adds) is trimmed; the rest must be 16 to 4096 visible
+ * ASCII characters, which is what an HTTP/2 header value can carry as it is.
+ * Throws an Error whose message never contains the file's content.
+ */
+export function readAuthTokenFile(path: string): string {
+  const token = readFileSync(path, 'utf8').trim();
+  if (token === '') throw new Error('the file is empty');
+  const bytes = Buffer.byteLength(token);
+  if (bytes < AUTH_TOKEN_MIN_BYTES) throw new Error(`the token is ${bytes} bytes; use at least ${AUTH_TOKEN_MIN_BYTES} (e.g. openssl rand -base64 32)`);
+  if (bytes > AUTH_TOKEN_MAX_BYTES) throw new Error(`the token is ${bytes} bytes; use at most ${AUTH_TOKEN_MAX_BYTES}`);
+  if (!/^[\x21-\x7e]+$/.test(token)) throw new Error('the token holds spaces, control or non-ASCII characters; use visible ASCII only (e.g. openssl rand -base64 32)');
+  return token;
+}
+
+/** CONTEXT_CACHE_AUTH_TOKEN_FILE: read once here (a bad file stops start-up); reloads are server/auth.ts's. */
+function parseAuth(env: Env): AuthConfig | undefined {
+  const name = 'CONTEXT_CACHE_AUTH_TOKEN_FILE';
+  const tokenFile = read(env, name);
+  if (tokenFile === undefined) return undefined;
+  let token: string;
+  try {
+    token = readAuthTokenFile(tokenFile);
+  } catch (error) {
+    const reason = (error as NodeJS.ErrnoException).code !== undefined ? `cannot read it (${(error as NodeJS.ErrnoException).code})` : (error as Error).message;
+    throw new ConfigError(name, `cannot use "${tokenFile}": ${reason}; give the path of a file holding the bearer token`);
+  }
+  const auth = { tokenFile } as AuthConfig;
+  Object.defineProperty(auth, 'token', { value: token, enumerable: false });
+  return Object.freeze(auth);
+}
+
 function parseTcpListen(env: Env, name: ConfigVariable, fallback: string): string {
   const address = parseListen(env, name, fallback);
   if (address.startsWith('unix:')) throw new ConfigError(name, `"${address}" is not allowed here; use host:port or off`);
@@ -354,5 +410,6 @@ export function loadConfig(env: Env = process.env): Config {
     logLevel,
     redis: parseRedis(env),
     lockRedis: parseLockRedis(env),
+    auth: parseAuth(env),
   });
 }

@@ -15,6 +15,7 @@ import { ValueCodec } from './redis/codec';
 import { KeySpace } from './redis/keys';
 import { createLockMasters } from './redis/lock-masters';
 import { RedisTier } from './redis/shared';
+import { AuthToken, warnIfOpenToNetwork } from './server/auth';
 import { cacheHandlers } from './server/cache-handlers';
 import { CallTracker } from './server/calls';
 import { contextHandlers } from './server/context-handlers';
@@ -54,6 +55,8 @@ export class Sidecar {
   private readonly calls: CallTracker;
   private readonly grpc: GrpcServer;
   private readonly health: HealthReporter;
+  /** The bearer token callers must present (CONTEXT_CACHE_AUTH_TOKEN_FILE), reloaded on change; undefined: off. */
+  private readonly auth: AuthToken | undefined;
   private closing: Promise<void> | undefined;
   private address: string | undefined;
 
@@ -72,7 +75,8 @@ export class Sidecar {
     this.locks = new DistributedLocks(createLockMasters(config, this.redis?.link, keys, log), log);
 
     this.calls = new CallTracker(log);
-    this.grpc = new GrpcServer({ listen: config.listen, healthListen: config.healthListen, maxMessageBytes: config.maxMessageBytes });
+    this.auth = config.auth === undefined ? undefined : new AuthToken(config.auth, log);
+    this.grpc = new GrpcServer({ listen: config.listen, healthListen: config.healthListen, maxMessageBytes: config.maxMessageBytes, auth: this.auth });
     this.health = new HealthReporter((service, status) => this.grpc.setHealth(service, status));
     const stats = new SidecarStats({
       namespace: config.namespace,
@@ -140,9 +144,12 @@ export class Sidecar {
         sidecarId: sidecar.sidecarId,
         l1MaxBytes: config.l1MaxBytes,
         redis: config.redis?.describe ?? 'none',
+        auth: config.auth === undefined ? 'off' : 'bearer token',
       },
       'sidecar listening',
     );
+    warnIfOpenToNetwork(config, log);
+    sidecar.auth?.start();
     if (config.redis === undefined) {
       log.warn('running L1-only: REDIS_URL and REDIS_HOST are not set, so nothing is shared with other sidecars');
     }
@@ -189,6 +196,7 @@ export class Sidecar {
     // UNAVAILABLE already, so they get a moment to close on their own, then are cut.
     const remainingMs = Math.max(0, this.config.shutdownGraceMs - (Date.now() - started));
     await this.grpc.stop(Math.min(remainingMs, 500));
+    await this.auth?.close();
     await this.admin?.close();
     // Before the links close: releases the locks of HoldLock streams (ended above) and closes dedicated lock links.
     await this.locks.close();

@@ -2,6 +2,7 @@ import { Server, ServerCredentials, type ServerOptions } from '@grpc/grpc-js';
 import { HealthImplementation, type ServingStatus } from 'grpc-health-check';
 import { existsSync, lstatSync, unlinkSync } from 'node:fs';
 import { connect } from 'node:net';
+import { authInterceptor, type CallAuthenticator } from './auth';
 
 /** Health service names: "" is the whole server; components report under their own name. */
 export const HEALTH_SERVICE_OVERALL = '';
@@ -12,6 +13,11 @@ export interface GrpcServerOptions {
   /** A second address that serves only grpc.health.v1. */
   healthListen: string | undefined;
   maxMessageBytes: number;
+  /**
+   * When set, every call on the main address except grpc.health.v1 must
+   * authenticate (server/auth.ts); the health-only address stays open.
+   */
+  auth?: CallAuthenticator | undefined;
 }
 
 /**
@@ -70,7 +76,8 @@ export class GrpcServer {
   ]);
 
   constructor(private readonly options: GrpcServerOptions) {
-    this.server = new Server(serverOptions(options.maxMessageBytes));
+    const interceptors = options.auth === undefined ? [] : [authInterceptor(options.auth)];
+    this.server = new Server({ ...serverOptions(options.maxMessageBytes), interceptors });
     this.health.addToServer(this.server);
     if (options.healthListen !== undefined) {
       this.healthServer = new Server(serverOptions(64 * 1024));

@@ -16,7 +16,7 @@ import { Deployment } from 'kubernetes-models/apps/v1';
 import { ConfigMap, Secret, Service } from 'kubernetes-models/v1';
 import { parseAllDocuments } from 'yaml';
 import { afterAll, describe, expect, it } from 'vitest';
-import { CONFIG_VARIABLES, loadConfig, type Config } from '../../src/config';
+import { CONFIG_VARIABLES, ConfigError, loadConfig, type Config, type ConfigVariable } from '../../src/config';
 import { HEALTH_SERVICE_CACHE, HEALTH_SERVICE_OVERALL } from '../../src/server/grpc-server';
 
 const ROOT = resolve(__dirname, '..', '..');
@@ -189,6 +189,8 @@ interface Variant {
   /** The sidecar is expected as a native sidecar (initContainer) or as a regular container. */
   native: boolean;
   unixSocket: boolean;
+  /** Caller authentication (components/auth-token) is expected. */
+  auth: boolean;
 }
 
 const tempDirs: string[] = [];
@@ -207,22 +209,22 @@ function combinedOverlay(): string {
       'apiVersion: kustomize.config.k8s.io/v1beta1',
       'kind: Kustomization',
       `resources: [${to('base')}]`,
-      `components: [${to('components/unix-socket')}, ${to('components/legacy-sidecar')}]`,
+      `components: [${to('components/unix-socket')}, ${to('components/auth-token')}, ${to('components/legacy-sidecar')}]`,
       '',
     ].join('\n'),
   );
   return dir;
 }
 
-/** Every directory with a kustomization of kind Kustomization, plus the two components combined. */
+/** Every directory with a kustomization of kind Kustomization, plus the components combined. */
 const variants: Variant[] = [
   ...kustomizations
     .filter((k) => k.kind === 'Kustomization')
     .map((k) => {
       const name = rel(k.dir).replace(/^deploy\/kubernetes\//, '');
-      return { name, dir: k.dir, native: !name.includes('legacy'), unixSocket: name.includes('unix-socket') };
+      return { name, dir: k.dir, native: !name.includes('legacy'), unixSocket: name.includes('unix-socket'), auth: name.includes('auth-token') };
     }),
-  { name: 'unix-socket + legacy-sidecar (combined in an overlay)', dir: '', native: false, unixSocket: true },
+  { name: 'unix-socket + auth-token + legacy-sidecar (combined in an overlay)', dir: '', native: false, unixSocket: true, auth: true },
 ];
 
 const renderCache = new Map<Variant, Json[]>();
@@ -277,10 +279,61 @@ function findSidecarPod(docs: Json[]): SidecarPod {
 }
 
 interface ResolvedEnv {
-  /** What the process sees; Secret values are placeholders. */
+  /** What the process sees; Secret values are placeholders, and so are files from volumes (see MOUNTED_FILES). */
   env: Record<string, string>;
   problems: string[];
   secretRefs: Record<string, Obj>;
+  /** For each variable of MOUNTED_FILES that is set: where its file comes from in the pod. */
+  files: Partial<Record<ConfigVariable, MountedFile>>;
+}
+
+/**
+ * Variables naming a file that the sidecar reads at start-up, with what the
+ * test writes in its place (the pod's file does not exist here): loadConfig
+ * then gets the path of that stand-in.
+ */
+const MOUNTED_FILES: Partial<Record<ConfigVariable, string>> = {
+  CONTEXT_CACHE_AUTH_TOKEN_FILE: 'stand-in-token-of-the-deployment-tests\n',
+};
+
+interface MountedFile {
+  /** The path in the container. */
+  path: string;
+  mount: Obj;
+  volume: Obj;
+  /** The key of the Secret or ConfigMap the file holds. */
+  key: string;
+}
+
+/** Where a path in a container comes from: its volumeMount, the pod's volume, and the key (through `items`). */
+function mountedFile(container: Container, docs: Json[], path: string): MountedFile | undefined {
+  const dir = (mount: Obj) => String(mount.mountPath).replace(/\/$/, '');
+  const mount = ((container.volumeMounts ?? []) as Obj[]).find((m) => path.startsWith(`${dir(m)}/`));
+  if (mount === undefined) return undefined;
+  const volume = ((findSidecarPod(docs).pod.volumes ?? []) as Obj[]).find((v) => v.name === mount.name);
+  if (volume === undefined) return undefined;
+  const inVolume = path.slice(dir(mount).length + 1);
+  const source = (volume.secret ?? volume.configMap) as Obj | undefined;
+  const items = (source?.items ?? []) as Obj[];
+  const item = items.find((i) => i.path === inVolume);
+  return { path, mount, volume, key: item !== undefined ? String(item.key) : inVolume };
+}
+
+/** A key's value in a Secret among the manifests, or undefined when the Secret is not there (created outside them). */
+function secretValue(docs: Json[], name: string, key: string): string | undefined {
+  const secret = docs.find((d): d is Obj => isObj(d) && d.kind === 'Secret' && (d.metadata as Obj).name === name);
+  if (secret === undefined) return undefined;
+  const plain = (secret.stringData as Obj | undefined)?.[key];
+  if (plain !== undefined) return String(plain);
+  const encoded = (secret.data as Obj | undefined)?.[key];
+  return encoded === undefined ? undefined : Buffer.from(String(encoded), 'base64').toString('utf8');
+}
+
+function tempFile(content: string): string {
+  const dir = mkdtempSync(join(tmpdir(), 'context-cache-manifest-file-'));
+  tempDirs.push(dir);
+  writeFileSync(join(dir, 'file'), content);
+  return join(dir, 'file');
 }
 
 /** The sidecar's environment as the kubelet builds it: envFrom first, env entries override. */
@@ -322,7 +375,19 @@ function resolveEnv(container: Container, docs: Json[]): ResolvedEnv {
       problems.push(`${name}: unsupported value source ${JSON.stringify(entry.valueFrom)}`);
     }
   }
-  return { env, problems, secretRefs };
+  const files: ResolvedEnv['files'] = {};
+  for (const [name, standIn] of Object.entries(MOUNTED_FILES) as [ConfigVariable, string][]) {
+    const path = env[name];
+    if (path === undefined) continue;
+    const file = mountedFile(container, docs, path);
+    if (file === undefined) {
+      problems.push(`${name}=${path} is not in a volume mounted into the container`);
+      continue;
+    }
+    files[name] = file;
+    env[name] = tempFile(standIn);
+  }
+  return { env, problems, secretRefs, files };
 }
 
 interface Listen {
@@ -367,9 +432,11 @@ describe('deploy/kubernetes files', () => {
         'deploy/kubernetes/base',
         'deploy/kubernetes/overlays/unix-socket',
         'deploy/kubernetes/overlays/legacy-sidecar',
+        'deploy/kubernetes/overlays/auth-token',
         'deploy/kubernetes/examples/redis',
         'deploy/kubernetes/components/unix-socket',
         'deploy/kubernetes/components/legacy-sidecar',
+        'deploy/kubernetes/components/auth-token',
       ]),
     );
   });
@@ -569,6 +636,36 @@ describe.each(variants)('rendered: $name', (variant) => {
       for (const c of app) expect(mountOf(c)?.name, `${c.name} mounts the socket volume`).toBe(sidecarMount!.name);
     }
   });
+
+  it(
+    variant.auth
+      ? 'caller authentication: the token file is in a read-only Secret volume (no subPath, so rotations arrive), the app mounts it too, and a Secret among the manifests is a placeholder the sidecar refuses'
+      : 'no caller authentication configured (CONTEXT_CACHE_AUTH_TOKEN_FILE unset)',
+    (ctx) => {
+      const docs = renderedOrSkip(ctx);
+      const { sidecar, app } = findSidecarPod(docs);
+      const { files, problems } = resolveEnv(sidecar, docs);
+      expect(problems).toEqual([]);
+      const token = files.CONTEXT_CACHE_AUTH_TOKEN_FILE;
+      expect(token !== undefined, 'CONTEXT_CACHE_AUTH_TOKEN_FILE is set').toBe(variant.auth);
+      if (token === undefined) return;
+      const secret = token.volume.secret as Obj | undefined;
+      expect(secret, `volume ${String(token.volume.name)} is a Secret`).toBeDefined();
+      expect(secret!.optional ?? false, 'a missing Secret must keep the pod from starting, not start it open').toBe(false);
+      expect(token.mount.readOnly, 'mounted read-only').toBe(true);
+      expect(token.mount.subPath, 'a subPath mount never sees a rotated Secret').toBeUndefined();
+      // The app reads the same file for the token it sends, and sees a rotation when the sidecar does.
+      for (const container of app) expect(mountedFile(container, docs, token.path)?.volume.name, `${container.name} mounts the token`).toBe(token.volume.name);
+      const value = secretValue(docs, String(secret!.secretName), token.key);
+      if (variant.name === 'overlays/auth-token') expect(value, 'the overlay shows the Secret').toBeDefined();
+      if (value !== undefined) {
+        // A token in git is no secret: the manifests' value must be a placeholder that stops start-up.
+        const placeholder = tempFile(value);
+        expect(() => loadConfig({ CONTEXT_CACHE_AUTH_TOKEN_FILE: placeholder })).toThrow(ConfigError);
+        expect(() => loadConfig({ CONTEXT_CACHE_AUTH_TOKEN_FILE: placeholder })).toThrow(/^CONTEXT_CACHE_AUTH_TOKEN_FILE: /);
+      }
+    },
+  );
 
   it('terminationGracePeriodSeconds covers preStop plus CONTEXT_CACHE_SHUTDOWN_GRACE, with margin', (ctx) => {
     const docs = renderedOrSkip(ctx);
