@@ -1,4 +1,4 @@
-import { credentials, Metadata, status, type CallOptions, type ChannelOptions, type ClientReadableStream, type ServiceError } from '@grpc/grpc-js';
+import { credentials, InterceptingCall, Metadata, status, type CallOptions, type ChannelOptions, type ClientReadableStream, type Interceptor, type ServiceError } from '@grpc/grpc-js';
 import {
   ContextCacheClient as GeneratedClient,
   ContextCacheService,
@@ -111,6 +111,22 @@ type UnaryName = { [K in keyof Service]: Service[K]['responseStream'] extends fa
 type RequestOf<K extends keyof Service> = Parameters<Service[K]['requestSerialize']>[0];
 type ResponseOf<K extends keyof Service> = ReturnType<Service[K]['responseDeserialize']>;
 
+export interface ClientOptionsExtra {
+  authToken?: string | (() => string);
+  interceptors?: Interceptor[];
+}
+
+/** Adds the bearer token to every call's metadata. */
+function bearer(token: () => string): Interceptor {
+  return (options, nextCall) =>
+    new InterceptingCall(nextCall(options), {
+      start(metadata, listener, next) {
+        metadata.set('authorization', `Bearer ${token()}`);
+        next(metadata, listener);
+      },
+    });
+}
+
 export interface ClientCallOptions {
   /** Absolute deadline or milliseconds from now. */
   deadline?: Date | number;
@@ -132,15 +148,24 @@ export class ContextCacheClient {
   /** The underlying grpc-js client, for what this wrapper does not cover. */
   readonly raw: GeneratedClient;
 
-  constructor(address: string, options: Partial<ChannelOptions> = {}) {
+  /**
+   * `authToken`: the sidecar's bearer token (CONTEXT_CACHE_AUTH_TOKEN_FILE),
+   * or a function returning the current one (read a rotated Secret file in
+   * it); sent as `authorization: Bearer <token>` on every call. The other
+   * options are grpc-js channel and client options.
+   */
+  constructor(address: string, options: Partial<ChannelOptions> & ClientOptionsExtra = {}) {
+    const { authToken, interceptors = [], ...channel } = options;
+    const token = typeof authToken === 'string' ? () => authToken : authToken;
     this.raw = new GeneratedClient(address, credentials.createInsecure(), {
+      interceptors: token === undefined ? interceptors : [bearer(token), ...interceptors],
       'grpc.keepalive_time_ms': 30_000,
       'grpc.keepalive_timeout_ms': 10_000,
       // Contexts of hundreds of nodes are large responses: a 64 KiB HTTP/2 window would stall them.
       'grpc-node.flow_control_window': 16 * 1024 * 1024,
       // What the sidecar may send by default (CONTEXT_CACHE_MAX_MESSAGE_BYTES), not grpc-js's 4 MiB.
       'grpc.max_receive_message_length': 16 * 1024 * 1024,
-      ...options,
+      ...channel,
     });
   }
 

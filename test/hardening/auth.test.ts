@@ -4,7 +4,7 @@
  * the token file is reloaded when it changes (in place or by a Kubernetes
  * symlink swap), and an API on the network without a token is warned about.
  */
-import { credentials, InterceptingCall, Metadata, status, type Interceptor, type ServiceError, type StatusObject } from '@grpc/grpc-js';
+import { credentials, Metadata, status, type ServiceError, type StatusObject } from '@grpc/grpc-js';
 import { mkdirSync, mkdtempSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -42,19 +42,9 @@ function tokenFile(token: string): string {
 }
 
 /** A grpc-js client interceptor that sends `authorization: Bearer <token()>` on every call. */
-function bearer(token: () => string): Interceptor {
-  return (options, nextCall) =>
-    new InterceptingCall(nextCall(options), {
-      start(metadata, listener, next) {
-        metadata.set('authorization', `Bearer ${token()}`);
-        next(metadata, listener);
-      },
-    });
-}
-
-/** A ContextCacheClient whose calls carry the token (ChannelOptions are passed through as client options). */
+/** A ContextCacheClient whose calls carry the token (the client's authToken option). */
 function clientWith(address: string, token: () => string): ContextCacheClient {
-  const client = new ContextCacheClient(address, { interceptors: [bearer(token)] });
+  const client = new ContextCacheClient(address, { authToken: token });
   clients.push(client);
   return client;
 }
