@@ -272,6 +272,13 @@ const snake = (name: string) => name.replace(/[A-Z]/g, (letter) => `_${letter.to
 type RequestDefinitions = Record<string, { requestDeserialize: (value: Buffer) => unknown }>;
 
 /**
+ * A map entry whose key is "__proto__" (field 1, 9 bytes): decoded into a
+ * plain object it would set the prototype and vanish, so a node's metadata
+ * would silently lose it. Such a request is refused instead.
+ */
+const PROTO_KEY = Buffer.from([0x0a, 0x09, ...Buffer.from('__proto__')]);
+
+/**
  * The service definition with every request decoded strictly: invalid UTF-8
  * in any string field, an int64 beyond what a JavaScript number holds, or
  * bytes that are not the message all become an UndecodableRequest (answered
@@ -286,6 +293,7 @@ export function decodeStrictly<S extends RequestDefinitions>(service: S): S {
     copy[method] = {
       ...definition,
       requestDeserialize: (bytes: Buffer): unknown => {
+        if (bytes.includes(PROTO_KEY)) return { [UNDECODABLE]: 'a metadata key is "__proto__", which cannot be kept; rename it' };
         try {
           return decode(new BinaryReader(bytes, strictDecodeUtf8));
         } catch (error) {

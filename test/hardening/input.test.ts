@@ -54,6 +54,17 @@ describe('strict input', () => {
     expect(garbage?.details).toMatch(/^the request does not decode as its message/);
   });
 
+  it('refuses a metadata key "__proto__" instead of dropping it silently, and keeps other odd keys exactly', async () => {
+    // Raw bytes: a JavaScript object cannot even hold the key (the client would drop it too).
+    const entry = new BinaryWriter().uint32(10).string('__proto__').uint32(18).string('x').finish();
+    const node = new BinaryWriter().uint32(10).string('n0').uint32(26).string('s').uint32(40).int32(1).uint32(66).bytes(entry).finish();
+    const error = await rawCall(sc, 'appendNode', new BinaryWriter().uint32(10).bytes(node).finish());
+    expect(error?.code).toBe(status.INVALID_ARGUMENT);
+    expect(error?.details).toBe('a metadata key is "__proto__", which cannot be kept; rename it');
+    await sc.client.putSessionNodes({ sessionId: 'odd', nodes: [{ id: 'n0', role: Role.ROLE_USER, metadata: { constructor: 'c', toString: 't' } }] });
+    expect((await sc.client.getSessionNodes({ sessionId: 'odd' })).nodes[0]?.metadata).toEqual({ constructor: 'c', toString: 't' });
+  });
+
   it('refuses duplicate node IDs in PutSessionNodes instead of dropping them silently', async () => {
     const nodes = [0, 1, 0].map((n) => ({ id: `n${n}`, role: Role.ROLE_USER, content: `m${n}` }));
     const error = await rejectionOf(sc.client.putSessionNodes({ sessionId: 's', nodes }));
