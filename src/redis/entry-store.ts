@@ -1,10 +1,12 @@
 import type { EntryStore, EntryWrite, EntryWriteOutcome } from '../cache/ports';
 import { CorruptValueError } from '../errors';
 import type { Entry } from '../model/entry';
+import type { RedisLink } from './connection';
 import { entryDelete } from './scripts/entry-delete';
+import { entryRead, type EntryReadReply } from './scripts/entry-read';
 import { entrySet } from './scripts/entry-set';
 import { tagsInvalidate } from './scripts/tags-invalidate';
-import { parseTagField } from './tags';
+import { parseTagField, TAG_SEPARATOR } from './tags';
 import type { StoreParts } from './store-parts';
 
 export interface ReadCounters {
@@ -14,9 +16,120 @@ export interface ReadCounters {
 }
 
 /**
+ * The read limit when none is given: CONTEXT_CACHE_MAX_MESSAGE_BYTES's
+ * default. A value larger than what a response may carry can never be
+ * served, so it is not fetched.
+ */
+
+/** The latest time a Date (and so an expiry or a Timestamp) can hold, in epoch ms. */
+export const MAX_TIME_MS = 8.64e15;
+
+/**
+ * How far ahead of Redis's clock (µs, read in the same script) a stored
+ * version may be: versions are Redis's clock bumped past the previous one,
+ * so beyond this margin (clock steps, a failover to a replica that runs
+ * behind) a version was not made by our scripts — and one near 2^53 would
+ * stop the key's versions from growing (cache/tiers.ts judges the bus's
+ * versions the same way).
+ */
+export const PLAUSIBLE_AHEAD_US = 10 * 60 * 1_000_000;
+
+/** Whether a command or script failed on a key holding the wrong kind of value. */
+export function isWrongType(error: unknown): boolean {
+  return /WRONGTYPE/.test((error as Error | undefined)?.message ?? '');
+}
+
+/** A field of decimal digits, as our scripts write them ('%.0f' or an integer), in [min, max]; anything else is corrupt. */
+export function decimalField(bytes: Buffer | null | undefined, what: string, min: number, max: number): number {
+  if (bytes === null || bytes === undefined) throw new CorruptValueError(`${what} is missing`);
+  const text = bytes.toString('latin1');
+  if (!/^(0|[1-9][0-9]{0,15})$/.test(text)) throw new CorruptValueError(`${what} ${JSON.stringify(text.slice(0, 40))} is not a decimal integer`);
+  const value = Number(text);
+  if (!Number.isSafeInteger(value) || value < min || value > max) throw new CorruptValueError(`${what} ${text} is out of range`);
+  return value;
+}
+
+/** A version read from Redis: a positive safe integer, not implausibly far ahead of Redis's clock (`nowUs`, read with it). */
+export function versionField(bytes: Buffer | null | undefined, what: string, nowUs: number): number {
+  const max = Number.isSafeInteger(nowUs) && nowUs > 0 ? Math.min(Number.MAX_SAFE_INTEGER, nowUs + PLAUSIBLE_AHEAD_US) : Number.MAX_SAFE_INTEGER;
+  return decimalField(bytes, what, 1, max);
+}
+
+/**
+ * The size a stored value (codec.ts's format) decodes to, read from its
+ * header without decoding it: the payload's length, or for a snappy payload
+ * the uncompressed length its preamble (a varint) announces — so that a
+ * small compressed value that would inflate past the limit is refused
+ * before anything is allocated. 0 when the header does not parse (decoding
+ * then reports what is wrong). Belongs in codec.ts, which owns the format.
+ */
+export function decodedLength(bytes: Buffer): number {
+  if (bytes.byteLength < 3) return 0;
+  if ((bytes[2]! & 0b1) === 0) return bytes.byteLength - 3;
+  let length = 0;
+  for (let i = 3, shift = 0; i < bytes.byteLength && shift <= 28; i++, shift += 7) {
+    const byte = bytes[i]!;
+    length += (byte & 0x7f) * 2 ** shift;
+    if ((byte & 0x80) === 0) return length;
+  }
+  return 0;
+}
+
+/** A key of ours and the Redis type it must have. */
+export type TypedKey = readonly [key: string, type: 'hash' | 'list' | 'string' | 'zset'];
+
+/**
+ * Runs a write script on `link`; when it fails with WRONGTYPE — a key it
+ * touches holds another kind of value, which none of our scripts writes —
+ * removes those of `expected` (all under the namespace: ours) whose type is
+ * wrong, reports them, and runs the write once more. The error stands when
+ * no key was of the wrong type, or when the second attempt fails too.
+ * `write` makes a new call each time.
+ */
+export async function writeRepairingTypes<T>(
+  link: RedisLink,
+  write: () => Promise<T>,
+  expected: () => readonly TypedKey[] | Promise<readonly TypedKey[]>,
+  onRemoved: (keys: string[]) => void,
+): Promise<T> {
+  try {
+    return await link.command(write());
+  } catch (error) {
+    if (!isWrongType(error)) throw error;
+    const removed = await removeWrongTypes(link, await expected());
+    if (removed.length === 0) throw error;
+    onRemoved(removed);
+    return link.command(write());
+  }
+}
+
+/** Removes the keys whose type is neither the expected one nor none (UNLINK: a large value is freed off Redis's main thread); returns them. */
+async function removeWrongTypes(link: RedisLink, expected: readonly TypedKey[]): Promise<string[]> {
+  if (expected.length === 0) return [];
+  const types = link.client.pipeline();
+  for (const [key] of expected) types.type(key);
+  const replies = (await link.command(types.exec())) ?? [];
+  const wrong = expected
+    .filter(([, type], index) => {
+      const [error, actual] = replies[index] ?? [new Error('no reply')];
+      return !error && actual !== 'none' && actual !== type;
+    })
+    .map(([key]) => key);
+  if (wrong.length === 0) return [];
+  // One UNLINK per key: the keys may live in different cluster slots.
+  const unlink = link.client.pipeline();
+  for (const key of wrong) unlink.unlink(key);
+  await link.command(unlink.exec());
+  return wrong;
+}
+
+/**
  * Generic entries in Redis: one hash per key (see keys.ts), written only by
- * the scripts. Values read back are untrusted: one that does not decode is
- * deleted and read as a miss (the next fill repairs it).
+ * the scripts. Values read back are untrusted: one that does not decode —
+ * any field missing or malformed, a key of another type — is deleted and
+ * read as a miss (the next fill repairs it); one over the read limit is a
+ * miss too, and is not fetched. Writes that meet a key of the wrong type
+ * remove it and try once more.
  */
 export class RedisEntryStore implements EntryStore {
   readonly counters: ReadCounters = { hits: 0, misses: 0, corrupt: 0 };
@@ -26,45 +139,95 @@ export class RedisEntryStore implements EntryStore {
     private readonly onCorrupt: (key: string, error: CorruptValueError) => void,
   ) {}
 
-  /** One round trip for all keys (a pipeline of HMGETs). */
+  /** One round trip for all keys (a pipeline of guarded reads, entry-read.ts). */
   async getMany(keys: readonly string[]): Promise<(Entry | undefined)[]> {
-    const pipeline = this.parts.link.client.pipeline();
-    for (const key of keys) pipeline.hmgetBuffer(this.parts.keys.entry(key), 'v', 'd', 'x', 't');
-    const replies = (await this.parts.link.command(pipeline.exec())) ?? [];
+    const { link, scripts, maxReadBytes } = this.parts;
+    const replies = await scripts.runEach(entryRead, keys.map((key) => [key, maxReadBytes] as [string, number]), (work) => link.command(work));
     return keys.map((key, index) => {
-      const [error, fields] = replies[index] ?? [new Error('no reply')];
-      if (error && /^WRONGTYPE/.test(error.message)) return this.discard(key, new CorruptValueError('not a context-cache entry (wrong Redis type)'));
-      if (error) throw error;
-      return this.parse(key, fields as (Buffer | null)[]);
+      const answer = replies[index]!;
+      if ('reply' in answer) return this.judge(key, answer.reply);
+      if (isWrongType(answer.error)) return this.discard(key, new CorruptValueError('not a context-cache entry (wrong Redis type)'));
+      throw answer.error;
     });
   }
 
   set(key: string, value: Buffer, write: EntryWrite): Promise<EntryWriteOutcome> {
-    return this.parts.link.command(this.parts.scripts.run(entrySet, key, this.parts.codec.encode(value).bytes, write));
+    const data = this.parts.codec.encode(value).bytes;
+    const { keys } = this.parts;
+    return writeRepairingTypes(
+      this.parts.link,
+      () => this.parts.scripts.run(entrySet, key, data, write),
+      () => [
+        [keys.entry(key), 'hash'],
+        [keys.lease({ kind: 'entry', id: key }), 'string'],
+        ...write.tags.map((tag): TypedKey => [keys.tag(tag), 'zset']),
+        ...write.tags.map((tag): TypedKey => [keys.tagStamp(tag), 'string']),
+      ],
+      (removed) => this.removed(key, removed),
+    );
   }
 
   delete(keys: readonly string[]): Promise<{ existed: number; versions: number[] }> {
-    return this.parts.link.command(this.parts.scripts.run(entryDelete, keys));
+    const space = this.parts.keys;
+    return writeRepairingTypes(
+      this.parts.link,
+      () => this.parts.scripts.run(entryDelete, keys),
+      () => keys.flatMap((key): TypedKey[] => [
+        [space.entry(key), 'hash'],
+        [space.lease({ kind: 'entry', id: key }), 'string'],
+      ]),
+      (removed) => this.removed(keys[0] ?? '', removed),
+    );
   }
 
   invalidateTags(tags: readonly string[]): Promise<string[]> {
-    return this.parts.link.command(this.parts.scripts.run(tagsInvalidate, tags));
+    const space = this.parts.keys;
+    return writeRepairingTypes(
+      this.parts.link,
+      () => this.parts.scripts.run(tagsInvalidate, tags),
+      async () => {
+        // The script also reads the entries its tag sets name: those must be hashes too.
+        const members = this.parts.link.client.pipeline();
+        for (const tag of tags) members.zrange(space.tag(tag), '0', '-1');
+        const replies = (await this.parts.link.command(members.exec())) ?? [];
+        const entryKeys = new Set(replies.flatMap(([error, found]) => (error ? [] : (found as string[]))));
+        return [
+          ...tags.map((tag): TypedKey => [space.tag(tag), 'zset']),
+          ...tags.map((tag): TypedKey => [space.tagStamp(tag), 'string']),
+          ...[...entryKeys].map((key): TypedKey => [space.entry(key), 'hash']),
+        ];
+      },
+      (removed) => this.removed(tags[0] ?? '', removed),
+    );
   }
 
-  private parse(key: string, fields: (Buffer | null)[]): Entry | undefined {
-    const [version, data, expiresAt, tagField] = fields;
-    if (version == null || data == null) {
-      this.counters.misses++;
-      return undefined;
+  private judge(key: string, reply: EntryReadReply): Entry | undefined {
+    switch (reply.kind) {
+      case 'absent':
+        this.counters.misses++;
+        return undefined;
+      case 'wrong-type':
+        return this.discard(key, new CorruptValueError(`not a context-cache entry (a Redis ${reply.type})`));
+      case 'oversized':
+        return this.oversized(key, `the entry takes ${reply.bytes} bytes in Redis`);
+      case 'found':
+        return this.parse(key, reply.fields, reply.nowUs);
     }
+  }
+
+  private parse(key: string, fields: (Buffer | null)[], nowUs: number): Entry | undefined {
+    const [version, data, expiresAt, tagField] = fields;
     try {
+      // The key exists (the script saw a hash), so each field our script writes must be there.
+      if (data == null) throw new CorruptValueError('the value field is missing');
+      const decoded = decodedLength(data);
+      if (decoded > this.parts.maxReadBytes) return this.oversized(key, `the value decodes to ${decoded} bytes`);
       const entry: Entry = {
+        version: versionField(version, 'version', nowUs),
+        expiresAt: decimalField(expiresAt, 'expiry', 0, MAX_TIME_MS),
+        tags: tagsOf(tagField),
         value: this.parts.codec.decode(data),
-        version: Number(version.toString()),
-        expiresAt: Number(expiresAt?.toString() ?? '0'),
-        tags: parseTagField(tagField?.toString() ?? ''),
       };
-      if (!Number.isSafeInteger(entry.version) || entry.version <= 0) throw new CorruptValueError(`version "${version.toString()}" is not a number`);
       this.counters.hits++;
       return entry;
     } catch (error) {
@@ -78,7 +241,36 @@ export class RedisEntryStore implements EntryStore {
     this.counters.corrupt++;
     this.counters.misses++;
     this.onCorrupt(key, error);
-    this.parts.link.client.del(this.parts.keys.entry(key)).catch(() => undefined);
+    this.parts.link.client.unlink(this.parts.keys.entry(key)).catch(() => undefined);
     return undefined;
   }
+
+  /**
+   * A value over the read limit is counted as corrupt and read as a miss,
+   * but left in place: it could be the legitimate value of a sidecar (another
+   * version, or another configuration) with a larger limit, which still
+   * reads it; the next write of the key replaces it anyway.
+   */
+  private oversized(key: string, what: string): undefined {
+    this.counters.corrupt++;
+    this.counters.misses++;
+    this.onCorrupt(key, new CorruptValueError(`${what}, over the read limit of ${this.parts.maxReadBytes} bytes; not fetched, left in place`));
+    return undefined;
+  }
+
+  private removed(name: string, keys: string[]): void {
+    this.counters.corrupt += keys.length;
+    this.onCorrupt(name, new CorruptValueError(`${keys.join(', ')} held the wrong Redis type; removed before the write was retried`));
+  }
+}
+
+/** The tag field as entry-set.ts writes it: '' or tags between separators, none empty. */
+function tagsOf(field: Buffer | null | undefined): string[] {
+  if (field === null || field === undefined) throw new CorruptValueError('the tag field is missing');
+  const text = field.toString('utf8');
+  if (text === '') return [];
+  if (text.length < 3 || !text.startsWith(TAG_SEPARATOR) || !text.endsWith(TAG_SEPARATOR)) throw new CorruptValueError('the tag field is not a list of tags between separators');
+  const tags = parseTagField(text);
+  if (tags.some((tag) => tag === '')) throw new CorruptValueError('the tag field holds an empty tag');
+  return tags;
 }

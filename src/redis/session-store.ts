@@ -3,6 +3,7 @@ import type { SessionL2, StoredAppend, StoredSession } from '../context/ports';
 import { CorruptValueError } from '../errors';
 import type { NodeRecord } from '../model/node';
 import { isNodeRecord } from '../model/node-shape';
+import { decimalField, decodedLength, isWrongType, MAX_TIME_MS, versionField, writeRepairingTypes, type TypedKey } from './entry-store';
 import { sessionAppend } from './scripts/session-append';
 import { sessionCompact } from './scripts/session-compact';
 import { sessionInvalidate } from './scripts/session-invalidate';
@@ -19,11 +20,35 @@ function text(bytes: Buffer): string {
 const COMPACT_AFTER_CHUNKS = 16;
 
 /**
+ * Bounds of a session read, in multiples of the read limit (the largest
+ * response). Chunks are JSON, which can legitimately be larger than the
+ * protobuf the write path bounds by that limit: field names in every node,
+ * and escapes — a control character is 6 bytes of JSON, so the decoded JSON
+ * gets 8 times the limit. Stored chunks are compressed (a fill, a
+ * compaction, any append over the compression threshold), so what Redis
+ * sends gets twice the limit. A session over either bound could never be
+ * served anyway.
+ */
+const STORED_BYTES_PER_LIMIT = 2;
+const DECODED_BYTES_PER_LIMIT = 8;
+/** Chunks one session may have (one per append between reads, which compact them): far beyond any real session. */
+const MAX_CHUNKS = 100_000;
+/** Session IDs are at most 256 bytes (validated at the edge): what the short-ID index may hold. */
+const MAX_SESSION_ID_BYTES = 256;
+
+/** A session over the read limits: a miss, counted, not deleted (see `oversized`). */
+class OversizedSession extends Error {}
+
+/**
  * Sessions and the short-ID index in Redis (layout in keys.ts). A session is
  * a metadata hash and a list of chunks — encoded JSON arrays of nodes: a
  * fill writes one (compressed) chunk, each append pushes one, and a read
  * that finds many compacts them. What comes back from Redis is untrusted: a
- * session that does not decode is deleted and read as a miss.
+ * session that does not decode — a chunk that is not a list of nodes of
+ * this session, metadata that is missing or malformed, a key of another
+ * Redis type — is deleted and read as a miss; one over the read limits is a
+ * miss too, and is not fetched. Writes that meet a key of the wrong type
+ * remove it and try once more.
  */
 export class RedisSessionStore implements SessionL2 {
   /** Sessions found unreadable (GetStats adds them to the entries' corrupt values). */
@@ -34,36 +59,49 @@ export class RedisSessionStore implements SessionL2 {
     private readonly onCorrupt: (sessionId: string, error: CorruptValueError) => void,
   ) {}
 
-  /** Reads several sessions in one round trip (a pipeline of atomic reads). */
+  /** Reads several sessions in one round trip (a pipeline of atomic, guarded reads). */
   async getMany(sessionIds: readonly string[]): Promise<(StoredSession | undefined)[]> {
-    const pipeline = this.parts.scripts.pipeline(sessionRead);
-    for (const id of sessionIds) this.parts.scripts.queue(pipeline, sessionRead, id);
-    const replies = (await this.parts.link.command(pipeline.exec())) ?? [];
+    const { link, scripts, maxReadBytes } = this.parts;
+    const calls = sessionIds.map((id) => [id, maxReadBytes * STORED_BYTES_PER_LIMIT, MAX_CHUNKS] as [string, number, number]);
+    const replies = await scripts.runEach(sessionRead, calls, (work) => link.command(work));
     return sessionIds.map((id, index) => {
-      const [error, reply] = replies[index] ?? [new Error('no reply')];
-      if (error) throw error;
-      return this.parse(id, sessionRead.parse(reply));
+      const answer = replies[index]!;
+      if ('reply' in answer) return this.judge(id, answer.reply);
+      // The script checks the keys' types; should a read still meet one of the wrong type, it is corruption too, not a failure of Redis.
+      if (isWrongType(answer.error)) return this.discard(id, new CorruptValueError('not a context-cache session (wrong Redis type)'));
+      throw answer.error;
     });
   }
 
   put(sessionId: string, nodes: readonly NodeRecord[], ttlMs: number, leaseToken: string): Promise<{ version: number; expiresAt: number } | 'stale'> {
-    return this.parts.link.command(this.parts.scripts.run(sessionPut, sessionId, this.chunk(nodes), nodes.length, ttlMs, leaseToken));
+    const chunk = this.chunk(nodes);
+    return this.write(sessionId, () => this.parts.scripts.run(sessionPut, sessionId, chunk, nodes.length, ttlMs, leaseToken));
   }
 
   append(node: NodeRecord): Promise<StoredAppend> {
     const json = JSON.stringify(node);
     const chunk = this.parts.codec.encode(Buffer.from(`[${json}]`)).bytes;
-    return this.parts.link.command(this.parts.scripts.run(sessionAppend, node.sessionId, chunk, json, node.id));
+    return this.write(node.sessionId, () => this.parts.scripts.run(sessionAppend, node.sessionId, chunk, json, node.id));
   }
 
   invalidate(sessionId: string): Promise<{ existed: boolean; version: number }> {
-    return this.parts.link.command(this.parts.scripts.run(sessionInvalidate, sessionId));
+    return this.write(sessionId, () => this.parts.scripts.run(sessionInvalidate, sessionId));
   }
 
   /** The node appended at `version`, if it is still the session's last append (and has the shape of a node). */
   async appendedNode(sessionId: string, version: number): Promise<NodeRecord | undefined> {
-    const raw = await this.parts.link.command(this.parts.link.client.get(this.parts.keys.sessionLastAppended(sessionId)));
-    if (raw === null) return undefined;
+    const key = this.parts.keys.sessionLastAppended(sessionId);
+    // GETRANGE bounds what is fetched (a node's JSON: within the decoded bound of a session).
+    const limit = this.parts.maxReadBytes * DECODED_BYTES_PER_LIMIT;
+    let raw: string;
+    try {
+      raw = await this.parts.link.command(this.parts.link.client.getrange(key, 0, limit));
+    } catch (error) {
+      if (!isWrongType(error)) throw error;
+      this.removedIndexKey(sessionId, key);
+      return undefined;
+    }
+    if (raw === '' || raw.length > limit) return undefined;
     const newline = raw.indexOf('\n');
     if (newline < 0 || raw.slice(0, newline) !== String(version)) return undefined;
     let node: unknown;
@@ -86,14 +124,39 @@ export class RedisSessionStore implements SessionL2 {
     if (count > 0) await this.parts.link.command(pipeline.exec());
   }
 
+  /** What the index says; an entry that cannot be a session ID (too long, of the wrong Redis type) is unknown, and the latter removed. */
   async lookupShortIds(shortIds: readonly string[]): Promise<(string | undefined)[]> {
     if (shortIds.length === 0) return [];
     const pipeline = this.parts.link.client.pipeline();
-    for (const id of shortIds) pipeline.get(this.parts.keys.shortId(id));
+    // GETRANGE, not GET: a session ID is short, so nothing longer is fetched.
+    for (const id of shortIds) pipeline.getrange(this.parts.keys.shortId(id), 0, MAX_SESSION_ID_BYTES);
     const replies = (await this.parts.link.command(pipeline.exec())) ?? [];
-    return replies.map(([error, value]) => {
+    return replies.map(([error, value], index) => {
+      if (error && isWrongType(error)) {
+        this.removedIndexKey(shortIds[index]!, this.parts.keys.shortId(shortIds[index]!));
+        return undefined;
+      }
       if (error) throw error;
-      return (value as string | null) ?? undefined;
+      const sessionId = value as string;
+      return sessionId === '' || Buffer.byteLength(sessionId) > MAX_SESSION_ID_BYTES ? undefined : sessionId;
+    });
+  }
+
+  /**
+   * A session write script, repaired once if it meets one of the session's
+   * keys holding another Redis type (see writeRepairingTypes).
+   */
+  private write<T>(sessionId: string, run: () => Promise<T>): Promise<T> {
+    const { keys } = this.parts;
+    const expected: TypedKey[] = [
+      [keys.sessionMeta(sessionId), 'hash'],
+      [keys.sessionChunks(sessionId), 'list'],
+      [keys.lease({ kind: 'session', id: sessionId }), 'string'],
+      [keys.sessionLastAppended(sessionId), 'string'],
+    ];
+    return writeRepairingTypes(this.parts.link, run, () => expected, (removed) => {
+      this.counters.corrupt += removed.length;
+      this.onCorrupt(sessionId, new CorruptValueError(`${removed.join(', ')} held the wrong Redis type; removed before the write was retried`));
     });
   }
 
@@ -107,30 +170,83 @@ export class RedisSessionStore implements SessionL2 {
     this.parts.link.command(this.parts.scripts.run(sessionCompact, sessionId, stored.version, this.chunk(stored.nodes))).catch(() => undefined);
   }
 
-  private parse(sessionId: string, reply: SessionReadReply | undefined): StoredSession | undefined {
-    if (reply === undefined) return undefined;
+  private judge(sessionId: string, reply: SessionReadReply): StoredSession | undefined {
+    switch (reply.kind) {
+      case 'miss':
+        return undefined;
+      case 'corrupt':
+        return this.discard(sessionId, new CorruptValueError(reply.reason));
+      case 'oversized':
+        return this.oversized(sessionId, reply.reason);
+      case 'found':
+        break;
+    }
     let stored: StoredSession;
     try {
-      const version = Number(reply.version.toString());
-      if (!Number.isSafeInteger(version) || version <= 0) throw new CorruptValueError(`session version "${reply.version.toString()}" is not a number`);
-      const nodes: NodeRecord[] = [];
-      for (const chunk of reply.chunks) {
-        const parsed: unknown = JSON.parse(text(this.parts.codec.decode(chunk)));
-        if (!Array.isArray(parsed)) throw new CorruptValueError('a session chunk is not a list of nodes');
-        for (const node of parsed as NodeRecord[]) nodes.push(node);
-      }
-      const expected = Number(reply.nodeCount.toString());
-      // Metadata and chunks are two keys: an eviction can take one without the other.
-      if (nodes.length !== expected) throw new CorruptValueError(`session holds ${nodes.length} nodes, its metadata says ${expected}`);
-      stored = { nodes, version, expiresAt: Number(reply.expiresAt.toString()) };
+      stored = this.decode(sessionId, reply);
     } catch (error) {
-      const corrupt = error instanceof CorruptValueError ? error : new CorruptValueError(`session does not decode (${(error as Error).message})`);
-      this.counters.corrupt++;
-      this.onCorrupt(sessionId, corrupt);
-      this.parts.link.client.del(this.parts.keys.sessionMeta(sessionId), this.parts.keys.sessionChunks(sessionId)).catch(() => undefined);
-      return undefined;
+      if (error instanceof OversizedSession) return this.oversized(sessionId, error.message);
+      // Whatever else goes wrong decoding is corruption: JSON that does not parse, a chunk that is not a Buffer.
+      return this.discard(sessionId, error instanceof CorruptValueError ? error : new CorruptValueError(`session does not decode (${(error as Error).message})`));
     }
     if (reply.chunks.length > COMPACT_AFTER_CHUNKS) this.compact(sessionId, stored);
     return stored;
+  }
+
+  /** The session in a reply, every part of it checked; throws CorruptValueError (or OversizedSession) otherwise. */
+  private decode(sessionId: string, reply: Extract<SessionReadReply, { kind: 'found' }>): StoredSession {
+    const version = versionField(reply.version, 'session version', reply.nowUs);
+    const expiresAt = decimalField(reply.expiresAt, 'session expiry', 0, MAX_TIME_MS);
+    const expected = decimalField(reply.nodeCount, 'session node count', 0, Number.MAX_SAFE_INTEGER);
+    let decodedBytes = 0;
+    for (const chunk of reply.chunks) {
+      if (!Buffer.isBuffer(chunk)) throw new CorruptValueError('a session chunk is not a byte string');
+      decodedBytes += decodedLength(chunk);
+    }
+    const maxDecoded = this.parts.maxReadBytes * DECODED_BYTES_PER_LIMIT;
+    if (decodedBytes > maxDecoded) throw new OversizedSession(`the chunks decode to ${decodedBytes} bytes, over ${maxDecoded}`);
+    const nodes: NodeRecord[] = [];
+    reply.chunks.forEach((chunk, chunkIndex) => {
+      const parsed: unknown = JSON.parse(text(this.parts.codec.decode(chunk)));
+      if (!Array.isArray(parsed)) throw new CorruptValueError(`session chunk ${chunkIndex} is not a list of nodes`);
+      for (const node of parsed as unknown[]) {
+        if (!isNodeRecord(node)) throw new CorruptValueError(`session chunk ${chunkIndex} holds something that is not a node`);
+        if (node.sessionId !== sessionId) throw new CorruptValueError(`session chunk ${chunkIndex} holds a node of another session`);
+        nodes.push(node);
+      }
+    });
+    // Metadata and chunks are two keys: an eviction can take one without the other.
+    if (nodes.length !== expected) throw new CorruptValueError(`session holds ${nodes.length} nodes, its metadata says ${expected}`);
+    return { nodes, version, expiresAt };
+  }
+
+  /** An unreadable session is a miss; removing it lets the next fill repair it. */
+  private discard(sessionId: string, error: CorruptValueError): undefined {
+    this.counters.corrupt++;
+    this.onCorrupt(sessionId, error);
+    const unlink = this.parts.link.client.pipeline();
+    unlink.unlink(this.parts.keys.sessionMeta(sessionId));
+    unlink.unlink(this.parts.keys.sessionChunks(sessionId));
+    unlink.exec().catch(() => undefined);
+    return undefined;
+  }
+
+  /**
+   * A session over the read limits is counted as corrupt and read as a
+   * miss, but left in place: it could be the legitimate session of a sidecar
+   * (another version, or another configuration) with larger limits, which
+   * still reads it; the next fill of the session replaces it anyway.
+   */
+  private oversized(sessionId: string, reason: string): undefined {
+    this.counters.corrupt++;
+    this.onCorrupt(sessionId, new CorruptValueError(`${reason}: over the read limits; not fetched, left in place`));
+    return undefined;
+  }
+
+  /** A key of the short-ID index or a last-appended key that held the wrong Redis type: removed, counted. */
+  private removedIndexKey(name: string, key: string): void {
+    this.counters.corrupt++;
+    this.onCorrupt(name, new CorruptValueError(`${key} held the wrong Redis type; removed`));
+    this.parts.link.client.unlink(key).catch(() => undefined);
   }
 }

@@ -41,13 +41,9 @@ export class RedisTier implements SharedTier {
     this.link = new RedisLink('commands', config.redis!, options, log);
     this.subscriber = new RedisLink('subscriber', config.redis!, options, log);
     this.scripts = new ScriptRunner(this.link.client, { keys, origin: sidecarId });
-    const parts = { link: this.link, scripts: this.scripts, keys, codec };
-    this.entries = new RedisEntryStore(parts, (key, error) =>
-      log.warn({ key, err: error.message }, 'unreadable value in Redis; deleted and treated as a miss'),
-    );
-    this.sessions = new RedisSessionStore(parts, (sessionId, error) =>
-      log.warn({ sessionId, err: error.message }, 'unreadable session in Redis; deleted and treated as a miss'),
-    );
+    const parts = { link: this.link, scripts: this.scripts, keys, codec, maxReadBytes: config.maxMessageBytes };
+    this.entries = new RedisEntryStore(parts, (key, error) => log.warn({ key, err: error.message }, 'unusable value in Redis; treated as a miss'));
+    this.sessions = new RedisSessionStore(parts, (sessionId, error) => log.warn({ sessionId, err: error.message }, 'unusable session in Redis; treated as a miss'));
     this.leases = new RedisLeaseStore(new Mutex([this.link.client], config.redis!.db), keys);
     this.bus = new Bus(this.subscriber, keys.channel, sidecarId, log, config.pubsubHeartbeatMs);
     this.dataLoss = new DataLossDetector(this.link, keys.epoch, log, config.pubsubHeartbeatMs);

@@ -9,4 +9,6 @@ export interface StoreParts {
   scripts: ScriptRunner;
   keys: KeySpace;
   codec: ValueCodec;
+  /** The most bytes one value may take to be read at all (CONTEXT_CACHE_MAX_MESSAGE_BYTES): larger ones are counted and left, never fetched. */
+  maxReadBytes: number;
 }

@@ -56,6 +56,20 @@ export class ScriptRunner {
     return this.client.pipeline();
   }
 
+  /**
+   * Runs the script once per argument list in one pipeline (one round trip);
+   * resolves with each call's error or parsed reply, in order.
+   */
+  async runEach<A extends unknown[], R>(script: Script<A, R>, calls: readonly A[], send: <T>(work: Promise<T>) => Promise<T>): Promise<({ error: Error } | { reply: R })[]> {
+    const pipeline = this.pipeline(script as unknown as Script<never, unknown>);
+    for (const args of calls) this.queue(pipeline, script, ...args);
+    const replies = (await send(pipeline.exec())) ?? [];
+    return calls.map((_, index) => {
+      const [error, reply] = replies[index] ?? [new Error('no reply')];
+      return error ? { error } : { reply: script.parse(reply) };
+    });
+  }
+
   /** Queues a call in a pipeline from `pipeline()`; the pipeline's reply for it is read with `script.parse`. */
   queue<A extends unknown[], R>(pipeline: ChainableCommander, script: Script<A, R>, ...args: A): void {
     void this.invoker(pipeline, script, args);
