@@ -1,5 +1,6 @@
 import { status, type ServiceError } from '@grpc/grpc-js';
 import fc from 'fast-check';
+import Redis from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ContextCacheService } from '../../src/gen/contextcache/v1/context_cache';
 import * as messages from '../../src/gen/contextcache/v1/context_cache';
@@ -96,5 +97,37 @@ describe('fuzzing the sidecar (fast-check)', () => {
     await waitFor(() => sc.sidecar.tiers.mode === 'coherent', 'coherent after the flood', 10_000);
     await sc.client.set({ key: 'after', value: Buffer.from('ok') });
     expect(Buffer.from((await sc.client.get({ key: 'after' })).value).toString()).toBe('ok');
+  }, 60_000);
+
+  it('reads random values planted in Redis under entry and session keys as misses or values, never INTERNAL', async () => {
+    const direct = new Redis(redis.url);
+    try {
+      const header = Buffer.from([0xcc, 0x01, 0x00]);
+      const chunk = fc.oneof(
+        fc.uint8Array({ maxLength: 64 }).map((bytes) => Buffer.from(bytes)),
+        fc.anything({ maxDepth: 3 }).map((value) => Buffer.concat([header, Buffer.from(JSON.stringify([value]) ?? 'null')])),
+        fc.array(fc.record({ id: fc.string(), shortId: fc.string(), sessionId: fc.constant('fz'), parentId: fc.string(), role: fc.oneof(fc.integer(), fc.double()), content: fc.oneof(fc.string(), fc.integer()), createdAt: fc.oneof(fc.integer(), fc.double()), metadata: fc.anything({ maxDepth: 1 }), refs: fc.oneof(fc.array(fc.string()), fc.string()) }), { maxLength: 3 }).map((nodes) => Buffer.concat([header, Buffer.from(JSON.stringify(nodes))])),
+      );
+      const field = fc.oneof(fc.string({ maxLength: 24 }), fc.integer().map(String), fc.constantFrom('1e300', '-5', '9007199254740993', ''));
+      await fc.assert(
+        fc.asyncProperty(fc.record({ v: field, x: field, t: field, d: chunk }), fc.record({ v: field, x: field, n: field }), fc.array(chunk, { maxLength: 4 }), async (entry, meta, chunks) => {
+          await direct.del('cc:fuzz:e:fz', 'cc:fuzz:s:{fz}', 'cc:fuzz:s:{fz}:c');
+          await direct.hset('cc:fuzz:e:fz', entry);
+          await direct.hset('cc:fuzz:s:{fz}', meta);
+          if (chunks.length > 0) await direct.rpush('cc:fuzz:s:{fz}:c', ...chunks);
+          for (const call of [() => sc.client.get({ key: 'fz' }), () => sc.client.getSessionNodes({ sessionId: 'fz' }), () => sc.client.buildContext({ sessionId: 'fz', includeRefs: true })]) {
+            try {
+              await call();
+            } catch (error) {
+              if ([status.INTERNAL, status.UNKNOWN].includes((error as ServiceError).code)) return false;
+            }
+          }
+          return true;
+        }),
+        { numRuns: 150, seed: 3 },
+      );
+    } finally {
+      direct.disconnect();
+    }
   }, 60_000);
 });
