@@ -100,6 +100,12 @@ export interface WatchCounters {
 const DELIVERIES_PER_TURN = 128;
 /** Events waiting for fan-out beyond this are dropped for every stream (each then gets a Resync). */
 const MAX_PENDING_EVENTS = 10_000;
+/**
+ * Deliveries waiting for fan-out (an event times its matching streams):
+ * with 1,000 streams, 10,000 pending events would be ten million. Past this
+ * the streams of a new event get a Resync instead.
+ */
+const MAX_PENDING_DELIVERIES = 100_000;
 
 /** The bytes buffered across every stream: one budget the streams draw from. */
 class BufferBudget {
@@ -197,6 +203,7 @@ export class WatchFanout {
   private readonly budget: BufferBudget;
   private readonly pending: { envelope: EventEnvelope; targets: WatchStream[]; next: number }[] = [];
   private scheduled = false;
+  private pendingDeliveries = 0;
 
   constructor(
     hub: EventHub,
@@ -252,10 +259,11 @@ export class WatchFanout {
     const targets: WatchStream[] = [];
     for (const stream of this.streams) if (stream.filter.matches(envelope.event)) targets.push(stream);
     if (targets.length === 0) return;
-    if (this.pending.length >= MAX_PENDING_EVENTS) {
+    if (this.pending.length >= MAX_PENDING_EVENTS || this.pendingDeliveries + targets.length > MAX_PENDING_DELIVERIES) {
       for (const stream of targets) stream.overflow();
       return;
     }
+    this.pendingDeliveries += targets.length;
     this.pending.push({ envelope, targets, next: 0 });
     if (!this.scheduled) this.drain();
   }
@@ -275,6 +283,7 @@ export class WatchFanout {
           stream.overflow();
         }
         budget--;
+        this.pendingDeliveries--;
       }
       if (job.next === job.targets.length) this.pending.shift();
     }
