@@ -15,7 +15,7 @@ export function createLogger(level: LogLevel, destination?: pino.DestinationStre
       base: { service: 'context-cache' },
       timestamp: pino.stdTimeFunctions.isoTime,
       formatters: { level: (label) => ({ level: label }) },
-      redact: { paths: ['password', '*.password', 'redis.password', 'config.redis.password'], censor: '[redacted]' },
+      redact: { paths: ['password', '*.password', 'redis.password', 'config.redis.password', 'token', '*.token', 'auth.token', 'config.auth.token'], censor: '[redacted]' },
     },
     // Synchronous writes: the sidecar logs state changes, not requests, so they are rare; and an
     // asynchronous write still in flight at process.exit can land after (or without) later lines.

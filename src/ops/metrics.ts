@@ -86,6 +86,7 @@ export class Metrics {
     const redisErrors = new MirroredCounter(registry, 'redis_errors_total', 'Operations that failed because Redis was away (served from L1 instead).');
     const corrupt = new MirroredCounter(registry, 'corrupt_values_total', 'Unreadable values found in Redis (deleted, treated as misses).');
     const pubsub = new MirroredCounter(registry, 'pubsub_messages_total', 'Pub/Sub events received from other sidecars and published by this one.', ['direction']);
+    const malformed = new MirroredCounter(registry, 'pubsub_malformed_total', 'Pub/Sub messages refused: not of the format, or with a version implausibly far ahead of Redis\'s clock.');
     const resyncs = new MirroredCounter(registry, 'resyncs_total', 'L1 flushes with a Resync to every watcher (lost events or lost Redis data).');
     const watchEvents = new MirroredCounter(registry, 'watch_events_total', 'Watch events delivered to streams, and dropped for streams that fell behind.', ['result']);
     const leases = new MirroredCounter(registry, 'leases_total', 'Fill leases granted, reads that waited for a fill, stale fills refused.', ['outcome']);
@@ -120,6 +121,7 @@ export class Metrics {
       pubsub.set(s.pubsub!.messagesIn, { direction: 'in' });
       pubsub.set(s.pubsub!.messagesOut, { direction: 'out' });
       resyncs.set(s.pubsub!.resyncs);
+      malformed.set(s.pubsub!.malformedMessages);
       watchEvents.set(s.watch!.eventsDelivered, { result: 'delivered' });
       watchEvents.set(s.watch!.eventsDropped, { result: 'dropped' });
       leases.set(s.leases!.granted, { outcome: 'granted' });

@@ -66,6 +66,7 @@ export class SidecarStats {
         messagesIn: redis?.bus.counters.messagesIn ?? 0,
         messagesOut: tiers.counters.published,
         resyncs: tiers.counters.resyncs,
+        malformedMessages: (redis?.bus.counters.malformed ?? 0) + tiers.implausibleEvents,
       },
       watch: { openStreams: watch.open, eventsDelivered: watch.delivered, eventsDropped: watch.dropped },
       leases: { ...tiers.leases.counters },

@@ -17,6 +17,7 @@ describe('the Pub/Sub bus as an attacker with PUBLISH rights sees it', () => {
     expect(before.info?.source).toBe(Source.SOURCE_L1);
     await fixture.redis.command('PUBLISH', 'cc:bus:events', `{"o":"evil","e":"n","s":"victim","i":"forged","v":"9007199254740991","p":"${before.info!.version}"}`);
     await waitFor(() => a!.sidecar.tiers.implausibleEvents === 1, 'the forged event to be refused');
+    expect(Number((await a!.client.getStats()).pubsub?.malformedMessages)).toBeGreaterThanOrEqual(1);
     const after = await a!.client.getSessionNodes({ sessionId: 'victim' });
     expect(after.nodes.map((n) => n.id)).toEqual(['victim/n0', 'victim/n1']);
     expect(after.info?.source).toBe(Source.SOURCE_L2);

@@ -1130,6 +1130,11 @@ export interface PubSubStats {
   messagesOut: number;
   /** Times the L1 was flushed and watchers told to resync. */
   resyncs: number;
+  /**
+   * Messages on the channel this sidecar refused: not of the format, or an
+   * event with a version implausibly far ahead of Redis's clock (a forgery).
+   */
+  malformedMessages: number;
 }
 
 /** WatchStats describes the Watch streams. */
@@ -6650,7 +6655,7 @@ export const L2Stats: MessageFns<L2Stats> = {
 };
 
 function createBasePubSubStats(): PubSubStats {
-  return { state: 0, stateSince: undefined, messagesIn: 0, messagesOut: 0, resyncs: 0 };
+  return { state: 0, stateSince: undefined, messagesIn: 0, messagesOut: 0, resyncs: 0, malformedMessages: 0 };
 }
 
 export const PubSubStats: MessageFns<PubSubStats> = {
@@ -6669,6 +6674,9 @@ export const PubSubStats: MessageFns<PubSubStats> = {
     }
     if (message.resyncs !== 0) {
       writer.uint32(40).uint64(message.resyncs);
+    }
+    if (message.malformedMessages !== 0) {
+      writer.uint32(48).uint64(message.malformedMessages);
     }
     return writer;
   },
@@ -6726,6 +6734,14 @@ export const PubSubStats: MessageFns<PubSubStats> = {
             message.resyncs = longToNumber(reader.uint64());
             continue;
           }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.malformedMessages = longToNumber(reader.uint64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -6757,6 +6773,11 @@ export const PubSubStats: MessageFns<PubSubStats> = {
         ? globalThis.Number(object.messages_out)
         : 0,
       resyncs: isSet(object.resyncs) ? globalThis.Number(object.resyncs) : 0,
+      malformedMessages: isSet(object.malformedMessages)
+        ? globalThis.Number(object.malformedMessages)
+        : isSet(object.malformed_messages)
+        ? globalThis.Number(object.malformed_messages)
+        : 0,
     };
   },
 
@@ -6777,6 +6798,9 @@ export const PubSubStats: MessageFns<PubSubStats> = {
     if (message.resyncs !== 0) {
       obj.resyncs = Math.round(message.resyncs);
     }
+    if (message.malformedMessages !== 0) {
+      obj.malformedMessages = Math.round(message.malformedMessages);
+    }
     return obj;
   },
 
@@ -6790,6 +6814,7 @@ export const PubSubStats: MessageFns<PubSubStats> = {
     message.messagesIn = object.messagesIn ?? 0;
     message.messagesOut = object.messagesOut ?? 0;
     message.resyncs = object.resyncs ?? 0;
+    message.malformedMessages = object.malformedMessages ?? 0;
     return message;
   },
 };
