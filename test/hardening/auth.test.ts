@@ -8,7 +8,6 @@ import { credentials, Metadata, status, type ServiceError, type StatusObject } f
 import { mkdirSync, mkdtempSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Writable } from 'node:stream';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { ContextCacheClient, ContextCacheError } from '../../src/client';
 import { ConfigError, loadConfig } from '../../src/config';
@@ -21,6 +20,7 @@ import { Sidecar } from '../../src/sidecar';
 import { checkHealth, healthClient, ServingStatus } from '../helpers/health';
 import { ReflectionStream, type ReflectionVersion } from '../helpers/reflection';
 import { closeAllSidecars, startSidecar, type TestSidecar } from '../helpers/sidecar';
+import { captureLogs } from '../helpers/logs';
 import { rejectionOf, waitFor } from '../helpers/wait';
 
 const TOKEN = 'first-token-0123456789abcdef';
@@ -86,21 +86,10 @@ async function reflectionWithoutToken(address: string, version: ReflectionVersio
   return stream.ended;
 }
 
-/** Captures a sidecar's JSON log lines (as test/ops/logs.test.ts does). */
-function capture(): { lines: Record<string, unknown>[]; stream: Writable } {
-  const lines: Record<string, unknown>[] = [];
-  const stream = new Writable({
-    write(chunk: Buffer, _encoding, done) {
-      for (const line of chunk.toString().split('\n')) if (line.trim() !== '') lines.push(JSON.parse(line) as Record<string, unknown>);
-      done();
-    },
-  });
-  return { lines, stream };
-}
 
 const started: Sidecar[] = [];
 async function startLogged(env: Record<string, string>): Promise<{ sidecar: Sidecar; lines: Record<string, unknown>[] }> {
-  const { lines, stream } = capture();
+  const { lines, stream } = captureLogs();
   const config = loadConfig({ CONTEXT_CACHE_LISTEN: '127.0.0.1:0', CONTEXT_CACHE_ADMIN_LISTEN: 'off', CONTEXT_CACHE_SHUTDOWN_GRACE: '1s', ...env });
   const sidecar = await Sidecar.start(config, createLogger('info', stream));
   started.push(sidecar);

@@ -1,25 +1,14 @@
-import { Writable } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ContextCacheClient } from '../../src/client';
 import { loadConfig } from '../../src/config';
 import { createLogger } from '../../src/log';
 import { Sidecar } from '../../src/sidecar';
 import { startRedis, type TestRedis } from '../helpers/redis';
+import { captureLogs } from '../helpers/logs';
 import { waitFor } from '../helpers/wait';
 
 const PASSWORD = 'pa55-word-that-must-not-leak';
 
-/** Captures a sidecar's JSON log lines. */
-function capture(): { lines: Record<string, unknown>[]; stream: Writable } {
-  const lines: Record<string, unknown>[] = [];
-  const stream = new Writable({
-    write(chunk: Buffer, _encoding, done) {
-      for (const line of chunk.toString().split('\n')) if (line.trim() !== '') lines.push(JSON.parse(line) as Record<string, unknown>);
-      done();
-    },
-  });
-  return { lines, stream };
-}
 
 describe('structured logs', () => {
   let redis: TestRedis;
@@ -32,7 +21,7 @@ describe('structured logs', () => {
   });
 
   it('are JSON, one line per state change, never one per request at info, and never contain the Redis password', async () => {
-    const { lines, stream } = capture();
+    const { lines, stream } = captureLogs();
     const config = loadConfig({
       CONTEXT_CACHE_LISTEN: '127.0.0.1:0',
       CONTEXT_CACHE_ADMIN_LISTEN: 'off',
