@@ -2,6 +2,7 @@ import type { EntryStore, EntryWrite, EntryWriteOutcome } from '../cache/ports';
 import { CorruptValueError } from '../errors';
 import type { Entry } from '../model/entry';
 import type { RedisLink } from './connection';
+import { corruptDiscard, type SeenVersion } from './scripts/corrupt-discard';
 import { entryDelete } from './scripts/entry-delete';
 import { entryRead, type EntryReadReply } from './scripts/entry-read';
 import { entrySet } from './scripts/entry-set';
@@ -104,7 +105,7 @@ export async function writeRepairingTypes<T>(
 }
 
 /** Removes the keys whose type is neither the expected one nor none (UNLINK: a large value is freed off Redis's main thread); returns them. */
-async function removeWrongTypes(link: RedisLink, expected: readonly TypedKey[]): Promise<string[]> {
+export async function removeWrongTypes(link: RedisLink, expected: readonly TypedKey[]): Promise<string[]> {
   if (expected.length === 0) return [];
   const types = link.client.pipeline();
   for (const [key] of expected) types.type(key);
@@ -232,16 +233,20 @@ export class RedisEntryStore implements EntryStore {
       return entry;
     } catch (error) {
       if (!(error instanceof CorruptValueError)) throw error;
-      return this.discard(key, error);
+      return this.discard(key, error, version ?? undefined);
     }
   }
 
-  /** An unreadable value is a miss; removing it lets the next fill repair it. */
-  private discard(key: string, error: CorruptValueError): undefined {
+  /**
+   * An unreadable value is a miss; removing it lets the next fill repair it
+   * — unless a writer replaced it meanwhile (corrupt-discard.ts).
+   */
+  private discard(key: string, error: CorruptValueError, seen?: SeenVersion): undefined {
     this.counters.corrupt++;
     this.counters.misses++;
     this.onCorrupt(key, error);
-    this.parts.link.client.unlink(this.parts.keys.entry(key)).catch(() => undefined);
+    const { keys, scripts, link } = this.parts;
+    link.command(scripts.run(corruptDiscard, [keys.entry(key)], seen)).catch(() => undefined);
     return undefined;
   }
 

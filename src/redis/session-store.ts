@@ -4,6 +4,7 @@ import { CorruptValueError } from '../errors';
 import type { NodeRecord } from '../model/node';
 import { isNodeRecord } from '../model/node-shape';
 import { decimalField, decodedLength, isWrongType, MAX_TIME_MS, versionField, writeRepairingTypes, type TypedKey } from './entry-store';
+import { corruptDiscard, type SeenVersion } from './scripts/corrupt-discard';
 import { sessionAppend } from './scripts/session-append';
 import { sessionCompact } from './scripts/session-compact';
 import { sessionInvalidate } from './scripts/session-invalidate';
@@ -175,7 +176,7 @@ export class RedisSessionStore implements SessionL2 {
       case 'miss':
         return undefined;
       case 'corrupt':
-        return this.discard(sessionId, new CorruptValueError(reply.reason));
+        return this.discard(sessionId, new CorruptValueError(reply.reason), reply.seenVersion);
       case 'oversized':
         return this.oversized(sessionId, reply.reason);
       case 'found':
@@ -187,7 +188,7 @@ export class RedisSessionStore implements SessionL2 {
     } catch (error) {
       if (error instanceof OversizedSession) return this.oversized(sessionId, error.message);
       // Whatever else goes wrong decoding is corruption: JSON that does not parse, a chunk that is not a Buffer.
-      return this.discard(sessionId, error instanceof CorruptValueError ? error : new CorruptValueError(`session does not decode (${(error as Error).message})`));
+      return this.discard(sessionId, error instanceof CorruptValueError ? error : new CorruptValueError(`session does not decode (${(error as Error).message})`), reply.version ?? undefined);
     }
     if (reply.chunks.length > COMPACT_AFTER_CHUNKS) this.compact(sessionId, stored);
     return stored;
@@ -220,14 +221,15 @@ export class RedisSessionStore implements SessionL2 {
     return { nodes, version, expiresAt };
   }
 
-  /** An unreadable session is a miss; removing it lets the next fill repair it. */
-  private discard(sessionId: string, error: CorruptValueError): undefined {
+  /**
+   * An unreadable session is a miss; removing it lets the next fill repair
+   * it — unless a writer replaced it meanwhile (corrupt-discard.ts).
+   */
+  private discard(sessionId: string, error: CorruptValueError, seen?: SeenVersion): undefined {
     this.counters.corrupt++;
     this.onCorrupt(sessionId, error);
-    const unlink = this.parts.link.client.pipeline();
-    unlink.unlink(this.parts.keys.sessionMeta(sessionId));
-    unlink.unlink(this.parts.keys.sessionChunks(sessionId));
-    unlink.exec().catch(() => undefined);
+    const { keys, scripts, link } = this.parts;
+    link.command(scripts.run(corruptDiscard, [keys.sessionMeta(sessionId), keys.sessionChunks(sessionId)], seen)).catch(() => undefined);
     return undefined;
   }
 

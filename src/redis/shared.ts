@@ -44,7 +44,7 @@ export class RedisTier implements SharedTier {
     const parts = { link: this.link, scripts: this.scripts, keys, codec, maxReadBytes: config.maxMessageBytes };
     this.entries = new RedisEntryStore(parts, (key, error) => log.warn({ key, err: error.message }, 'unusable value in Redis; treated as a miss'));
     this.sessions = new RedisSessionStore(parts, (sessionId, error) => log.warn({ sessionId, err: error.message }, 'unusable session in Redis; treated as a miss'));
-    this.leases = new RedisLeaseStore(new Mutex([this.link.client], config.redis!.db), keys);
+    this.leases = new RedisLeaseStore(new Mutex([this.link.client], config.redis!.db), keys, this.link, (id, error) => log.warn({ subject: id, err: error.message }, 'unusable lease key in Redis; removed'));
     this.bus = new Bus(this.subscriber, keys.channel, sidecarId, log, config.pubsubHeartbeatMs);
     this.dataLoss = new DataLossDetector(this.link, keys.epoch, log, config.pubsubHeartbeatMs);
   }

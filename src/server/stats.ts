@@ -53,7 +53,7 @@ export class SidecarStats {
         stateSince: redis ? new Date(redis.link.stateSince) : disabledSince,
         latencyP50Us: redis?.link.latency.percentile(50) ?? 0,
         latencyP99Us: redis?.link.latency.percentile(99) ?? 0,
-        corruptValues: (redis?.entries.counters.corrupt ?? 0) + (redis?.sessions.counters.corrupt ?? 0),
+        corruptValues: (redis?.entries.counters.corrupt ?? 0) + (redis?.sessions.counters.corrupt ?? 0) + (redis?.leases.counters.corrupt ?? 0),
         errors: tiers.counters.l2Errors,
         compressionRatio: codec.ratio,
         pendingInvalidations: tiers.pending.size + (tiers.pending.overflowed ? 1 : 0),

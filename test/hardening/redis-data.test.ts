@@ -1,6 +1,9 @@
 import Redis from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { WriteScope } from '../../src/client';
+import { KeySpace } from '../../src/redis/keys';
+import { corruptDiscard } from '../../src/redis/scripts/corrupt-discard';
+import { ScriptRunner } from '../../src/redis/scripts/script';
 import { sidecarsOnRedis } from '../helpers/fixtures';
 import { session } from '../helpers/nodes';
 import type { TestSidecar } from '../helpers/sidecar';
@@ -373,6 +376,19 @@ describe('values read from Redis, as an attacker with write access to Redis plan
       expect(await raw.exists(`cc:${NS}:s:{${sid}}:l`)).toBe(0);
     });
 
+    it('a lease key of the wrong Redis type does not read "busy" forever: removed, counted, and the lease granted', async () => {
+      const sid = fresh('lease-planted');
+      await raw.hset(`cc:${NS}:s:{${sid}}:l`, 'x', '1');
+      const before = await corruptValues();
+      const read = await sc.client.getSessionNodes({ sessionId: sid, leaseOnMiss: true });
+      expect(read.found).toBe(false);
+      expect(read.lease?.token).toBeTruthy();
+      expect(await raw.type(`cc:${NS}:s:{${sid}}:l`)).toBe('string');
+      expect(await corruptValues()).toBe(before + 1);
+      const put = await sc.client.putSessionNodes({ sessionId: sid, nodes: session(sid, 1), leaseToken: read.lease!.token });
+      expect(put.scope).toBe(WriteScope.WRITE_SCOPE_SHARED);
+    });
+
     it('AppendNode over metadata of the wrong Redis type repairs it and answers SHARED', async () => {
       const sid = fresh('append-wrong');
       await raw.rpush(metaKey(sid), 'x');
@@ -398,6 +414,45 @@ describe('values read from Redis, as an attacker with write access to Redis plan
       expect(invalidated.scope).toBe(WriteScope.WRITE_SCOPE_SHARED);
       expect(await raw.exists(metaKey(sid))).toBe(0);
       expect(sc.sidecar.tiers.mode).toBe('coherent');
+    });
+  });
+
+  describe('a corrupt value is discarded only if nobody replaced it meanwhile', () => {
+    let scripts: ScriptRunner;
+    beforeAll(() => {
+      scripts = new ScriptRunner(raw, { keys: new KeySpace(NS), origin: 'test' });
+    });
+
+    it('removes the value when its version is still the one read', async () => {
+      const key = fresh('discard-same');
+      await plantEntry(key, { ...goodEntry(), v: '12345', x: 'garbage' });
+      expect(await scripts.run(corruptDiscard, [entryKey(key)], Buffer.from('12345'))).toBe(true);
+      expect(await raw.exists(entryKey(key))).toBe(0);
+    });
+
+    it('leaves a value that a writer replaced (a new version) between the read and the discard', async () => {
+      const key = fresh('discard-replaced');
+      await plantEntry(key, { ...goodEntry(), v: '99999' });
+      expect(await scripts.run(corruptDiscard, [entryKey(key)], Buffer.from('12345'))).toBe(false);
+      expect(await raw.hget(entryKey(key), 'v')).toBe('99999');
+    });
+
+    it('read without a version: removes it while it still has none or is not a hash, leaves it once written', async () => {
+      const sid = fresh('discard-session');
+      await raw.set(metaKey(sid), 'not a hash');
+      expect(await scripts.run(corruptDiscard, [metaKey(sid), chunksKey(sid)], undefined)).toBe(true);
+      expect(await raw.exists(metaKey(sid))).toBe(0);
+      await plantSession(sid, [encoded(JSON.stringify([storedNode(sid, 0)]))]);
+      expect(await scripts.run(corruptDiscard, [metaKey(sid), chunksKey(sid)], undefined)).toBe(false);
+      expect(await raw.exists(metaKey(sid), chunksKey(sid))).toBe(2);
+    });
+
+    it('a session whose chunks have the wrong type is discarded on read (the reply carries the version it saw)', async () => {
+      const sid = fresh('chunks-wrong');
+      await raw.del(metaKey(sid), chunksKey(sid));
+      await raw.hset(metaKey(sid), { v: nowUs(), x: later(), n: '1' });
+      await raw.set(chunksKey(sid), 'not a list');
+      await expectCorruptSession(sid);
     });
   });
 });

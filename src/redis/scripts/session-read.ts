@@ -12,7 +12,8 @@ import { defineScript } from './script';
  *
  * KEYS: meta, chunks
  * ARGV: max bytes (of the chunks together), max chunks
- * Reply (Buffers): {0} a miss; {-1, reason} not a session we wrote; {-2,
+ * Reply (Buffers): {0} a miss; {-1, reason, version or nil} not a session
+ * we wrote (the version, as found, lets a discard check nothing changed); {-2,
  * reason} over a limit; else {1, now, version, expires_at, node_count,
  * chunk...} (a missing metadata field is nil; now: Redis's clock in µs,
  * which versions are judged against).
@@ -22,9 +23,9 @@ local kind = redis.call('TYPE', KEYS[1])['ok']
 if kind == 'none' then return {0} end
 if kind ~= 'hash' then return {-1, 'the metadata is a ' .. kind} end
 local chunks_kind = redis.call('TYPE', KEYS[2])['ok']
-if chunks_kind ~= 'list' and chunks_kind ~= 'none' then return {-1, 'the chunks are a ' .. chunks_kind} end
+if chunks_kind ~= 'list' and chunks_kind ~= 'none' then return {-1, 'the chunks are a ' .. chunks_kind, redis.call('HGET', KEYS[1], 'v')} end
 for _, field in ipairs({'v', 'x', 'n'}) do
-  if redis.call('HSTRLEN', KEYS[1], field) > 20 then return {-1, 'metadata field ' .. field .. ' is too long'} end
+  if redis.call('HSTRLEN', KEYS[1], field) > 20 then return {-1, 'metadata field ' .. field .. ' is too long', redis.call('HGET', KEYS[1], 'v')} end
 end
 local max_bytes = tonumber(ARGV[1])
 local count = redis.call('LLEN', KEYS[2])
@@ -53,7 +54,7 @@ return result
 /** The raw reply; decoding the chunks (and judging them) is session-store.ts's. */
 export type SessionReadReply =
   | { kind: 'miss' }
-  | { kind: 'corrupt'; reason: string }
+  | { kind: 'corrupt'; reason: string; seenVersion: Buffer | undefined }
   | { kind: 'oversized'; reason: string }
   | { kind: 'found'; nowUs: number; version: Buffer | null; expiresAt: Buffer | null; nodeCount: Buffer | null; chunks: Buffer[] };
 
@@ -70,7 +71,8 @@ export const sessionRead = defineScript({
     const parts = reply as (Buffer | number | null)[];
     const status = Number(parts[0]);
     if (status === 0) return { kind: 'miss' };
-    if (status < 0) return { kind: status === -1 ? 'corrupt' : 'oversized', reason: String(parts[1]) };
+    if (status === -1) return { kind: 'corrupt', reason: String(parts[1]), seenVersion: Buffer.isBuffer(parts[2]) ? parts[2] : undefined };
+    if (status < 0) return { kind: 'oversized', reason: String(parts[1]) };
     const [, now, version, expiresAt, nodeCount, ...chunks] = parts as [unknown, Buffer, Buffer | null, Buffer | null, Buffer | null, ...Buffer[]];
     return { kind: 'found', nowUs: Number(String(now)), version, expiresAt, nodeCount, chunks };
   },
