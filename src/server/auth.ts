@@ -35,9 +35,10 @@ export function isOpenMethod(path: string): boolean {
 /**
  * A grpc-js server interceptor: a call whose metadata `auth` refuses ends with
  * UNAUTHENTICATED before its handler runs (its messages and half-close are
- * dropped); health calls pass untouched.
+ * dropped); health calls pass untouched. `onRefused` hears of each refusal
+ * (with the method's name), so refused calls show in the RPC metrics.
  */
-export function authInterceptor(auth: CallAuthenticator): ServerInterceptor {
+export function authInterceptor(auth: CallAuthenticator, onRefused: (method: string) => void = () => undefined): ServerInterceptor {
   return (method, call) => {
     if (isOpenMethod(method.path)) return new ServerInterceptingCall(call);
     let refused = false;
@@ -48,6 +49,7 @@ export function authInterceptor(auth: CallAuthenticator): ServerInterceptor {
             const failure = auth.check(metadata);
             if (failure === undefined) return nextMetadata(metadata);
             refused = true;
+            onRefused(method.path.slice(method.path.lastIndexOf('/') + 1));
             call.sendStatus({ code: status.UNAUTHENTICATED, details: failure, metadata: new Metadata() });
           },
           onReceiveMessage: (message, nextMessage) => {

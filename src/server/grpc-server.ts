@@ -18,6 +18,8 @@ export interface GrpcServerOptions {
    * authenticate (server/auth.ts); the health-only address stays open.
    */
   auth?: CallAuthenticator | undefined;
+  /** Told of each call refused UNAUTHENTICATED, by method name (metrics). */
+  onAuthRefused?: ((method: string) => void) | undefined;
 }
 
 /**
@@ -76,7 +78,7 @@ export class GrpcServer {
   ]);
 
   constructor(private readonly options: GrpcServerOptions) {
-    const interceptors = options.auth === undefined ? [] : [authInterceptor(options.auth)];
+    const interceptors = options.auth === undefined ? [] : [authInterceptor(options.auth, options.onAuthRefused)];
     this.server = new Server({ ...serverOptions(options.maxMessageBytes), interceptors });
     this.health.addToServer(this.server);
     if (options.healthListen !== undefined) {
