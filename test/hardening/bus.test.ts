@@ -8,7 +8,8 @@ import { WatchRecorder } from '../helpers/watch';
 /** Regression tests of issue 12's first two defects: the bus is a hint, never state, and never carries values. */
 describe('the Pub/Sub bus as an attacker with PUBLISH rights sees it', () => {
   // The fixture starts both sidecars subscribed, and closes them and Redis after the suite.
-  const fixture = sidecarsOnRedis(2, { CONTEXT_CACHE_NAMESPACE: 'bus' });
+  // A 6 MiB append takes Redis well over the default 500 ms command timeout on a loaded CI machine; this file is not about timeouts.
+  const fixture = sidecarsOnRedis(2, { CONTEXT_CACHE_NAMESPACE: 'bus', CONTEXT_CACHE_REDIS_COMMAND_TIMEOUT: '5s' });
 
   it('cannot pin a forged session: an append event with a version near 2^53 only makes L1 forget, and the next fill is cached', async () => {
     const [a] = fixture.sidecars;
