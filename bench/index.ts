@@ -3,15 +3,28 @@
  * report. Not part of `npm test`. Pass module names to run only those:
  * `npm run bench -- l1-get`. BENCH_SCALE=0.1 shrinks every run.
  */
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { cpus } from 'node:os';
+import { join } from 'node:path';
 import { compression } from './compression';
 import { context } from './context';
 import { distributed } from './distributed';
 import { l1Get } from './l1-get';
 import { l1Memory } from './l1-memory';
-import { formatReport, type Bench } from './lib';
+import { formatReport, type Bench, type BenchReport } from './lib';
 import { locks } from './locks';
+import { watchMemory } from './watch-memory';
 
-const BENCHES: Bench[] = [l1Get, distributed, compression, context, locks, l1Memory];
+const RESULTS = join(__dirname, '..', 'bench-results');
+
+const BENCHES: Bench[] = [l1Get, distributed, compression, context, locks, l1Memory, watchMemory];
+
+/** bench-results/<name>.json: the report as data, for comparing runs and machines. */
+function writeResult(name: string, report: BenchReport, elapsedMs: number): void {
+  mkdirSync(RESULTS, { recursive: true });
+  const record = { name, at: new Date().toISOString(), node: process.version, host: { cpus: cpus().length, model: cpus()[0]?.model }, elapsedMs, ...report };
+  writeFileSync(join(RESULTS, `${name}.json`), `${JSON.stringify(record, null, 2)}\n`);
+}
 
 async function main(): Promise<void> {
   const wanted = process.argv.slice(2);
@@ -25,6 +38,7 @@ async function main(): Promise<void> {
     const started = Date.now();
     const report = await bench.run();
     console.log(formatReport(report));
+    writeResult(bench.name, report, Date.now() - started);
     console.log(`(${bench.name} took ${((Date.now() - started) / 1000).toFixed(1)} s)\n`);
   }
 }

@@ -36,6 +36,8 @@ export interface BenchReport {
   results: BenchResult[];
   /** Lines printed under the table (ratios, notes). */
   notes: string[];
+  /** Figures that are not latency rows (bytes, counts, ratios), kept in the JSON. */
+  figures?: Record<string, number>;
 }
 
 /** A benchmark module: bench/index.ts runs each and prints its report. */

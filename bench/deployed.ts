@@ -1,0 +1,125 @@
+/**
+ * A sidecar as deployed: the built `dist/main.js` in its own Node process,
+ * configured by environment only, on free loopback ports, silent. Its memory
+ * is read from outside (/proc for RSS, its /metrics for the V8 heap), as an
+ * operator would.
+ */
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { freePort } from '../test/helpers/redis';
+
+const ROOT = join(__dirname, '..');
+
+export interface DeployedSidecar {
+  readonly pid: number;
+  /** host:port of the gRPC API. */
+  readonly address: string;
+  /** Resident set size now, from /proc. */
+  rss(): number;
+  /** One gauge from the sidecar's /metrics (e.g. nodejs_heap_size_used_bytes). */
+  metric(name: string): Promise<number>;
+  /**
+   * A full GC in the sidecar, through the inspector protocol (started with
+   * `inspect: true`): separates garbage not yet collected from what it holds.
+   */
+  collectGarbage(): Promise<void>;
+  close(): Promise<void>;
+}
+
+/**
+ * The allocator settings the image runs with (the Dockerfile's MALLOC_*
+ * variables), so that a sidecar measured here is the sidecar deployed.
+ */
+export function imageMallocEnv(): Record<string, string> {
+  const dockerfile = readFileSync(join(ROOT, 'Dockerfile'), 'utf8');
+  return Object.fromEntries([...dockerfile.matchAll(/\b(MALLOC_[A-Z_]+)=(\S+)/g)].map((match) => [match[1]!, match[2]!]));
+}
+
+/** Builds dist/ when it is missing, so `npm run bench` works on a fresh clone. */
+function ensureBuilt(): void {
+  if (existsSync(join(ROOT, 'dist', 'main.js'))) return;
+  const tsc = join(ROOT, 'node_modules', '.bin', 'tsc');
+  const result = spawnSync(tsc, ['-p', 'tsconfig.json'], { cwd: ROOT, stdio: 'inherit' });
+  if (result.status !== 0) throw new Error('npm run build failed; the deployed benchmarks need dist/');
+}
+
+export interface DeployedOptions {
+  /** Opens the inspector on a free loopback port, for collectGarbage(). */
+  inspect?: boolean;
+}
+
+/** Sends one inspector-protocol command over its WebSocket and waits for the answer. */
+async function inspectorCall(url: string, method: string): Promise<void> {
+  const socket = new WebSocket(url);
+  await new Promise<void>((resolve, reject) => {
+    socket.onopen = () => socket.send(JSON.stringify({ id: 1, method }));
+    socket.onmessage = (message) => {
+      const reply = JSON.parse(String(message.data)) as { id?: number; error?: { message: string } };
+      if (reply.id !== 1) return;
+      socket.close();
+      if (reply.error) reject(new Error(`${method}: ${reply.error.message}`));
+      else resolve();
+    };
+    socket.onerror = () => reject(new Error(`the sidecar's inspector at ${url} did not answer`));
+  });
+}
+
+export async function startDeployedSidecar(env: Record<string, string>, options: DeployedOptions = {}): Promise<DeployedSidecar> {
+  ensureBuilt();
+  const [grpcPort, adminPort] = [await freePort(), await freePort()];
+  const args = options.inspect ? [`--inspect=127.0.0.1:${await freePort()}`, join(ROOT, 'dist', 'main.js')] : [join(ROOT, 'dist', 'main.js')];
+  const child: ChildProcess = spawn(process.execPath, args, {
+    cwd: ROOT,
+    env: {
+      PATH: process.env.PATH ?? '',
+      CONTEXT_CACHE_LISTEN: `127.0.0.1:${grpcPort}`,
+      CONTEXT_CACHE_ADMIN_LISTEN: `127.0.0.1:${adminPort}`,
+      CONTEXT_CACHE_LOG_LEVEL: 'warn',
+      ...imageMallocEnv(),
+      ...env,
+    },
+    stdio: ['ignore', 'inherit', options.inspect ? 'pipe' : 'inherit'],
+  });
+  let inspector: string | undefined;
+  child.stderr?.on('data', (chunk: Buffer) => {
+    const text = chunk.toString();
+    inspector ??= /ws:\/\/[^\s]+/.exec(text)?.[0];
+    // The inspector's banner is ours; anything else the sidecar says goes on to our stderr.
+    if (!/Debugger (listening|attached)|For help, see/.test(text)) process.stderr.write(chunk);
+  });
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  const deadline = Date.now() + 20_000;
+  for (;;) {
+    if (child.exitCode !== null) throw new Error(`the sidecar exited at start-up with code ${child.exitCode}`);
+    const ready = await fetch(`http://127.0.0.1:${adminPort}/readyz`).then((r) => r.ok, () => false);
+    if (ready) break;
+    if (Date.now() > deadline) {
+      child.kill('SIGKILL');
+      throw new Error('the sidecar was not ready within 20 s');
+    }
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  return {
+    pid: child.pid!,
+    address: `127.0.0.1:${grpcPort}`,
+    rss() {
+      const line = readFileSync(`/proc/${child.pid}/status`, 'utf8').split('\n').find((l) => l.startsWith('VmRSS:'));
+      return Number(line?.split(/\s+/)[1] ?? 0) * 1024;
+    },
+    async metric(name: string) {
+      const text = await (await fetch(`http://127.0.0.1:${adminPort}/metrics`)).text();
+      const line = text.split('\n').find((l) => l.startsWith(`${name} `) || (!name.includes('{') && l.startsWith(`${name}{`)));
+      if (line === undefined) throw new Error(`the sidecar's /metrics has no ${name}`);
+      return Number(line.slice(line.lastIndexOf(' ') + 1));
+    },
+    async collectGarbage() {
+      if (inspector === undefined) throw new Error('collectGarbage needs startDeployedSidecar(env, { inspect: true })');
+      await inspectorCall(inspector, 'HeapProfiler.collectGarbage');
+    },
+    async close() {
+      if (child.exitCode === null) child.kill('SIGTERM');
+      await exited;
+    },
+  };
+}
