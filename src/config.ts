@@ -9,7 +9,25 @@ import { readFileSync } from 'node:fs';
 
 export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
 
+/** A Redis endpoint: a Cluster seed node or a Sentinel. */
+export interface HostPort {
+  host: string;
+  port: number;
+}
+
+/**
+ * How the sidecar finds its Redis: one server (REDIS_URL or REDIS_HOST), a
+ * Redis Cluster from seed nodes (REDIS_CLUSTER_NODES), or the primary that
+ * Sentinel names (REDIS_SENTINELS with REDIS_SENTINEL_MASTER_NAME).
+ */
+export type RedisTopology =
+  | { kind: 'single' }
+  | { kind: 'cluster'; seeds: HostPort[] }
+  | { kind: 'sentinel'; sentinels: HostPort[]; masterName: string; sentinelUsername: string | undefined; sentinelPassword: string | undefined };
+
 export interface RedisConfig {
+  topology: RedisTopology;
+  /** The server (single); the first seed or Sentinel otherwise. */
   host: string;
   port: number;
   username: string | undefined;
@@ -130,8 +148,13 @@ export const CONFIG_VARIABLES = {
   REDIS_PORT: { default: '6379', help: 'Redis port, with REDIS_HOST.' },
   REDIS_USERNAME: { default: '(unset)', help: 'Redis ACL user.' },
   REDIS_PASSWORD: { default: '(unset)', help: 'Redis password; from a Secret, never logged.' },
-  REDIS_DB: { default: '0', help: 'Redis database number.' },
-  REDIS_TLS: { default: 'false', help: 'true for TLS, with REDIS_HOST.' },
+  REDIS_DB: { default: '0', help: 'Redis database number (a Redis Cluster has only 0).' },
+  REDIS_CLUSTER_NODES: { default: '(unset)', help: 'Comma-separated host:port seed nodes of a Redis Cluster; selects Cluster mode (the rest of the topology is discovered). With REDIS_USERNAME, REDIS_PASSWORD, REDIS_TLS.' },
+  REDIS_SENTINELS: { default: '(unset)', help: 'Comma-separated host:port of Redis Sentinels; selects Sentinel mode, with REDIS_SENTINEL_MASTER_NAME. REDIS_USERNAME and REDIS_PASSWORD are the data servers\' credentials.' },
+  REDIS_SENTINEL_MASTER_NAME: { default: '(unset)', help: 'The master name the Sentinels monitor (sentinel monitor NAME ...), with REDIS_SENTINELS.' },
+  REDIS_SENTINEL_USERNAME: { default: '(unset)', help: 'ACL user of the Sentinels themselves, where it differs from the data servers\' (none by default).' },
+  REDIS_SENTINEL_PASSWORD: { default: '(unset)', help: 'Password of the Sentinels themselves (requirepass in sentinel.conf); from a Secret, never logged.' },
+  REDIS_TLS: { default: 'false', help: 'true for TLS, with REDIS_HOST, REDIS_CLUSTER_NODES or REDIS_SENTINELS (Sentinels and the servers they name alike).' },
   REDIS_TLS_CA_FILE: { default: '(system CAs)', help: 'PEM file of CA certificates to trust for TLS to Redis (a private CA); the server name is always verified.' },
   CONTEXT_CACHE_AUTH_TOKEN_FILE: {
     default: '(off)',
@@ -242,6 +265,7 @@ function parseRedisUrl(env: Env, name: ConfigVariable, url: string, where = ''):
   const port = parsed.port === '' ? 6379 : Number(parsed.port);
   const hostname = parsed.hostname.replace(/^\[(.*)\]$/, '$1');
   return {
+    topology: { kind: 'single' },
     host: hostname,
     port,
     username: parsed.username ? decodeURIComponent(parsed.username) : read(env, 'REDIS_USERNAME'),
@@ -335,12 +359,52 @@ function parseTcpListen(env: Env, name: ConfigVariable, fallback: string): strin
   return address;
 }
 
+/** A comma-separated list of host:port ([v6]:port allowed), at least one, at most 64. */
+function parseHostPorts(env: Env, name: ConfigVariable, raw: string): HostPort[] {
+  const items = raw.split(',').map((item) => item.trim());
+  if (items.length > 64) throw new ConfigError(name, `lists ${items.length} addresses; give at most 64`);
+  return items.map((item, index) => {
+    const match = /^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$/.exec(item);
+    const port = Number(match?.[2]);
+    if (!match || port < 1 || port > 65535) throw new ConfigError(name, `item ${index + 1} ("${item}") is not host:port; use e.g. redis-0.redis:6379,redis-1.redis:6379`);
+    return { host: match[1]!.replace(/^\[|\]$/g, ''), port };
+  });
+}
+
+function parseTls(env: Env): boolean {
+  const tlsRaw = read(env, 'REDIS_TLS');
+  if (tlsRaw !== undefined && tlsRaw !== 'true' && tlsRaw !== 'false') {
+    throw new ConfigError('REDIS_TLS', `"${tlsRaw}" is not allowed; use true or false`);
+  }
+  return tlsRaw === 'true';
+}
+
+/** Exactly one way to reach Redis may be configured; a mix stops start-up naming the variables. */
 function parseRedis(env: Env): RedisConfig | undefined {
   const url = read(env, 'REDIS_URL');
   const host = read(env, 'REDIS_HOST');
+  const clusterNodes = read(env, 'REDIS_CLUSTER_NODES');
+  const sentinels = read(env, 'REDIS_SENTINELS');
+  const masterName = read(env, 'REDIS_SENTINEL_MASTER_NAME');
   if (url !== undefined && host !== undefined) {
     throw new ConfigError('REDIS_URL', 'set either REDIS_URL or REDIS_HOST (with REDIS_PORT, REDIS_PASSWORD, REDIS_DB), not both');
   }
+  const modes = [
+    url !== undefined || host !== undefined ? (url !== undefined ? 'REDIS_URL' : 'REDIS_HOST') : undefined,
+    clusterNodes !== undefined ? 'REDIS_CLUSTER_NODES' : undefined,
+    sentinels !== undefined ? 'REDIS_SENTINELS' : undefined,
+  ].filter((mode): mode is string => mode !== undefined);
+  if (modes.length > 1) {
+    throw new ConfigError(modes[0] as ConfigVariable, `${modes.join(' and ')} are both set; configure one Redis: a server (REDIS_URL or REDIS_HOST), a Cluster (REDIS_CLUSTER_NODES) or Sentinel (REDIS_SENTINELS with REDIS_SENTINEL_MASTER_NAME)`);
+  }
+  if (masterName !== undefined && sentinels === undefined) {
+    throw new ConfigError('REDIS_SENTINEL_MASTER_NAME', 'is set without REDIS_SENTINELS; give the Sentinels\' host:port list too');
+  }
+  for (const name of ['REDIS_SENTINEL_USERNAME', 'REDIS_SENTINEL_PASSWORD'] as const) {
+    if (read(env, name) !== undefined && sentinels === undefined) throw new ConfigError(name, 'is set without REDIS_SENTINELS; it is the Sentinels\' own credential');
+  }
+  if (clusterNodes !== undefined) return parseCluster(env, clusterNodes);
+  if (sentinels !== undefined) return parseSentinel(env, sentinels, masterName);
   if (url === undefined && host === undefined) return undefined;
 
   if (url !== undefined) return parseRedisUrl(env, 'REDIS_URL', url);
@@ -351,19 +415,52 @@ function parseRedis(env: Env): RedisConfig | undefined {
     throw new ConfigError('REDIS_PORT', `"${rawPort}" looks like a Kubernetes service link; set enableServiceLinks: false in the pod spec or set REDIS_PORT to a number`);
   }
   const port = parseInteger(env, 'REDIS_PORT', 6379, 1, 65535);
-  const tlsRaw = read(env, 'REDIS_TLS');
-  if (tlsRaw !== undefined && tlsRaw !== 'true' && tlsRaw !== 'false') {
-    throw new ConfigError('REDIS_TLS', `"${tlsRaw}" is not allowed; use true or false`);
-  }
+  const tls = parseTls(env);
   return {
+    topology: { kind: 'single' },
     host: host!,
     port,
     username: read(env, 'REDIS_USERNAME'),
     password: read(env, 'REDIS_PASSWORD'),
     db: parseInteger(env, 'REDIS_DB', 0, 0, MAX_REDIS_DB),
-    tls: tlsRaw === 'true',
+    tls,
     tlsCa: parseTlsCa(env),
-    describe: `${tlsRaw === 'true' ? 'rediss' : 'redis'}://${host}:${port}`,
+    describe: `${tls ? 'rediss' : 'redis'}://${host}:${port}`,
+  };
+}
+
+function parseCluster(env: Env, raw: string): RedisConfig {
+  const seeds = parseHostPorts(env, 'REDIS_CLUSTER_NODES', raw);
+  if (parseInteger(env, 'REDIS_DB', 0, 0, MAX_REDIS_DB) !== 0) throw new ConfigError('REDIS_DB', 'must be 0 with REDIS_CLUSTER_NODES: a Redis Cluster has only database 0');
+  const tls = parseTls(env);
+  return {
+    topology: { kind: 'cluster', seeds },
+    host: seeds[0]!.host,
+    port: seeds[0]!.port,
+    username: read(env, 'REDIS_USERNAME'),
+    password: read(env, 'REDIS_PASSWORD'),
+    db: 0,
+    tls,
+    tlsCa: parseTlsCa(env),
+    describe: `cluster (${tls ? 'TLS, ' : ''}seeds ${seeds.map((seed) => `${seed.host}:${seed.port}`).join(',')})`,
+  };
+}
+
+function parseSentinel(env: Env, raw: string, masterName: string | undefined): RedisConfig {
+  const sentinels = parseHostPorts(env, 'REDIS_SENTINELS', raw);
+  if (masterName === undefined) throw new ConfigError('REDIS_SENTINEL_MASTER_NAME', 'is required with REDIS_SENTINELS: the name of the master the Sentinels monitor');
+  if (!/^[A-Za-z0-9._-]{1,128}$/.test(masterName)) throw new ConfigError('REDIS_SENTINEL_MASTER_NAME', `"${masterName}" is not a master name; use letters, digits, . _ - (as in sentinel monitor NAME)`);
+  const tls = parseTls(env);
+  return {
+    topology: { kind: 'sentinel', sentinels, masterName, sentinelUsername: read(env, 'REDIS_SENTINEL_USERNAME'), sentinelPassword: read(env, 'REDIS_SENTINEL_PASSWORD') },
+    host: sentinels[0]!.host,
+    port: sentinels[0]!.port,
+    username: read(env, 'REDIS_USERNAME'),
+    password: read(env, 'REDIS_PASSWORD'),
+    db: parseInteger(env, 'REDIS_DB', 0, 0, MAX_REDIS_DB),
+    tls,
+    tlsCa: parseTlsCa(env),
+    describe: `sentinel (master ${masterName}${tls ? ', TLS' : ''}, sentinels ${sentinels.map((s) => `${s.host}:${s.port}`).join(',')})`,
   };
 }
 

@@ -13,7 +13,7 @@ import { AdminServer } from './ops/admin-server';
 import { HealthReporter } from './ops/health';
 import { Metrics } from './ops/metrics';
 import { ValueCodec } from './redis/codec';
-import { KeySpace } from './redis/keys';
+import { CLUSTER_BUCKETS, KeySpace } from './redis/keys';
 import { createLockMasters } from './redis/lock-masters';
 import { RedisTier } from './redis/shared';
 import { AuthToken, warnIfOpenToNetwork } from './server/auth';
@@ -65,7 +65,8 @@ export class Sidecar {
     readonly config: Config,
     private readonly log: Logger,
   ) {
-    const keys = new KeySpace(config.namespace);
+    // On a Cluster, generic entries are spread over buckets (keys.ts); one server needs one.
+    const keys = new KeySpace(config.namespace, config.redis?.topology.kind === 'cluster' ? CLUSTER_BUCKETS : 1);
     this.codec = new ValueCodec(config.compressionThreshold);
     this.l1 = new L1Cache(config.l1MaxBytes);
     this.redis = config.redis === undefined ? undefined : new RedisTier(config, keys, this.codec, this.sidecarId, log);

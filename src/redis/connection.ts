@@ -1,11 +1,24 @@
 import { EventEmitter } from 'node:events';
 import { isIP } from 'node:net';
-import Redis, { type RedisOptions } from 'ioredis';
-import type { Config, RedisConfig } from '../config';
+import calculateSlot from 'cluster-key-slot';
+import Redis, { Cluster, type ChainableCommander, type RedisOptions } from 'ioredis';
+import type { Config, HostPort, RedisConfig } from '../config';
 import type { Logger } from '../log';
 import { LatencyWindow } from '../model/latency';
 
 export type LinkState = 'connecting' | 'connected' | 'down';
+
+/** A connection to one server (or the Sentinel-named primary), or to a whole Redis Cluster. */
+export type RedisClient = Redis | Cluster;
+
+/** A call's error or its reply: how several calls sent at once come back. */
+export type Settled<T> = { error: Error } | { reply: T };
+
+/** One command of a batch: the key it touches (where it must go on a Cluster) and how to queue it in a pipeline. */
+export interface BatchCall {
+  key: string;
+  queue(pipeline: ChainableCommander): void;
+}
 
 export interface LinkOptions {
   commandTimeoutMs: number;
@@ -45,8 +58,7 @@ export function redisOptions(config: RedisConfig, options: LinkOptions, role: st
     username: config.username,
     password: config.password,
     db: config.db,
-    // SNI takes a host name, never an IP address; the certificate is verified against the host either way.
-    tls: config.tls ? { ...(isIP(config.host) ? {} : { servername: config.host }), ...(config.tlsCa ? { ca: config.tlsCa } : {}) } : undefined,
+    tls: tlsOptions(config, config.host),
     connectionName: `context-cache:${role}`,
     lazyConnect: true,
     // Commands fail fast while Redis is away instead of piling up in memory.
@@ -65,6 +77,83 @@ export function redisOptions(config: RedisConfig, options: LinkOptions, role: st
   };
 }
 
+function tlsOptions(config: RedisConfig, host: string): RedisOptions['tls'] {
+  // SNI takes a host name, never an IP address; the certificate is verified against the host either way.
+  return config.tls ? { ...(isIP(host) ? {} : { servername: host }), ...(config.tlsCa ? { ca: config.tlsCa } : {}) } : undefined;
+}
+
+/**
+ * The ioredis client for a role and the configured topology:
+ * - one server: a `Redis`;
+ * - Sentinel: a `Redis` that asks the Sentinels for the primary, and on
+ *   every reconnect asks again (after a failover it lands on the promoted
+ *   replica; `failoverDetector` moves it as soon as Sentinel announces
+ *   +switch-master, without waiting for the old primary's socket to die);
+ * - Cluster: a `Cluster` for commands (slots discovered from the seeds,
+ *   MOVED/ASK followed, the topology refreshed on failover), but a plain
+ *   `Redis` on one node for the subscriber: classic Pub/Sub is broadcast to
+ *   every node of a cluster, and on a connection of our own a lost
+ *   subscription is a lost socket that we see — ioredis's cluster
+ *   subscriber would move to another node silently, and the messages
+ *   published meanwhile would be lost unnoticed. Each reconnect tries the
+ *   next node the cluster link last knew (`endpoints`).
+ */
+function createClient(config: RedisConfig, options: LinkOptions, role: string, endpoints: () => readonly HostPort[]): RedisClient {
+  const base = redisOptions(config, options, role);
+  const topology = config.topology;
+  switch (topology.kind) {
+    case 'single':
+      return new Redis(base);
+    case 'sentinel':
+      return new Redis({
+        ...base,
+        sentinels: topology.sentinels,
+        name: topology.masterName,
+        role: 'master',
+        sentinelUsername: topology.sentinelUsername,
+        sentinelPassword: topology.sentinelPassword,
+        enableTLSForSentinelMode: config.tls,
+        sentinelTLS: tlsOptions(config, topology.sentinels[0]!.host),
+        sentinelCommandTimeout: options.commandTimeoutMs,
+        sentinelRetryStrategy: (times) => backoffDelay(times, options.reconnectBaseMs, options.reconnectMaxMs),
+        failoverDetector: true,
+      });
+    case 'cluster': {
+      if (role === 'subscriber') {
+        const client = new Redis({ ...base, host: topology.seeds[0]!.host, port: topology.seeds[0]!.port });
+        let attempt = 0;
+        client.options.retryStrategy = (times) => {
+          const known = endpoints();
+          const next = known.length > 0 ? known[attempt++ % known.length]! : topology.seeds[attempt++ % topology.seeds.length]!;
+          client.options.host = next.host;
+          client.options.port = next.port;
+          client.options.tls = tlsOptions(config, next.host);
+          return backoffDelay(times, options.reconnectBaseMs, options.reconnectMaxMs);
+        };
+        return client;
+      }
+      const { host: _host, port: _port, retryStrategy: _retry, enableOfflineQueue: _offline, ...nodeOptions } = base;
+      return new Cluster(topology.seeds, {
+        redisOptions: { ...nodeOptions, tls: tlsOptions(config, topology.seeds[0]!.host) },
+        lazyConnect: true,
+        enableOfflineQueue: false,
+        enableReadyCheck: true,
+        scaleReads: 'master',
+        // A failover moves slots: follow redirections and refresh the slot map promptly.
+        maxRedirections: 16,
+        retryDelayOnFailover: 100,
+        retryDelayOnClusterDown: 100,
+        retryDelayOnTryAgain: 100,
+        slotsRefreshTimeout: Math.max(1000, options.commandTimeoutMs),
+        slotsRefreshInterval: 5000,
+        clusterRetryStrategy: (times) => backoffDelay(times, options.reconnectBaseMs, options.reconnectMaxMs),
+        // Reconnect to a node that restarts without any slot change (a replica); ioredis's default is never.
+        clusterNodeRetryStrategy: (times) => backoffDelay(times, options.reconnectBaseMs, options.reconnectMaxMs),
+      });
+    }
+  }
+}
+
 /**
  * One ioredis connection with a state anyone can read at any moment, a
  * time-bounded PING, and one log line per state change. Reconnection is
@@ -74,7 +163,7 @@ export function redisOptions(config: RedisConfig, options: LinkOptions, role: st
  * Events: 'state' (LinkState), 'ready' (every time the connection becomes usable).
  */
 export class RedisLink extends EventEmitter {
-  readonly client: Redis;
+  readonly client: RedisClient;
   /** Round trips of the commands sent over this link. */
   readonly latency = new LatencyWindow();
   private currentState: LinkState = 'connecting';
@@ -87,9 +176,11 @@ export class RedisLink extends EventEmitter {
     config: RedisConfig,
     private readonly options: LinkOptions,
     private readonly log: Logger,
+    /** Cluster subscriber: the nodes to try in turn when reconnecting (the command link's view of the cluster). */
+    endpoints: () => readonly HostPort[] = () => [],
   ) {
     super();
-    this.client = new Redis(redisOptions(config, options, role));
+    this.client = createClient(config, options, role, endpoints);
     this.client.on('ready', () => {
       this.setState('connected');
       this.emit('ready');
@@ -134,6 +225,41 @@ export class RedisLink extends EventEmitter {
       if (isTimeout(error)) this.reconnect();
       throw error;
     }
+  }
+
+  /**
+   * Sends several commands as one operation (one `command`): in one
+   * pipeline on one server, or on a Cluster in one pipeline per master
+   * (grouped by the slot of each call's key), all at once — a pipeline
+   * cannot span masters. Each call's error or reply comes back in order.
+   */
+  async batch(calls: readonly BatchCall[]): Promise<Settled<unknown>[]> {
+    if (calls.length === 0) return [];
+    const cluster = this.cluster;
+    const groups = new Map<string, number[]>();
+    calls.forEach((call, index) => {
+      const node = cluster === undefined ? '' : (cluster.slots[calculateSlot(call.key)]?.[0] ?? '');
+      let group = groups.get(node);
+      if (group === undefined) groups.set(node, (group = []));
+      group.push(index);
+    });
+    const settled: Settled<unknown>[] = new Array(calls.length);
+    const sends = [...groups.values()].map(async (indexes) => {
+      const pipeline = this.client.pipeline();
+      for (const index of indexes) calls[index]!.queue(pipeline);
+      const replies = (await pipeline.exec()) ?? [];
+      indexes.forEach((callIndex, position) => {
+        const [error, reply] = replies[position] ?? [new Error('no reply in the pipeline')];
+        settled[callIndex] = error ? { error } : { reply };
+      });
+    });
+    await this.command(Promise.all(sends));
+    return settled;
+  }
+
+  /** Whether this link speaks to a Redis Cluster. */
+  get cluster(): Cluster | undefined {
+    return this.client instanceof Cluster ? this.client : undefined;
   }
 
   /** PING with a deadline: true when Redis answered in time. */

@@ -107,21 +107,15 @@ export async function writeRepairingTypes<T>(
 /** Removes the keys whose type is neither the expected one nor none (UNLINK: a large value is freed off Redis's main thread); returns them. */
 export async function removeWrongTypes(link: RedisLink, expected: readonly TypedKey[]): Promise<string[]> {
   if (expected.length === 0) return [];
-  const types = link.client.pipeline();
-  for (const [key] of expected) types.type(key);
-  const replies = (await link.command(types.exec())) ?? [];
-  const wrong = expected
-    .filter(([, type], index) => {
-      const [error, actual] = replies[index] ?? [new Error('no reply')];
-      return !error && actual !== 'none' && actual !== type;
-    })
-    .map(([key]) => key);
+  const replies = await link.batch(expected.map(([key]) => ({ key, queue: (p) => p.type(key) })));
+  const wrong = expected.filter(([, type], index) => {
+    const answer = replies[index]!;
+    return 'reply' in answer && answer.reply !== 'none' && answer.reply !== type;
+  });
   if (wrong.length === 0) return [];
   // One UNLINK per key: the keys may live in different cluster slots.
-  const unlink = link.client.pipeline();
-  for (const key of wrong) unlink.unlink(key);
-  await link.command(unlink.exec());
-  return wrong;
+  await link.batch(wrong.map(([key]) => ({ key, queue: (p) => p.unlink(key) })));
+  return wrong.map(([key]) => key);
 }
 
 /**
@@ -143,7 +137,7 @@ export class RedisEntryStore implements EntryStore {
   /** One round trip for all keys (a pipeline of guarded reads, entry-read.ts). */
   async getMany(keys: readonly string[]): Promise<(Entry | undefined)[]> {
     const { link, scripts, maxReadBytes } = this.parts;
-    const replies = await scripts.runEach(entryRead, keys.map((key) => [key, maxReadBytes] as [string, number]), (work) => link.command(work));
+    const replies = await scripts.runEach(entryRead, keys.map((key) => [key, maxReadBytes] as [string, number]), link);
     return keys.map((key, index) => {
       const answer = replies[index]!;
       if ('reply' in answer) return this.judge(key, answer.reply);
@@ -161,45 +155,76 @@ export class RedisEntryStore implements EntryStore {
       () => [
         [keys.entry(key), 'hash'],
         [keys.lease({ kind: 'entry', id: key }), 'string'],
-        ...write.tags.map((tag): TypedKey => [keys.tag(tag), 'zset']),
-        ...write.tags.map((tag): TypedKey => [keys.tagStamp(tag), 'string']),
+        ...write.tags.map((tag): TypedKey => [keys.tag(tag, keys.bucket(key)), 'zset']),
+        ...write.tags.map((tag): TypedKey => [keys.tagStamp(tag, keys.bucket(key)), 'string']),
       ],
       (removed) => this.removed(key, removed),
     );
   }
 
-  delete(keys: readonly string[]): Promise<{ existed: number; versions: number[] }> {
+  /**
+   * One Delete script per bucket the keys fall in (one on a single server):
+   * on a Cluster each bucket is a slot of its own. Versions come back in the
+   * order of `keys`.
+   */
+  async delete(keys: readonly string[]): Promise<{ existed: number; versions: number[] }> {
     const space = this.parts.keys;
-    return writeRepairingTypes(
-      this.parts.link,
-      () => this.parts.scripts.run(entryDelete, keys),
-      () => keys.flatMap((key): TypedKey[] => [
-        [space.entry(key), 'hash'],
-        [space.lease({ kind: 'entry', id: key }), 'string'],
-      ]),
-      (removed) => this.removed(keys[0] ?? '', removed),
+    const groups = new Map<number, string[]>();
+    for (const key of keys) {
+      const bucket = space.bucket(key);
+      let group = groups.get(bucket);
+      if (group === undefined) groups.set(bucket, (group = []));
+      group.push(key);
+    }
+    const outcomes = await Promise.all(
+      [...groups.values()].map((group) =>
+        writeRepairingTypes(
+          this.parts.link,
+          () => this.parts.scripts.run(entryDelete, group),
+          () => group.flatMap((key): TypedKey[] => [
+            [space.entry(key), 'hash'],
+            [space.lease({ kind: 'entry', id: key }), 'string'],
+          ]),
+          (removed) => this.removed(group[0] ?? '', removed),
+        ).then((outcome) => ({ group, outcome })),
+      ),
     );
+    const versionOf = new Map<string, number>();
+    let existed = 0;
+    for (const { group, outcome } of outcomes) {
+      existed += outcome.existed;
+      group.forEach((key, index) => versionOf.set(key, outcome.versions[index]!));
+    }
+    return { existed, versions: keys.map((key) => versionOf.get(key)!) };
   }
 
-  invalidateTags(tags: readonly string[]): Promise<string[]> {
+  /**
+   * One script per bucket (one on a single server; CLUSTER_BUCKETS on a
+   * Cluster, sent at once, so each shard runs its buckets' short scripts in
+   * turn and none is blocked for long). The keys removed, from every bucket.
+   */
+  async invalidateTags(tags: readonly string[]): Promise<string[]> {
     const space = this.parts.keys;
-    return writeRepairingTypes(
-      this.parts.link,
-      () => this.parts.scripts.run(tagsInvalidate, tags),
-      async () => {
-        // The script also reads the entries its tag sets name: those must be hashes too.
-        const members = this.parts.link.client.pipeline();
-        for (const tag of tags) members.zrange(space.tag(tag), '0', '-1');
-        const replies = (await this.parts.link.command(members.exec())) ?? [];
-        const entryKeys = new Set(replies.flatMap(([error, found]) => (error ? [] : (found as string[]))));
-        return [
-          ...tags.map((tag): TypedKey => [space.tag(tag), 'zset']),
-          ...tags.map((tag): TypedKey => [space.tagStamp(tag), 'string']),
-          ...[...entryKeys].map((key): TypedKey => [space.entry(key), 'hash']),
-        ];
-      },
-      (removed) => this.removed(tags[0] ?? '', removed),
+    const removed = await Promise.all(
+      space.bucketList.map((bucket) =>
+        writeRepairingTypes(
+          this.parts.link,
+          () => this.parts.scripts.run(tagsInvalidate, tags, bucket),
+          async () => {
+            // The script also reads the entries its tag sets name: those must be hashes too.
+            const members = await this.parts.link.batch(tags.map((tag) => ({ key: space.tag(tag, bucket), queue: (p) => p.zrange(space.tag(tag, bucket), '0', '-1') })));
+            const entryKeys = new Set(members.flatMap((answer) => ('reply' in answer ? (answer.reply as string[]) : [])));
+            return [
+              ...tags.map((tag): TypedKey => [space.tag(tag, bucket), 'zset']),
+              ...tags.map((tag): TypedKey => [space.tagStamp(tag, bucket), 'string']),
+              ...[...entryKeys].map((key): TypedKey => [space.entry(key), 'hash']),
+            ];
+          },
+          (keys) => this.removed(tags[0] ?? '', keys),
+        ),
+      ),
     );
+    return removed.flat();
   }
 
   private judge(key: string, reply: EntryReadReply): Entry | undefined {

@@ -1,4 +1,4 @@
-import type Redis from 'ioredis';
+import type { RedisClient } from './connection';
 import { corruptFence, fenceRaced, unavailable } from '../errors';
 import type { KeySpace } from './keys';
 import { fenceAdvance } from './scripts/fence-advance';
@@ -33,7 +33,7 @@ export class FencingCounter {
   private readonly scripts: ScriptRunner[];
 
   constructor(
-    private readonly clients: readonly Redis[],
+    private readonly clients: readonly RedisClient[],
     private readonly keys: KeySpace,
     /** Told about every failed command (by master index), e.g. to drop a link that timed out. */
     private readonly onError: (index: number, error: Error) => void = () => undefined,

@@ -16,24 +16,69 @@ import type { Subject } from '../model/subject';
  *   cc:<ns>:lock:<resource>  a distributed lock (a Mutex key on every lock master)
  *   cc:<ns>:fence:<resource> the fencing counter of a lock's resource, no TTL
  *   cc:<ns>:epoch            written once; missing after a reconnect means Redis lost its data
+ *   cc:<ns>:recovery:<id>    taken by the sidecar that flushes the namespace after a failover (10 min)
  *   cc:<ns>:events           the Pub/Sub channel of invalidations and context events
  *
- * Generic entries carry no hash tag, so a Redis Cluster spreads them; all
- * keys of one session share the hash tag `{<sid>}`, so every session script
- * touches a single slot. Everything a script touches is named in its KEYS.
+ * On a Redis Cluster every script must touch one slot. All keys of one
+ * session share the hash tag `{<sid>}`. Generic entries are spread over
+ * CLUSTER_BUCKETS buckets, each a hash tag of its own: an entry, its lease,
+ * and the tag sets and stamps of its bucket sit in one slot, so a Set with
+ * tags is one atomic script, and a tag invalidation is one script per bucket
+ * (`cc:<ns>:e:{b<n>}:<key>`, `tz:{b<n>}:<tag>`, `ts:{b<n>}:<tag>`,
+ * `l:{b<n>}:<key>`, `epoch:{b<n>}`). Locks and fencing counters carry
+ * `{<resource>}`, so a lock and its counter live on the same shard. On one
+ * server (or Sentinel) there is a single bucket and the layout above holds
+ * as written. Everything a script touches is named in its KEYS or is in the
+ * slot of a key that is.
  */
+
+/** Buckets of generic entries on a Redis Cluster: enough to spread over the masters, few enough that a tag invalidation (one script per bucket) stays cheap. */
+export const CLUSTER_BUCKETS = 64;
+
+/** FNV-1a (32-bit) of the key's UTF-8 bytes: a stable bucket, the same in every sidecar and every version. */
+export function bucketOf(key: string, buckets: number): number {
+  if (buckets === 1) return 0;
+  let hash = 0x811c9dc5;
+  for (const byte of Buffer.from(key, 'utf8')) {
+    hash ^= byte;
+    hash = Math.imul(hash, 0x01000193) >>> 0;
+  }
+  return hash % buckets;
+}
 export class KeySpace {
   readonly prefix: string;
   readonly channel: string;
-  readonly epoch: string;
-  /** What precedes a key in an entry's Redis key (the tag invalidation script builds entry keys from it). */
-  readonly entryPrefix: string;
+  /** Bucket numbers, 0 to buckets - 1. */
+  readonly bucketList: readonly number[];
 
-  constructor(readonly namespace: string) {
+  /** `buckets`: 1 on one server or Sentinel, CLUSTER_BUCKETS on a Cluster. */
+  constructor(
+    readonly namespace: string,
+    readonly buckets = 1,
+  ) {
     this.prefix = `cc:${namespace}:`;
     this.channel = `${this.prefix}events`;
-    this.epoch = `${this.prefix}epoch`;
-    this.entryPrefix = `${this.prefix}e:`;
+    this.bucketList = Array.from({ length: buckets }, (_, bucket) => bucket);
+  }
+
+  /** The bucket of a generic key. */
+  bucket(key: string): number {
+    return bucketOf(key, this.buckets);
+  }
+
+  /** `{b<n>}:` on a Cluster, nothing on one server. */
+  private tagOf(bucket: number): string {
+    return this.buckets === 1 ? '' : `{b${bucket}}:`;
+  }
+
+  /** Written once per bucket; missing after a reconnect means Redis (or that bucket's shard) lost its data. */
+  epoch(bucket: number): string {
+    return this.buckets === 1 ? `${this.prefix}epoch` : `${this.prefix}epoch:${this.tagOf(bucket).slice(0, -1)}`;
+  }
+
+  /** What precedes a key in the Redis keys of a bucket's entries (the tag invalidation script builds entry keys from it). */
+  entryPrefix(bucket: number): string {
+    return `${this.prefix}e:${this.tagOf(bucket)}`;
   }
 
   /**
@@ -47,22 +92,22 @@ export class KeySpace {
   }
 
   entry(key: string): string {
-    return this.entryPrefix + key;
+    return this.entryPrefix(this.bucket(key)) + key;
   }
 
-  /** The keys carrying a tag: a sorted set scored by their expiry. */
-  tag(tag: string): string {
-    return `${this.prefix}tz:${tag}`;
+  /** The keys of a bucket carrying a tag: a sorted set scored by their expiry. */
+  tag(tag: string, bucket: number): string {
+    return `${this.prefix}tz:${this.tagOf(bucket)}${tag}`;
   }
 
-  /** When a tag was last invalidated (Redis µs): fills under older leases that would carry it are refused. */
-  tagStamp(tag: string): string {
-    return `${this.prefix}ts:${tag}`;
+  /** When a tag was last invalidated in a bucket (Redis µs): fills under older leases that would carry it are refused. */
+  tagStamp(tag: string, bucket: number): string {
+    return `${this.prefix}ts:${this.tagOf(bucket)}${tag}`;
   }
 
   /** The fill lease of a generic key or a session (a Mutex key: its value is the holder's token). */
   lease(subject: Subject): string {
-    return subject.kind === 'entry' ? `${this.prefix}l:${subject.id}` : `${this.sessionMeta(subject.id)}:l`;
+    return subject.kind === 'entry' ? `${this.prefix}l:${this.tagOf(this.bucket(subject.id))}${subject.id}` : `${this.sessionMeta(subject.id)}:l`;
   }
 
   sessionMeta(sessionId: string): string {
@@ -84,11 +129,16 @@ export class KeySpace {
 
   /** A distributed lock (a Mutex key on every lock master: its value is the holder's token). */
   lock(resource: string): string {
-    return `${this.prefix}lock:${resource}`;
+    return this.buckets === 1 ? `${this.prefix}lock:${resource}` : `${this.prefix}lock:{${resource}}`;
   }
 
   /** The fencing counter of a lock's resource, on every lock master; kept without TTL. */
   fence(resource: string): string {
-    return `${this.prefix}fence:${resource}`;
+    return this.buckets === 1 ? `${this.prefix}fence:${resource}` : `${this.prefix}fence:{${resource}}`;
+  }
+
+  /** Claimed by the one sidecar that flushes the namespace after a failover or a restart (the others see it taken). */
+  recovery(identity: string): string {
+    return `${this.prefix}recovery:${identity}`;
   }
 }

@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { ExecutionError, Lock, Redlock, ResourceLockedError } from '@sesamecare-oss/redlock';
-import type Redis from 'ioredis';
+import type { RedisClient } from './connection';
 import { noMajority } from '../errors';
 
 /** A held mutual-exclusion token. */
@@ -28,7 +28,7 @@ export class Mutex {
 
   /** `db`: the Redis database of the clients; the library's scripts SELECT it explicitly. */
   constructor(
-    readonly clients: readonly Redis[],
+    readonly clients: readonly RedisClient[],
     db: number,
     private readonly retryDelayMs = 50,
   ) {

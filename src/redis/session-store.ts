@@ -64,7 +64,7 @@ export class RedisSessionStore implements SessionL2 {
   async getMany(sessionIds: readonly string[]): Promise<(StoredSession | undefined)[]> {
     const { link, scripts, maxReadBytes } = this.parts;
     const calls = sessionIds.map((id) => [id, maxReadBytes * STORED_BYTES_PER_LIMIT, MAX_CHUNKS] as [string, number, number]);
-    const replies = await scripts.runEach(sessionRead, calls, (work) => link.command(work));
+    const replies = await scripts.runEach(sessionRead, calls, link);
     return sessionIds.map((id, index) => {
       const answer = replies[index]!;
       if ('reply' in answer) return this.judge(id, answer.reply);
@@ -115,30 +115,28 @@ export class RedisSessionStore implements SessionL2 {
   }
 
   async indexShortIds(nodes: readonly NodeRecord[], ttlMs: number): Promise<void> {
-    const pipeline = this.parts.link.client.pipeline();
-    let count = 0;
-    for (const node of nodes) {
-      if (node.shortId === '') continue;
-      pipeline.set(this.parts.keys.shortId(node.shortId), node.sessionId, 'PX', ttlMs);
-      count++;
-    }
-    if (count > 0) await this.parts.link.command(pipeline.exec());
+    const { link, keys } = this.parts;
+    const indexed = nodes.filter((node) => node.shortId !== '');
+    if (indexed.length === 0) return;
+    // One SET per short ID, sent at once: on a Cluster they fall in many slots.
+    const answers = await link.batch(indexed.map((node) => ({ key: keys.shortId(node.shortId), queue: (p) => p.set(keys.shortId(node.shortId), node.sessionId, 'PX', ttlMs) })));
+    const failed = answers.find((answer): answer is { error: Error } => 'error' in answer);
+    if (failed) throw failed.error;
   }
 
   /** What the index says; an entry that cannot be a session ID (too long, of the wrong Redis type) is unknown, and the latter removed. */
   async lookupShortIds(shortIds: readonly string[]): Promise<(string | undefined)[]> {
     if (shortIds.length === 0) return [];
-    const pipeline = this.parts.link.client.pipeline();
+    const { link, keys } = this.parts;
     // GETRANGE, not GET: a session ID is short, so nothing longer is fetched.
-    for (const id of shortIds) pipeline.getrange(this.parts.keys.shortId(id), 0, MAX_SESSION_ID_BYTES);
-    const replies = (await this.parts.link.command(pipeline.exec())) ?? [];
-    return replies.map(([error, value], index) => {
-      if (error && isWrongType(error)) {
-        this.removedIndexKey(shortIds[index]!, this.parts.keys.shortId(shortIds[index]!));
+    const answers = await link.batch(shortIds.map((id) => ({ key: keys.shortId(id), queue: (p) => p.getrange(keys.shortId(id), 0, MAX_SESSION_ID_BYTES) })));
+    return answers.map((answer, index) => {
+      if ('error' in answer) {
+        if (!isWrongType(answer.error)) throw answer.error;
+        this.removedIndexKey(shortIds[index]!, keys.shortId(shortIds[index]!));
         return undefined;
       }
-      if (error) throw error;
-      const sessionId = value as string;
+      const sessionId = String(answer.reply);
       return sessionId === '' || Buffer.byteLength(sessionId) > MAX_SESSION_ID_BYTES ? undefined : sessionId;
     });
   }

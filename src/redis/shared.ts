@@ -3,8 +3,9 @@ import type { Config } from '../config';
 import type { Logger } from '../log';
 import { Bus } from './bus';
 import type { ValueCodec } from './codec';
+import type { HostPort } from '../config';
 import { linkOptions, RedisLink } from './connection';
-import { DataLossDetector } from './data-loss';
+import { DataLossDetector, type DataLossDetails } from './data-loss';
 import { RedisEntryStore } from './entry-store';
 import type { KeySpace } from './keys';
 import { RedisLeaseStore } from './leases';
@@ -12,6 +13,14 @@ import { Mutex } from './mutex';
 import { namespaceFlushed } from './scripts/namespace-flushed';
 import { ScriptRunner } from './scripts/script';
 import { RedisSessionStore } from './session-store';
+
+/** How long a sidecar's claim on a recovery lasts: others seeing the same new state of Redis leave the flush to it. */
+const RECOVERY_CLAIM_MS = 10 * 60_000;
+
+/** The nodes (masters and replicas) the command link knows of a Cluster; none off a Cluster. */
+function clusterEndpoints(link: RedisLink): HostPort[] {
+  return (link.cluster?.nodes('all') ?? []).map((node) => ({ host: node.options.host!, port: node.options.port! }));
+}
 
 /**
  * The Redis side of a sidecar, as the core sees it (`SharedTier`) and as the
@@ -29,6 +38,11 @@ export class RedisTier implements SharedTier {
   readonly leases: RedisLeaseStore;
   private readonly dataLoss: DataLossDetector;
   private readonly scripts: ScriptRunner;
+  private readonly dataLostListeners: (() => void)[] = [];
+  private readonly sidecarId: string;
+  private readonly log: Logger;
+  /** Namespace flushes after a failover or a restart that this sidecar carried out (the others found it claimed). */
+  readonly recoveries = { flushed: 0, claimedElsewhere: 0, failed: 0 };
 
   constructor(
     config: Config,
@@ -39,14 +53,18 @@ export class RedisTier implements SharedTier {
   ) {
     const options = linkOptions(config);
     this.link = new RedisLink('commands', config.redis!, options, log);
-    this.subscriber = new RedisLink('subscriber', config.redis!, options, log);
+    // On a Cluster the subscriber is a connection to one node; when it drops, it tries the nodes the command link knows.
+    this.subscriber = new RedisLink('subscriber', config.redis!, options, log, () => clusterEndpoints(this.link));
     this.scripts = new ScriptRunner(this.link.client, { keys, origin: sidecarId });
     const parts = { link: this.link, scripts: this.scripts, keys, codec, maxReadBytes: config.maxMessageBytes };
     this.entries = new RedisEntryStore(parts, (key, error) => log.warn({ key, err: error.message }, 'unusable value in Redis; treated as a miss'));
     this.sessions = new RedisSessionStore(parts, (sessionId, error) => log.warn({ sessionId, err: error.message }, 'unusable session in Redis; treated as a miss'));
     this.leases = new RedisLeaseStore(new Mutex([this.link.client], config.redis!.db), keys, this.link, (id, error) => log.warn({ subject: id, err: error.message }, 'unusable lease key in Redis; removed'));
     this.bus = new Bus(this.subscriber, keys.channel, sidecarId, log, config.pubsubHeartbeatMs);
-    this.dataLoss = new DataLossDetector(this.link, keys.epoch, log, config.pubsubHeartbeatMs);
+    this.dataLoss = new DataLossDetector(this.link, keys, log, config.pubsubHeartbeatMs);
+    this.dataLoss.on('data-lost', (details: DataLossDetails) => void this.recover(details));
+    this.sidecarId = sidecarId;
+    this.log = log;
   }
 
   get connected(): boolean {
@@ -67,18 +85,54 @@ export class RedisTier implements SharedTier {
     });
   }
 
-  /** SCANs the namespace's cache keys away in batches (UNLINK: freed off Redis's main thread), then announces it. */
+  /**
+   * SCANs the namespace's cache keys away in batches (on a Cluster, on every
+   * master; UNLINK: freed off Redis's main thread, one key per command as
+   * they may lie in different slots), then announces it.
+   */
   async flushNamespace(): Promise<void> {
     const client = this.link.client;
-    for (const match of this.keys.cachePatterns) {
-      let cursor = '0';
-      do {
-        const [next, found] = await this.link.command(client.scan(cursor, 'MATCH', match, 'COUNT', 1000));
-        if (found.length > 0) await this.link.command(client.unlink(...found));
-        cursor = next;
-      } while (cursor !== '0');
+    const servers = this.link.cluster?.nodes('master') ?? [client];
+    for (const server of servers) {
+      for (const match of this.keys.cachePatterns) {
+        let cursor = '0';
+        do {
+          const [next, found] = await this.link.command(server.scan(cursor, 'MATCH', match, 'COUNT', 1000));
+          if (found.length > 0) await this.link.batch(found.map((key) => ({ key, queue: (p) => p.unlink(key) })));
+          cursor = next;
+        } while (cursor !== '0');
+      }
     }
     await this.link.command(this.scripts.run(namespaceFlushed));
+  }
+
+  /**
+   * Redis lost data, or a master was replaced by a replica that may lack the
+   * last acknowledged writes: what it holds may be older than what apps were
+   * told was written. One sidecar — the one that claims the recovery key for
+   * this new state of Redis — flushes the namespace there (every sidecar
+   * hears of it and resynchronizes); every sidecar resynchronizes its own L1
+   * at once, the claimer after its flush. Should the flush fail, the claim
+   * is given up so that the next sidecar to notice tries again.
+   */
+  private async recover(details: DataLossDetails): Promise<void> {
+    const key = this.keys.recovery(details.identity);
+    try {
+      const claimed = await this.link.command(this.link.client.set(key, this.sidecarId, 'PX', RECOVERY_CLAIM_MS, 'NX'));
+      if (claimed === 'OK') {
+        await this.flushNamespace();
+        this.recoveries.flushed++;
+        this.log.warn({ identity: details.identity }, 'flushed the namespace in Redis after it lost data or a master was replaced');
+      } else {
+        this.recoveries.claimedElsewhere++;
+      }
+    } catch (error) {
+      this.recoveries.failed++;
+      this.log.warn({ err: (error as Error).message }, 'could not flush the namespace after a failover; another sidecar or the next check will');
+      await this.link.command(this.link.client.del(key)).catch(() => undefined);
+    } finally {
+      for (const listener of this.dataLostListeners) listener();
+    }
   }
 
   async clockUs(): Promise<number> {
@@ -87,7 +141,7 @@ export class RedisTier implements SharedTier {
   }
 
   onDataLost(listener: () => void): void {
-    this.dataLoss.on('data-lost', listener);
+    this.dataLostListeners.push(listener);
   }
 
   start(): void {

@@ -234,6 +234,41 @@ describe('loadConfig', () => {
     expect(error.message).toMatch(/REDIS_URL or REDIS_HOST/);
   });
 
+  describe('Redis Cluster and Sentinel', () => {
+    it('reads a Cluster from its seeds, with the shared credentials and TLS', () => {
+      const redis = loadConfig({ REDIS_CLUSTER_NODES: 'redis-0.redis:6379, 10.0.0.2:7000,[::1]:7001', REDIS_PASSWORD: 'pw', REDIS_TLS: 'true' }).redis!;
+      expect(redis.topology).toEqual({ kind: 'cluster', seeds: [{ host: 'redis-0.redis', port: 6379 }, { host: '10.0.0.2', port: 7000 }, { host: '::1', port: 7001 }] });
+      expect(redis.password).toBe('pw');
+      expect(redis.tls).toBe(true);
+      expect(redis.describe).not.toContain('pw');
+    });
+
+    it('reads Sentinel mode with its own credentials', () => {
+      const redis = loadConfig({ REDIS_SENTINELS: 's1:26379,s2:26379', REDIS_SENTINEL_MASTER_NAME: 'mymaster', REDIS_SENTINEL_PASSWORD: 'spw', REDIS_PASSWORD: 'pw', REDIS_DB: '2' }).redis!;
+      expect(redis.topology).toEqual({ kind: 'sentinel', sentinels: [{ host: 's1', port: 26379 }, { host: 's2', port: 26379 }], masterName: 'mymaster', sentinelUsername: undefined, sentinelPassword: 'spw' });
+      expect(redis.password).toBe('pw');
+      expect(redis.db).toBe(2);
+      expect(redis.describe).not.toMatch(/spw|pw\b/);
+    });
+
+    it.each([
+      [{ REDIS_URL: 'redis://a:6379', REDIS_CLUSTER_NODES: 'b:7000' }, 'REDIS_URL', /REDIS_URL and REDIS_CLUSTER_NODES are both set/],
+      [{ REDIS_HOST: 'a', REDIS_SENTINELS: 's:26379', REDIS_SENTINEL_MASTER_NAME: 'm' }, 'REDIS_HOST', /REDIS_HOST and REDIS_SENTINELS are both set/],
+      [{ REDIS_CLUSTER_NODES: 'b:7000', REDIS_SENTINELS: 's:26379', REDIS_SENTINEL_MASTER_NAME: 'm' }, 'REDIS_CLUSTER_NODES', /REDIS_CLUSTER_NODES and REDIS_SENTINELS are both set/],
+      [{ REDIS_SENTINELS: 's:26379' }, 'REDIS_SENTINEL_MASTER_NAME', /is required with REDIS_SENTINELS/],
+      [{ REDIS_SENTINEL_MASTER_NAME: 'm' }, 'REDIS_SENTINEL_MASTER_NAME', /without REDIS_SENTINELS/],
+      [{ REDIS_HOST: 'a', REDIS_SENTINEL_PASSWORD: 'x' }, 'REDIS_SENTINEL_PASSWORD', /without REDIS_SENTINELS/],
+      [{ REDIS_CLUSTER_NODES: 'b:7000', REDIS_DB: '1' }, 'REDIS_DB', /a Redis Cluster has only database 0/],
+      [{ REDIS_CLUSTER_NODES: 'b:7000,nope' }, 'REDIS_CLUSTER_NODES', /item 2 \("nope"\) is not host:port/],
+      [{ REDIS_SENTINELS: 's:0', REDIS_SENTINEL_MASTER_NAME: 'm' }, 'REDIS_SENTINELS', /item 1 \("s:0"\) is not host:port/],
+      [{ REDIS_SENTINELS: 's:26379', REDIS_SENTINEL_MASTER_NAME: 'my master' }, 'REDIS_SENTINEL_MASTER_NAME', /is not a master name/],
+    ])('refuses %j, naming %s', (env, variable, message) => {
+      const error = configError(env as Record<string, string>);
+      expect(error.variable).toBe(variable);
+      expect(error.message).toMatch(message);
+    });
+  });
+
   it('keeps the Redis database within 0 to 15 (the lock library only selects those)', () => {
     expect(configError({ REDIS_HOST: 'redis', REDIS_DB: '16' }).variable).toBe('REDIS_DB');
     const fromUrl = configError({ REDIS_URL: 'redis://redis:6379/16' });

@@ -13,7 +13,8 @@ import { defineScript } from './script';
  * in between). Tag sets are sorted by expiry and pruned of expired members
  * on every write.
  *
- * KEYS: entry, lease, tag sets (n), tag stamps (n)
+ * KEYS: entry, lease, tag sets (n), tag stamps (n) — the tag sets and stamps
+ * of the entry's bucket (keys.ts), so on a Cluster they share its slot
  * ARGV: data, ttl_ms, if_version, if_absent, channel, origin, key, lease_token, tags (n)
  * Reply: {status, version, expires_at}: status 1 written, -1 exists, -2 version mismatch, -3 stale lease.
  */
@@ -58,7 +59,7 @@ export const entrySet = defineScript({
   name: 'ccEntrySet',
   lua: LUA,
   args: ({ keys, origin }, key: string, data: Buffer, write: EntryWrite) => ({
-    keys: [keys.entry(key), keys.lease({ kind: 'entry', id: key }), ...write.tags.map((tag) => keys.tag(tag)), ...write.tags.map((tag) => keys.tagStamp(tag))],
+    keys: [keys.entry(key), keys.lease({ kind: 'entry', id: key }), ...write.tags.map((tag) => keys.tag(tag, keys.bucket(key))), ...write.tags.map((tag) => keys.tagStamp(tag, keys.bucket(key)))],
     argv: [data, write.ttlMs, write.ifVersion, write.ifAbsent ? '1' : '0', keys.channel, origin, key, write.leaseToken, ...write.tags],
   }),
   parse: (reply): EntryWriteOutcome => {

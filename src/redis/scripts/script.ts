@@ -1,4 +1,5 @@
-import type { ChainableCommander, Redis } from 'ioredis';
+import type { ChainableCommander } from 'ioredis';
+import type { RedisClient, RedisLink, Settled } from '../connection';
 import type { KeySpace } from '../keys';
 
 export type RedisArg = string | number | Buffer;
@@ -39,7 +40,7 @@ export class ScriptRunner {
   private readonly defined = new Set<string>();
 
   constructor(
-    private readonly client: Redis,
+    private readonly client: RedisClient,
     private readonly context: ScriptContext,
   ) {}
 
@@ -48,31 +49,17 @@ export class ScriptRunner {
   }
 
   /**
-   * A pipeline that can queue `scripts` (ioredis gives a pipeline the
-   * commands defined when it is created, so they are defined first).
+   * Runs the script once per argument list in one batch (RedisLink.batch:
+   * one pipeline on one server, one per master on a Cluster); resolves with
+   * each call's error or parsed reply, in order.
    */
-  pipeline(...scripts: Script<never, unknown>[]): ChainableCommander {
-    for (const script of scripts) this.define(script);
-    return this.client.pipeline();
-  }
-
-  /**
-   * Runs the script once per argument list in one pipeline (one round trip);
-   * resolves with each call's error or parsed reply, in order.
-   */
-  async runEach<A extends unknown[], R>(script: Script<A, R>, calls: readonly A[], send: <T>(work: Promise<T>) => Promise<T>): Promise<({ error: Error } | { reply: R })[]> {
-    const pipeline = this.pipeline(script as unknown as Script<never, unknown>);
-    for (const args of calls) this.queue(pipeline, script, ...args);
-    const replies = (await send(pipeline.exec())) ?? [];
-    return calls.map((_, index) => {
-      const [error, reply] = replies[index] ?? [new Error('no reply')];
-      return error ? { error } : { reply: script.parse(reply) };
-    });
-  }
-
-  /** Queues a call in a pipeline from `pipeline()`; the pipeline's reply for it is read with `script.parse`. */
-  queue<A extends unknown[], R>(pipeline: ChainableCommander, script: Script<A, R>, ...args: A): void {
-    void this.invoker(pipeline, script, args);
+  async runEach<A extends unknown[], R>(script: Script<A, R>, calls: readonly A[], link: RedisLink): Promise<Settled<R>[]> {
+    // ioredis gives a pipeline the commands defined when it is created: define first.
+    this.define(script as unknown as Script<never, unknown>);
+    const replies = await link.batch(
+      calls.map((args) => ({ key: script.args(this.context, ...args).keys[0] ?? '', queue: (pipeline: ChainableCommander) => void this.invoker(pipeline, script, args) })),
+    );
+    return replies.map((answer) => ('error' in answer ? answer : { reply: script.parse(answer.reply) }));
   }
 
   private define(script: Script<never, unknown>): void {
@@ -81,7 +68,7 @@ export class ScriptRunner {
     this.defined.add(script.name);
   }
 
-  private invoker<A extends unknown[], R>(target: Redis | ChainableCommander, script: Script<A, R>, args: A): Promise<unknown> {
+  private invoker<A extends unknown[], R>(target: RedisClient | ChainableCommander, script: Script<A, R>, args: A): Promise<unknown> {
     this.define(script as unknown as Script<never, unknown>);
     const { keys, argv } = script.args(this.context, ...args);
     const command = (target as unknown as Record<string, Invoker>)[script.buffers ? `${script.name}Buffer` : script.name]!;
