@@ -8,7 +8,7 @@ import type { TokenCounter } from './ports';
  * (used as given), else a count kept from an earlier context.
  */
 export function knownTokens(node: NodeRecord, tokenizer: TokenizerName): number | undefined {
-  if (node.tokenCount !== undefined && (node.tokenCountTokenizer === undefined || node.tokenCountTokenizer === '' || node.tokenCountTokenizer === tokenizer)) return node.tokenCount;
+  if (node.tokenCount && (node.tokenCountTokenizer === undefined || node.tokenCountTokenizer === '' || node.tokenCountTokenizer === tokenizer)) return node.tokenCount;
   return node.tokens?.[tokenizer];
 }
 

@@ -16,7 +16,7 @@ export interface NodeRecord {
   createdAt: number;
   metadata: Record<string, string>;
   refs: string[];
-  /** The app's own count of the content's tokens (Node.token_count), used as given. */
+  /** The app's own count of the content's tokens (Node.token_count), used as given; absent (or 0): unknown. */
   tokenCount?: number;
   /** The tokenizer tokenCount was measured with; '' or absent: it holds for every tokenizer. */
   tokenCountTokenizer?: string;

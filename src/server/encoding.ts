@@ -94,7 +94,7 @@ function plan(node: NodeRecord): NodePlan {
     size += fieldSize(entryBytes);
   }
   for (const [, , bytes] of refs) size += fieldSize(bytes);
-  if (node.tokenCount !== undefined) size += 1 + varintSize(node.tokenCount);
+  if (node.tokenCount) size += 1 + varintSize(node.tokenCount);
   const tokenizer = node.tokenCountTokenizer ? stringPlan(90, node.tokenCountTokenizer) : undefined;
   if (tokenizer) size += fieldSize(tokenizer[2]);
   if (node.pinned) size += 2;
@@ -135,7 +135,7 @@ function write(node: NodeRecord, p: NodePlan, buffer: Buffer, offset: number): n
     if (valueBytes > 0) offset = writeString(buffer, offset, [18, value, valueBytes]);
   }
   for (const field of p.refs) offset = writeString(buffer, offset, field);
-  if (node.tokenCount !== undefined) {
+  if (node.tokenCount) {
     buffer[offset++] = 80;
     offset = writeVarint(buffer, offset, node.tokenCount);
   }

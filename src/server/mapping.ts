@@ -87,7 +87,7 @@ export function nodeToProto(node: NodeRecord): Node {
     createdAt: timestamp(node.createdAt),
     metadata: { ...node.metadata },
     refs: [...node.refs],
-    tokenCount: node.tokenCount,
+    tokenCount: node.tokenCount ?? 0,
     tokenCountTokenizer: node.tokenCountTokenizer ?? '',
     pinned: node.pinned ?? false,
     summarizesThrough: node.summarizesThrough ?? '',
@@ -107,7 +107,7 @@ export function nodeFromProto(node: Node, sessionId: string): NodeRecord {
     metadata: { ...node.metadata },
     refs: [...node.refs],
     // Absent unless set, so that JSON in Redis carries only what the app gave.
-    ...(node.tokenCount !== undefined && { tokenCount: node.tokenCount }),
+    ...(node.tokenCount !== 0 && { tokenCount: node.tokenCount }),
     ...(node.tokenCountTokenizer !== '' && { tokenCountTokenizer: node.tokenCountTokenizer }),
     ...(node.pinned && { pinned: true }),
     ...(node.summarizesThrough !== '' && { summarizesThrough: node.summarizesThrough }),

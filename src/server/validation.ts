@@ -222,7 +222,7 @@ export class RequestValidator {
     if (node.shortId !== '') this.shortId(node.shortId, `${field}.short_id`);
     this.id(node.parentId, `${field}.parent_id`, true);
     this.shortIds(node.refs, `${field}.refs`, LIMITS.maxRefsPerNode);
-    if (node.tokenCount !== undefined && node.tokenCount > LIMITS.maxTokens) {
+    if (node.tokenCount > LIMITS.maxTokens) {
       throw invalidArgument(`${field}.token_count is ${node.tokenCount}; the limit is ${LIMITS.maxTokens} tokens`);
     }
     if (node.tokenCountTokenizer !== '') this.tokenizer(node.tokenCountTokenizer, `${field}.token_count_tokenizer`);
@@ -316,8 +316,8 @@ function ancestorsInclude(byId: ReadonlyMap<string, NodeRecord>, parentId: strin
 }
 
 function notOnPath(field: string, node: NodeRecord) {
-  const where = node.parentId === '' ? 'the nodes before it in the session (it has no parent)' : 'its path (the chain of its parent_id)';
-  return invalidArgument(`${field}.summarizes_through "${node.summarizesThrough!.slice(0, 80)}" is not a node on ${where}; a summary covers the conversation up to a node before it`);
+  const where = node.parentId === '' ? 'is not one of the nodes before it in the session (it has no parent_id)' : 'is not on its path (the chain of its parent_id)';
+  return invalidArgument(`${field}.summarizes_through "${node.summarizesThrough!.slice(0, 80)}" ${where}; a summary covers the conversation up to a node before it`);
 }
 
 function durationMs(duration: Duration | undefined, field: string): number {

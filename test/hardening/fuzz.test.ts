@@ -19,7 +19,7 @@ const samples: Partial<Record<Method, Uint8Array>> = {
     sessionId: 's',
     nodes: [
       { id: 'n0', shortId: 'a', sessionId: 's', parentId: '', role: 1, content: 'hello', createdAt: new Date(0), metadata: { m: 'v' }, refs: ['b'], tokenCount: 3, tokenCountTokenizer: 'o200k_base', pinned: true, summarizesThrough: '' },
-      { id: 'n1', shortId: 'c', sessionId: 's', parentId: 'n0', role: 2, content: 'sum', createdAt: new Date(0), metadata: {}, refs: [], tokenCount: undefined, tokenCountTokenizer: '', pinned: false, summarizesThrough: 'n0' },
+      { id: 'n1', shortId: 'c', sessionId: 's', parentId: 'n0', role: 2, content: 'sum', createdAt: new Date(0), metadata: {}, refs: [], tokenCount: 0, tokenCountTokenizer: '', pinned: false, summarizesThrough: 'n0' },
     ],
     leaseToken: '',
     ttl: undefined,

@@ -663,12 +663,10 @@ export interface Node {
   /**
    * The node's token count when the application already knows it (for
    * example from the model's usage data): used as given instead of counting
-   * the content. Unset: the sidecar counts the content itself, once per
+   * the content. 0: unknown, the sidecar counts the content itself, once per
    * tokenizer, and keeps the count with the node. At most 10,000,000.
    */
-  tokenCount?:
-    | number
-    | undefined;
+  tokenCount: number;
   /**
    * The tokenizer token_count was measured with (o200k_base, cl100k_base);
    * a BuildContext with another tokenizer counts the content instead.
@@ -2698,7 +2696,7 @@ function createBaseNode(): Node {
     createdAt: undefined,
     metadata: {},
     refs: [],
-    tokenCount: undefined,
+    tokenCount: 0,
     tokenCountTokenizer: "",
     pinned: false,
     summarizesThrough: "",
@@ -2734,7 +2732,7 @@ export const Node: MessageFns<Node> = {
     for (const v of message.refs) {
       writer.uint32(74).string(v!);
     }
-    if (message.tokenCount !== undefined) {
+    if (message.tokenCount !== 0) {
       writer.uint32(80).uint32(message.tokenCount);
     }
     if (message.tokenCountTokenizer !== "") {
@@ -2927,7 +2925,7 @@ export const Node: MessageFns<Node> = {
         ? globalThis.Number(object.tokenCount)
         : isSet(object.token_count)
         ? globalThis.Number(object.token_count)
-        : undefined,
+        : 0,
       tokenCountTokenizer: isSet(object.tokenCountTokenizer)
         ? globalThis.String(object.tokenCountTokenizer)
         : isSet(object.token_count_tokenizer)
@@ -2977,7 +2975,7 @@ export const Node: MessageFns<Node> = {
     if (message.refs?.length) {
       obj.refs = message.refs;
     }
-    if (message.tokenCount !== undefined) {
+    if (message.tokenCount !== 0) {
       obj.tokenCount = Math.round(message.tokenCount);
     }
     if (message.tokenCountTokenizer !== "") {
@@ -3014,7 +3012,7 @@ export const Node: MessageFns<Node> = {
       {},
     );
     message.refs = object.refs?.map((e) => e) || [];
-    message.tokenCount = object.tokenCount ?? undefined;
+    message.tokenCount = object.tokenCount ?? 0;
     message.tokenCountTokenizer = object.tokenCountTokenizer ?? "";
     message.pinned = object.pinned ?? false;
     message.summarizesThrough = object.summarizesThrough ?? "";
