@@ -16,11 +16,18 @@ import { ratio, startBenchRedis, summarize, type Bench, type BenchReport, type L
 
 const NODES = 200;
 
-/** Times `calls` in turn, one call of each per round, so that both see the same machine (the machine is shared and noisy). */
+/**
+ * Times `calls` in turn, one call of each per round, so that both see the
+ * same machine (it is shared and noisy); every other round in reverse
+ * order, so that none always follows another (and its garbage).
+ */
 async function interleaved(calls: (() => Promise<unknown>)[], rounds: number, warmup: number): Promise<LatencyStats[]> {
   const samples = calls.map(() => new Float64Array(rounds));
   for (let round = -warmup; round < rounds; round++) {
-    for (const [index, call] of calls.entries()) {
+    const order = [...calls.keys()];
+    if (round % 2 !== 0) order.reverse();
+    for (const index of order) {
+      const call = calls[index]!;
       const start = process.hrtime.bigint();
       await call();
       if (round >= 0) samples[index]![round] = Number(process.hrtime.bigint() - start);

@@ -102,7 +102,8 @@ interface Cost {
 
 export interface Selection {
   /** The conversation in prompt order: pinned and kept nodes in path order, the stand-in summary (if any) where the dropped nodes were. */
-  conversation: { node: NodeRecord; reason: 'conversation' | 'summary' }[];
+  conversation: { node: NodeRecord; reason: 'conversation' | 'summary'; tokens: number }[];
+  /** The references kept, in the order given, with their tokens. */
   references: ContextItem[];
   /** Conversation nodes and references left out for the budget (a summary may stand in for some); unused summaries are not counted. */
   dropped: number;
@@ -153,50 +154,58 @@ function summariesOf(conversation: readonly NodeRecord[]): Summary[] {
 export function applyBudget(conversation: readonly NodeRecord[], references: readonly ContextItem[], budget: Budget, tokensOf: (node: NodeRecord) => number): Selection {
   const limit: Cost = { nodes: budget.maxNodes || Infinity, chars: budget.maxChars || Infinity, tokens: budget.maxTokens || Infinity };
   const used: Cost = { nodes: 0, chars: 0, tokens: 0 };
-  const fits = (node: NodeRecord) => used.nodes + 1 <= limit.nodes && used.chars + node.content.length <= limit.chars && used.tokens + tokensOf(node) <= limit.tokens;
-  const add = (node: NodeRecord, sign = 1) => {
+  // Each node's tokens, asked once: conversation positions, then references (this loop is the hot path of a cached context).
+  const tokens = conversation.map(tokensOf);
+  const refTokens = references.map((item) => tokensOf(item.node));
+  const fits = (chars: number, count: number) => used.nodes + 1 <= limit.nodes && used.chars + chars <= limit.chars && used.tokens + count <= limit.tokens;
+  const add = (chars: number, count: number, sign: number) => {
     used.nodes += sign;
-    used.chars += sign * node.content.length;
-    used.tokens += sign * tokensOf(node);
+    used.chars += sign * chars;
+    used.tokens += sign * count;
   };
+  const fitsAt = (at: number) => fits(conversation[at]!.content.length, tokens[at]!);
+  const addAt = (at: number, sign = 1) => add(conversation[at]!.content.length, tokens[at]!, sign);
+  const addReference = (r: number) => add(references[r]!.node.content.length, refTokens[r]!, 1);
 
   const summaries = summariesOf(conversation);
-  const isSummary = new Set(summaries.map((summary) => summary.node));
+  const isSummary = summaries.length === 0 ? undefined : new Set(summaries.map((summary) => summary.at));
   // Positions on the path of the ordinary conversation nodes: neither pinned nor summaries.
   const ordinary: number[] = [];
-  conversation.forEach((node, at) => {
-    if (!node.pinned && !isSummary.has(node)) ordinary.push(at);
-  });
-  const ordinaryNode = (index: number) => conversation[ordinary[index]!]!;
+  for (let at = 0; at < conversation.length; at++) if (!conversation[at]!.pinned && !isSummary?.has(at)) ordinary.push(at);
 
   // The uncut context: pinned nodes, references, and the conversation with the newest summary in place of what it covers.
   const newest = summaries.at(-1);
-  for (const node of conversation) if (node.pinned || (newest === undefined ? !isSummary.has(node) : node === newest.node)) add(node);
-  if (newest !== undefined) for (const at of ordinary) if (at > newest.through) add(conversation[at]!);
-  for (const item of references) add(item.node);
+  for (let at = 0; at < conversation.length; at++) if (conversation[at]!.pinned) addAt(at);
+  if (newest !== undefined) addAt(newest.at);
+  for (const at of ordinary) if (newest === undefined || at > newest.through) addAt(at);
+  for (let r = 0; r < references.length; r++) addReference(r);
   const uncut: Cost = { ...used };
 
   // Everything as it is, if it fits: no cut, no summary.
-  used.nodes = used.chars = used.tokens = 0;
-  for (const node of conversation) if (!isSummary.has(node)) add(node);
-  for (const item of references) add(item.node);
+  if (newest !== undefined) {
+    addAt(newest.at, -1);
+    for (const at of ordinary) if (at <= newest.through) addAt(at);
+  }
+  const withTokens = (at: number, reason: 'conversation' | 'summary') => ({ node: conversation[at]!, reason, tokens: tokens[at]! });
+  const referencesWithTokens = (kept: (r: number) => boolean) => references.flatMap((item, r) => (kept(r) ? [{ ...item, tokens: refTokens[r]! }] : []));
   if (used.nodes <= limit.nodes && used.chars <= limit.chars && used.tokens <= limit.tokens) {
-    return { conversation: conversation.filter((node) => !isSummary.has(node)).map((node) => ({ node, reason: 'conversation' as const })), references: [...references], dropped: 0, used, uncut };
+    const everything: Selection['conversation'] = [];
+    for (let at = 0; at < conversation.length; at++) if (!isSummary?.has(at)) everything.push(withTokens(at, 'conversation'));
+    return { conversation: everything, references: referencesWithTokens(() => true), dropped: 0, used, uncut };
   }
 
   used.nodes = used.chars = used.tokens = 0;
-  for (const node of conversation) if (node.pinned) add(node);
-  const pinnedReferences = references.filter((item) => item.node.pinned);
-  for (const item of pinnedReferences) add(item.node);
+  for (let at = 0; at < conversation.length; at++) if (conversation[at]!.pinned) addAt(at);
+  const keptReference = references.map((item) => item.node.pinned === true);
+  for (let r = 0; r < references.length; r++) if (keptReference[r]) addReference(r);
   let first = ordinary.length - 1; // the oldest ordinary node kept
-  if (first >= 0) add(ordinaryNode(first));
-  const keptReferences = references.filter((item) => {
-    if (item.node.pinned) return true;
-    if (!fits(item.node)) return false;
-    add(item.node);
-    return true;
-  });
-  while (first > 0 && fits(ordinaryNode(first - 1))) add(ordinaryNode(--first));
+  if (first >= 0) addAt(ordinary[first]!);
+  for (let r = 0; r < references.length; r++) {
+    if (keptReference[r] || !fits(references[r]!.node.content.length, refTokens[r]!)) continue;
+    addReference(r);
+    keptReference[r] = true;
+  }
+  while (first > 0 && fitsAt(ordinary[first - 1]!)) addAt(ordinary[--first]!);
 
   // A stand-in for the dropped ordinary nodes (0 .. first-1): if none fits even after the oldest kept nodes give way, the cut stays as it was.
   let standIn: Summary | undefined;
@@ -205,25 +214,26 @@ export function applyBudget(conversation: readonly NodeRecord[], references: rea
     for (;;) {
       const candidate = coveringSummary(summaries, ordinary[0]!, ordinary[trial - 1]!);
       if (candidate === undefined) break;
-      if (fits(candidate.node)) {
+      if (fitsAt(candidate.at)) {
         standIn = candidate;
-        add(candidate.node);
+        addAt(candidate.at);
         first = trial;
         break;
       }
       if (trial >= ordinary.length - 1) break; // only the head is left: it stays
-      add(ordinaryNode(trial++), -1);
+      addAt(ordinary[trial++]!, -1);
     }
-    if (standIn === undefined) for (let index = first; index < trial; index++) add(ordinaryNode(index));
+    if (standIn === undefined) for (let index = first; index < trial; index++) addAt(ordinary[index]!);
   }
 
   const keptFrom = first >= 0 ? ordinary[first]! : conversation.length;
   const lastDropped = first > 0 ? ordinary[first - 1]! : -1;
   const selected: Selection['conversation'] = [];
-  conversation.forEach((node, at) => {
-    if (node.pinned || (at >= keptFrom && !isSummary.has(node))) selected.push({ node, reason: 'conversation' });
-    if (at === lastDropped && standIn !== undefined) selected.push({ node: standIn.node, reason: 'summary' });
-  });
+  for (let at = 0; at < conversation.length; at++) {
+    if (conversation[at]!.pinned || (at >= keptFrom && !isSummary?.has(at))) selected.push(withTokens(at, 'conversation'));
+    if (at === lastDropped && standIn !== undefined) selected.push(withTokens(standIn.at, 'summary'));
+  }
+  const keptReferences = referencesWithTokens((r) => keptReference[r]!);
   const dropped = Math.max(0, first) + (references.length - keptReferences.length);
   return { conversation: selected, references: keptReferences, dropped, used, uncut };
 }
@@ -338,8 +348,8 @@ export async function buildContext(store: SessionStore, request: BuildContextReq
   const kept = applyBudget(conversation, references, budget, tokensOf);
   const shares = budgetShares(budget, kept.used, kept.uncut, request.summaryThreshold || DEFAULT_SUMMARY_THRESHOLD);
   // Prompt order: references first, oldest first, then the conversation from its root.
-  const orderedReferences = [...kept.references].sort((x, y) => x.node.createdAt - y.node.createdAt).map((item) => ({ ...item, tokens: tokensOf(item.node) }));
-  const items: ContextItem[] = [...orderedReferences, ...kept.conversation.map(({ node, reason }) => ({ node, reason, referencedBy: '', tokens: tokensOf(node) }))];
+  const orderedReferences = kept.references.sort((x, y) => x.node.createdAt - y.node.createdAt);
+  const items: ContextItem[] = [...orderedReferences, ...kept.conversation.map(({ node, reason, tokens }) => ({ node, reason, referencedBy: '', tokens }))];
   return {
     sessionFound: true,
     items,

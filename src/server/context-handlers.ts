@@ -16,6 +16,10 @@ export type ContextHandlers = Pick<
 /** ContextNode.reason (field 2), encoded once. */
 const REASON_FIELDS = Object.fromEntries(Object.entries(INCLUSION).map(([inclusion, reason]) => [inclusion, varintField(2, reason)])) as Record<Inclusion, Buffer>;
 
+/** ContextNode.token_count (field 4) of the counts most nodes have, each encoded once: no allocation per node on the hot path. */
+const TOKEN_FIELDS: Buffer[] = [];
+const tokenField = (count: number): Buffer => (count < 4096 ? (TOKEN_FIELDS[count] ??= varintField(4, count)) : varintField(4, count));
+
 /** The conversation-context RPCs: validate, delegate to the SessionStore, translate. */
 export function contextHandlers({
   sessions,
@@ -99,7 +103,7 @@ export function contextHandlers({
         encodeNodes(built.items.map((item) => item.node));
         const items = built.items.map((item) => {
           const node = encodedNode(item.node);
-          return [lengthPrefix(1, node.length), node, REASON_FIELDS[item.reason], stringField(3, item.referencedBy), varintField(4, item.tokens)];
+          return [lengthPrefix(1, node.length), node, REASON_FIELDS[item.reason], stringField(3, item.referencedBy), tokenField(item.tokens)];
         });
         return withRepeated(head, 2, items) as unknown as BuildContextResponse;
       },
