@@ -12,19 +12,19 @@ import { chatSession, englishParagraphs } from './compression';
 import { startBenchSidecar, scaled } from './harness';
 import { measureLatency, ratio, startBenchRedis, type Bench, type BenchReport, type LatencyStats } from './lib';
 
-const REFS = 10;
+export const REFS = 10;
 
-function toProto(node: NodeRecord): DeepPartial<Node> {
+export function toProto(node: NodeRecord): DeepPartial<Node> {
   return { ...node, createdAt: new Date(node.createdAt) };
 }
 
-interface Fixture {
+export interface Fixture {
   main: NodeRecord[];
   refSessions: NodeRecord[][];
 }
 
 /** A main session whose last nodes reference one node in each of REFS other sessions. */
-function fixture(name: string, nodes: number, paragraphs: string[], offset: number): Fixture {
+export function fixture(name: string, nodes: number, paragraphs: string[], offset: number): Fixture {
   const refSessions = Array.from({ length: REFS }, (_, r) => chatSession(`${name}r${r}`, 20, paragraphs, offset + r * 31));
   const main = chatSession(name, nodes, paragraphs, offset);
   refSessions.forEach((session, r) => {
@@ -36,10 +36,12 @@ function fixture(name: string, nodes: number, paragraphs: string[], offset: numb
   return { main, refSessions };
 }
 
-async function load(client: ContextCacheClient, direct: Redis, f: Fixture): Promise<void> {
+/** Stores the fixture's sessions through the sidecar, and (for the direct baseline) as Redis lists when `direct` is given. */
+export async function load(client: ContextCacheClient, direct: Redis | undefined, f: Fixture): Promise<void> {
   for (const session of [f.main, ...f.refSessions]) {
     const sessionId = session[0]!.sessionId;
     await client.putSessionNodes({ sessionId, nodes: session.map(toProto) });
+    if (direct === undefined) continue;
     const pipeline = direct.pipeline();
     pipeline.del(`direct:s:${sessionId}`);
     pipeline.rpush(`direct:s:${sessionId}`, ...session.map((node) => JSON.stringify(node)));

@@ -1,4 +1,5 @@
 import { readFileSync } from 'node:fs';
+import { isTokenizer, TOKENIZERS, type TokenizerName } from './model/tokenizer';
 
 /**
  * The sidecar's configuration: read from the environment once at start-up,
@@ -73,6 +74,8 @@ export interface Config {
   watchTotalBufferBytes: number;
   watchMaxStreams: number;
   leaseTtlMs: number;
+  /** The tokenizer of a BuildContext that names none (CONTEXT_CACHE_TOKENIZER). */
+  tokenizer: TokenizerName;
   logLevel: LogLevel;
   /** `undefined`: L1-only by configuration. */
   redis: RedisConfig | undefined;
@@ -142,6 +145,10 @@ export const CONFIG_VARIABLES = {
   CONTEXT_CACHE_WATCH_TOTAL_BUFFER: { default: '64MiB', help: 'Bytes buffered across all Watch streams; a stream whose event would exceed it is treated as past its own buffer. 1,000 streams that never read cost at most this.' },
   CONTEXT_CACHE_WATCH_MAX_STREAMS: { default: '5000', help: 'Open Watch streams at most; more are refused with RESOURCE_EXHAUSTED.' },
   CONTEXT_CACHE_LEASE_TTL: { default: '10s', help: 'Default lifetime of a fill lease granted on a miss (lease_ttl overrides it per call).' },
+  CONTEXT_CACHE_TOKENIZER: {
+    default: 'o200k_base',
+    help: 'Tokenizer of a BuildContext that names none (max_tokens, total_tokens): o200k_base (GPT-4o and later) or cl100k_base (GPT-4, GPT-3.5). Loaded on first use, in a worker thread.',
+  },
   CONTEXT_CACHE_LOG_LEVEL: { default: 'info', help: 'fatal, error, warn, info, debug, trace or silent.' },
   REDIS_URL: { default: '(unset)', help: 'redis://[user:password@]host:port[/db], or rediss:// for TLS. Unset together with REDIS_HOST: L1-only.' },
   REDIS_HOST: { default: '(unset)', help: 'Redis host, when not using REDIS_URL.' },
@@ -476,6 +483,10 @@ export function loadConfig(env: Env = process.env): Config {
   if (!LOG_LEVELS.includes(logLevel)) {
     throw new ConfigError('CONTEXT_CACHE_LOG_LEVEL', `"${logLevel}" is not a level; use one of ${LOG_LEVELS.join(', ')}`);
   }
+  const tokenizer = read(env, 'CONTEXT_CACHE_TOKENIZER') ?? 'o200k_base';
+  if (!isTokenizer(tokenizer)) {
+    throw new ConfigError('CONTEXT_CACHE_TOKENIZER', `"${tokenizer}" is not a known tokenizer; use one of ${TOKENIZERS.join(', ')}`);
+  }
   const maxValueBytes = parseSize(env, 'CONTEXT_CACHE_MAX_VALUE_BYTES', 8 * MiB, 1, 512 * MiB);
   const maxMessageBytes = parseSize(env, 'CONTEXT_CACHE_MAX_MESSAGE_BYTES', Math.max(16 * MiB, maxValueBytes + MiB), 64 * 1024, 1024 * MiB);
   if (maxMessageBytes <= maxValueBytes) {
@@ -504,6 +515,7 @@ export function loadConfig(env: Env = process.env): Config {
     watchTotalBufferBytes: parseSize(env, 'CONTEXT_CACHE_WATCH_TOTAL_BUFFER', 64 * MiB, 64 * 1024, 64 * 1024 * MiB),
     watchMaxStreams: parseInteger(env, 'CONTEXT_CACHE_WATCH_MAX_STREAMS', 5000, 1, 1_000_000),
     leaseTtlMs: parseDuration(env, 'CONTEXT_CACHE_LEASE_TTL', 10_000, 100, 600_000),
+    tokenizer,
     logLevel,
     redis: parseRedis(env),
     lockRedis: parseLockRedis(env),

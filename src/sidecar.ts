@@ -6,6 +6,7 @@ import { L1Cache } from './cache/l1';
 import { Tiers } from './cache/tiers';
 import type { Config } from './config';
 import { SessionStore } from './context/sessions';
+import { WorkerTokenCounter } from './context/token-counter';
 import { ContextCacheService } from './gen/contextcache/v1/context_cache';
 import { DistributedLocks } from './locks/distributed-locks';
 import type { Logger } from './log';
@@ -42,6 +43,8 @@ export class Sidecar {
   readonly tiers: Tiers;
   readonly entries: EntryCache;
   readonly sessions: SessionStore;
+  /** Counts tokens in a worker thread, started on the first count. */
+  readonly tokenCounter = new WorkerTokenCounter();
   readonly events = new EventHub();
   readonly codec: ValueCodec;
   /** The Redis side; undefined when L1-only. */
@@ -72,7 +75,7 @@ export class Sidecar {
     this.redis = config.redis === undefined ? undefined : new RedisTier(config, keys, this.codec, this.sidecarId, log);
     this.tiers = new Tiers(this.l1, this.redis, this.events, this.sidecarId, log, { degradedMaxAgeMs: config.degradedMaxAgeMs });
     this.entries = new EntryCache(this.tiers, this.redis?.entries);
-    this.sessions = new SessionStore(this.tiers, this.redis?.sessions, config.defaultTtlMs);
+    this.sessions = new SessionStore(this.tiers, this.redis?.sessions, config.defaultTtlMs, this.tokenCounter);
     this.events.onListenerError = (error) => log.error({ err: error }, 'an event listener failed; the event was still delivered to the others');
     this.locks = new DistributedLocks(createLockMasters(config, this.redis?.link, keys, log), log);
 
@@ -115,7 +118,7 @@ export class Sidecar {
     const service = contextCacheService({
       calls: this.calls,
       cache: cacheHandlers({ entries: this.entries, validate, calls: this.calls }),
-      context: contextHandlers({ sessions: this.sessions, validate, calls: this.calls }),
+      context: contextHandlers({ sessions: this.sessions, validate, calls: this.calls, defaultTokenizer: config.tokenizer }),
       locks: lockHandlers({ calls: this.calls, locks: this.locks, validate, log }),
       watch,
       stats,
@@ -207,6 +210,7 @@ export class Sidecar {
     // Before the links close: releases the locks of HoldLock streams (ended above) and closes dedicated lock links.
     await this.locks.close();
     this.tiers.close();
+    await this.tokenCounter.close();
     await this.redis?.close();
     this.l1.clear();
     this.log.info({ tookMs: Date.now() - started }, 'shutdown complete');

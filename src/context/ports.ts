@@ -1,4 +1,5 @@
 import type { NodeRecord } from '../model/node';
+import type { TokenizerName } from '../model/tokenizer';
 
 /** A session as the shared tier holds it: the nodes in order, with its version and expiry. */
 export interface StoredSession {
@@ -34,4 +35,20 @@ export interface SessionL2 {
   indexShortIds(nodes: readonly NodeRecord[], ttlMs: number): Promise<void>;
   /** The session each short ID belongs to, as far as the index knows. */
   lookupShortIds(shortIds: readonly string[]): Promise<(string | undefined)[]>;
+  /**
+   * Rewrites the session's nodes as they are (now carrying token counts),
+   * only if the session is still at `version`: best effort, so that other
+   * sidecars reading it need not count again. False when it changed.
+   */
+  storeTokenCounts(sessionId: string, version: number, nodes: readonly NodeRecord[]): Promise<boolean>;
+}
+
+/**
+ * Counts the tokens of texts with a tokenizer, without blocking the event
+ * loop for long (`context/token-counter.ts` runs the library in a worker
+ * thread). Rejects when counting is not possible right now.
+ */
+export interface TokenCounter {
+  count(tokenizer: TokenizerName, texts: readonly string[]): Promise<number[]>;
+  close(): Promise<void>;
 }

@@ -6,11 +6,20 @@ import type { Entry, Tier, WriteScope } from '../model/entry';
 import type { AppendedHint, CacheEvent } from '../model/events';
 import type { NodeRecord } from '../model/node';
 import { l1Key, type Subject } from '../model/subject';
-import type { SessionL2 } from './ports';
+import type { SessionL2, TokenCounter } from './ports';
 import { appendToSession, buildSession, type SessionState } from './session';
+import { TokenCounts } from './tokens';
 
 const subject = (sessionId: string): Subject => ({ kind: 'session', id: sessionId });
 const sessionKey = (sessionId: string): string => l1Key('session', sessionId);
+
+/**
+ * A session whose newly counted nodes hold at least this many characters of
+ * content is written back to Redis with its counts (about 3 ms of counting
+ * that other sidecars are spared). Fewer, such as the one or two nodes a
+ * turn appends, cost less to count again than to rewrite the session for.
+ */
+const WRITE_BACK_MIN_CHARS = 16 * 1024;
 
 export interface SessionRead {
   session: SessionState;
@@ -46,11 +55,16 @@ export class SessionStore {
   /** short ID → session ID for sessions this sidecar has seen; verified against the session on use. */
   private readonly shortIdIndex = new LRUCache<string, string>({ max: 200_000 });
 
+  /** Token counts of the nodes, each counted once per tokenizer and kept on the node. */
+  readonly tokens: TokenCounts;
+
   constructor(
     private readonly tiers: Tiers,
     private readonly redis: SessionL2 | undefined,
     private readonly defaultTtlMs: number,
+    counter: TokenCounter,
   ) {
+    this.tokens = new TokenCounts(counter);
     tiers.onRemoteEvent((event) => this.applyRemote(event));
     tiers.onAppended((hint, later) => this.resolveAppended(hint, later));
     // Sessions written while Redis was away: invalidated in Redis (revoking fill leases granted
@@ -173,6 +187,30 @@ export class SessionStore {
     this.tiers.l1.delete(sessionKey(sessionId));
     this.tiers.l1.invalidate(sessionKey(sessionId), version);
     return { kind: 'session', sessionId, change: 'invalidated', version };
+  }
+
+  /** The session as L1 holds it, if it does (no hit or miss is counted, recency is not refreshed). */
+  cached(sessionId: string): SessionState | undefined {
+    return this.tiers.l1.peek<SessionState>(sessionKey(sessionId))?.value;
+  }
+
+  /**
+   * Nodes were just counted (TokenCounts.ensure): the sessions that gained
+   * enough counts are rewritten in Redis with them, if Redis still holds
+   * the version L1 has, so that the sidecars reading them next need not
+   * count again. Best effort, in the background: a failure or a session
+   * that changed meanwhile only means another sidecar counts for itself.
+   */
+  keepTokenCounts(counted: readonly NodeRecord[]): void {
+    if (this.redis === undefined || !this.tiers.sharedUsable()) return;
+    const chars = new Map<string, number>();
+    for (const node of counted) chars.set(node.sessionId, (chars.get(node.sessionId) ?? 0) + node.content.length);
+    for (const [sessionId, total] of chars) {
+      if (total < WRITE_BACK_MIN_CHARS) continue;
+      const entry = this.tiers.l1.peek<SessionState>(sessionKey(sessionId));
+      if (entry === undefined) continue;
+      this.redis.storeTokenCounts(sessionId, entry.version, entry.value.nodes).catch((error: unknown) => this.tiers.failed(error, 'store token counts'));
+    }
   }
 
   /**

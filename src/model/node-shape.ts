@@ -9,13 +9,16 @@ const isString = (value: unknown): value is string => typeof value === 'string';
  */
 export const MAX_CREATED_AT_MS = 8.64e15;
 
-/** A plain object (from JSON.parse: no prototype tricks) whose own values are all strings. */
-function isStringMap(value: unknown): value is Record<string, string> {
+/** A token count as the wire carries it (uint32). */
+const isCount = (value: unknown): value is number => Number.isSafeInteger(value) && (value as number) >= 0 && (value as number) <= 2 ** 32 - 1;
+
+/** A plain object (from JSON.parse: no prototype tricks) whose own values all pass `isValue`. */
+function isPlainMapOf(value: unknown, isValue: (item: unknown) => boolean): boolean {
   if (typeof value !== 'object' || value === null || Array.isArray(value)) return false;
   const prototype = Object.getPrototypeOf(value) as unknown;
   if (prototype !== Object.prototype && prototype !== null) return false;
   for (const key in value) {
-    if (Object.prototype.hasOwnProperty.call(value, key) && typeof (value as Record<string, unknown>)[key] !== 'string') return false;
+    if (Object.prototype.hasOwnProperty.call(value, key) && !isValue((value as Record<string, unknown>)[key])) return false;
   }
   return true;
 }
@@ -42,6 +45,13 @@ export function isNodeRecord(value: unknown): value is NodeRecord {
     Math.abs(n.createdAt as number) <= MAX_CREATED_AT_MS &&
     Array.isArray(n.refs) &&
     n.refs.every(isString) &&
-    isStringMap(n.metadata)
+    isPlainMapOf(n.metadata, isString) &&
+    // Fields added later: absent in what older sidecars wrote.
+    (n.tokenCount === undefined || isCount(n.tokenCount)) &&
+    (n.tokenCountTokenizer === undefined || isString(n.tokenCountTokenizer)) &&
+    (n.pinned === undefined || typeof n.pinned === 'boolean') &&
+    (n.summarizesThrough === undefined || isString(n.summarizesThrough)) &&
+    // Counts of tokenizers this version does not know are allowed: a newer sidecar's.
+    (n.tokens === undefined || isPlainMapOf(n.tokens, isCount))
   );
 }

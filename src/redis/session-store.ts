@@ -166,7 +166,16 @@ export class RedisSessionStore implements SessionL2 {
 
   /** Compacts many append chunks into one; best effort, skipped if the session changed meanwhile. */
   private compact(sessionId: string, stored: StoredSession): void {
-    this.parts.link.command(this.parts.scripts.run(sessionCompact, sessionId, stored.version, this.chunk(stored.nodes))).catch(() => undefined);
+    this.rewrite(sessionId, stored.version, stored.nodes).catch(() => undefined);
+  }
+
+  /** The nodes with their token counts (NodeRecord.tokens, in the chunk's JSON like every field), if the session is still at `version`. */
+  storeTokenCounts(sessionId: string, version: number, nodes: readonly NodeRecord[]): Promise<boolean> {
+    return this.rewrite(sessionId, version, nodes);
+  }
+
+  private rewrite(sessionId: string, version: number, nodes: readonly NodeRecord[]): Promise<boolean> {
+    return this.parts.link.command(this.parts.scripts.run(sessionCompact, sessionId, version, this.chunk(nodes), nodes.length));
   }
 
   private judge(sessionId: string, reply: SessionReadReply): StoredSession | undefined {

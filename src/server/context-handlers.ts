@@ -1,5 +1,6 @@
 import { buildContext, type Inclusion } from '../context/build-context';
 import type { SessionStore } from '../context/sessions';
+import type { TokenizerName } from '../model/tokenizer';
 import { invalidArgument } from '../errors';
 import { BuildContextResponse, GetSessionNodesResponse, type ContextCacheServer } from '../gen/contextcache/v1/context_cache';
 import type { CallTracker } from './calls';
@@ -15,8 +16,23 @@ export type ContextHandlers = Pick<
 /** ContextNode.reason (field 2), encoded once. */
 const REASON_FIELDS = Object.fromEntries(Object.entries(INCLUSION).map(([inclusion, reason]) => [inclusion, varintField(2, reason)])) as Record<Inclusion, Buffer>;
 
+/** ContextNode.token_count (field 4) of the counts most nodes have, each encoded once: no allocation per node on the hot path. */
+const TOKEN_FIELDS: Buffer[] = [];
+const tokenField = (count: number): Buffer => (count < 4096 ? (TOKEN_FIELDS[count] ??= varintField(4, count)) : varintField(4, count));
+
 /** The conversation-context RPCs: validate, delegate to the SessionStore, translate. */
-export function contextHandlers({ sessions, validate, calls }: { sessions: SessionStore; validate: RequestValidator; calls: CallTracker }): ContextHandlers {
+export function contextHandlers({
+  sessions,
+  validate,
+  calls,
+  defaultTokenizer,
+}: {
+  sessions: SessionStore;
+  validate: RequestValidator;
+  calls: CallTracker;
+  /** CONTEXT_CACHE_TOKENIZER. */
+  defaultTokenizer: TokenizerName;
+}): ContextHandlers {
   return {
     getSessionNodes: calls.unary(
       'GetSessionNodes',
@@ -48,6 +64,7 @@ export function contextHandlers({ sessions, validate, calls }: { sessions: Sessi
 
     appendNode: calls.unary('AppendNode', async (request) => {
       const node = validate.node(request.node, 'node');
+      validate.appendedSummary(node, sessions.cached(node.sessionId));
       const result = await sessions.append(node);
       return { appendedToCachedSession: result.appended, sessionVersion: result.version, scope: scopeToProto(result.scope) };
     }),
@@ -76,16 +93,17 @@ export function contextHandlers({ sessions, validate, calls }: { sessions: Sessi
           headNodeId: validate.id(request.headNodeId, 'head_node_id', true),
           maxNodes: request.maxNodes,
           maxChars: request.maxChars,
+          ...validate.tokenBudget(request, defaultTokenizer),
           includeRefs: request.includeRefs,
           extraRefs: validate.shortIds(request.extraRefs, 'extra_refs', validate.maxKeysPerCall),
           maxRefDepth: request.maxRefDepth,
         });
         const head = BuildContextResponse.encode(builtContextHead(built)).finish();
-        // repeated ContextNode nodes = 2 { Node node = 1; InclusionReason reason = 2; string referenced_by = 3; }
+        // repeated ContextNode nodes = 2 { Node node = 1; InclusionReason reason = 2; string referenced_by = 3; uint32 token_count = 4; }
         encodeNodes(built.items.map((item) => item.node));
         const items = built.items.map((item) => {
           const node = encodedNode(item.node);
-          return [lengthPrefix(1, node.length), node, REASON_FIELDS[item.reason], stringField(3, item.referencedBy)];
+          return [lengthPrefix(1, node.length), node, REASON_FIELDS[item.reason], stringField(3, item.referencedBy), tokenField(item.tokens)];
         });
         return withRepeated(head, 2, items) as unknown as BuildContextResponse;
       },

@@ -53,6 +53,9 @@ interface NodePlan {
   timestampBytes: number;
   metadata: (readonly [key: string, keyBytes: number, value: string, valueBytes: number, entryBytes: number])[];
   refs: StringField[];
+  /** Fields 11 and 13 (token_count_tokenizer, summarizes_through), when set. */
+  tokenizer: StringField | undefined;
+  summarizes: StringField | undefined;
 }
 
 function stringPlan(tag: number, value: string): StringField {
@@ -91,7 +94,13 @@ function plan(node: NodeRecord): NodePlan {
     size += fieldSize(entryBytes);
   }
   for (const [, , bytes] of refs) size += fieldSize(bytes);
-  return { size, ids, content, seconds, nanos, timestampBytes, metadata, refs };
+  if (node.tokenCount) size += 1 + varintSize(node.tokenCount);
+  const tokenizer = node.tokenCountTokenizer ? stringPlan(90, node.tokenCountTokenizer) : undefined;
+  if (tokenizer) size += fieldSize(tokenizer[2]);
+  if (node.pinned) size += 2;
+  const summarizes = node.summarizesThrough ? stringPlan(106, node.summarizesThrough) : undefined;
+  if (summarizes) size += fieldSize(summarizes[2]);
+  return { size, ids, content, seconds, nanos, timestampBytes, metadata, refs, tokenizer, summarizes };
 }
 
 function writeString(buffer: Buffer, offset: number, [tag, value, bytes]: StringField): number {
@@ -126,6 +135,16 @@ function write(node: NodeRecord, p: NodePlan, buffer: Buffer, offset: number): n
     if (valueBytes > 0) offset = writeString(buffer, offset, [18, value, valueBytes]);
   }
   for (const field of p.refs) offset = writeString(buffer, offset, field);
+  if (node.tokenCount) {
+    buffer[offset++] = 80;
+    offset = writeVarint(buffer, offset, node.tokenCount);
+  }
+  if (p.tokenizer) offset = writeString(buffer, offset, p.tokenizer);
+  if (node.pinned) {
+    buffer[offset++] = 96;
+    buffer[offset++] = 1;
+  }
+  if (p.summarizes) offset = writeString(buffer, offset, p.summarizes);
   return offset;
 }
 
@@ -207,8 +226,11 @@ export function lengthPrefix(fieldNumber: number, length: number): Buffer {
   return head;
 }
 
-/** A varint field (enums, integers ≥ 0). */
+const NO_FIELD = Buffer.alloc(0);
+
+/** A varint field (enums, integers ≥ 0); 0 is left out, as proto3 does. */
 export function varintField(fieldNumber: number, value: number): Buffer {
+  if (value === 0) return NO_FIELD;
   const buffer = Buffer.allocUnsafe(1 + varintSize(value));
   buffer[0] = fieldNumber << 3;
   writeVarint(buffer, 1, value);
@@ -217,7 +239,7 @@ export function varintField(fieldNumber: number, value: number): Buffer {
 
 /** A string field; empty strings are left out, as proto3 does. */
 export function stringField(fieldNumber: number, value: string): Buffer {
-  if (value === '') return Buffer.alloc(0);
+  if (value === '') return NO_FIELD;
   const bytes = Buffer.byteLength(value);
   const buffer = Buffer.allocUnsafe(1 + varintSize(bytes) + bytes);
   buffer[0] = (fieldNumber << 3) | 2;

@@ -77,7 +77,21 @@ export function leaseToProto(lease: LeaseGrant): Lease {
 }
 
 export function nodeToProto(node: NodeRecord): Node {
-  return { ...node, createdAt: timestamp(node.createdAt), metadata: { ...node.metadata }, refs: [...node.refs] };
+  return {
+    id: node.id,
+    shortId: node.shortId,
+    sessionId: node.sessionId,
+    parentId: node.parentId,
+    role: node.role,
+    content: node.content,
+    createdAt: timestamp(node.createdAt),
+    metadata: { ...node.metadata },
+    refs: [...node.refs],
+    tokenCount: node.tokenCount ?? 0,
+    tokenCountTokenizer: node.tokenCountTokenizer ?? '',
+    pinned: node.pinned ?? false,
+    summarizesThrough: node.summarizesThrough ?? '',
+  };
 }
 
 /** A validated proto Node as the core keeps it; `sessionId` fills an empty node.session_id. */
@@ -92,6 +106,11 @@ export function nodeFromProto(node: Node, sessionId: string): NodeRecord {
     createdAt: node.createdAt?.getTime() ?? 0,
     metadata: { ...node.metadata },
     refs: [...node.refs],
+    // Absent unless set, so that JSON in Redis carries only what the app gave.
+    ...(node.tokenCount !== 0 && { tokenCount: node.tokenCount }),
+    ...(node.tokenCountTokenizer !== '' && { tokenCountTokenizer: node.tokenCountTokenizer }),
+    ...(node.pinned && { pinned: true }),
+    ...(node.summarizesThrough !== '' && { summarizesThrough: node.summarizesThrough }),
   };
 }
 
@@ -99,6 +118,7 @@ export const INCLUSION: Record<Inclusion, InclusionReason> = {
   conversation: InclusionReason.INCLUSION_REASON_CONVERSATION,
   reference: InclusionReason.INCLUSION_REASON_REFERENCE,
   'extra-ref': InclusionReason.INCLUSION_REASON_EXTRA_REF,
+  summary: InclusionReason.INCLUSION_REASON_SUMMARY,
 };
 
 /** BuildContextResponse without its nodes (they are appended pre-encoded). */
@@ -113,6 +133,11 @@ export function builtContextHead(built: BuiltContext): BuildContextResponse {
     sessionVersion: built.sessionVersion,
     source: sourceToProto(built.source),
     degraded: built.degraded,
+    totalTokens: built.totalTokens,
+    budgetUsed: built.budgetUsed,
+    needsSummary: built.needsSummary,
+    tokenizer: built.tokenizer ?? '',
+    uncutTokens: built.uncutTokens,
   };
 }
 

@@ -3,7 +3,9 @@ import type { Config } from '../config';
 import { invalidArgument, tooLarge } from '../errors';
 import { Role, type Node } from '../gen/contextcache/v1/context_cache';
 import type { Duration } from '../gen/google/protobuf/duration';
+import type { SessionState } from '../context/session';
 import type { NodeRecord } from '../model/node';
+import { isTokenizer, TOKENIZERS, type TokenizerName } from '../model/tokenizer';
 import type { CallContext } from './calls';
 import { nodeFromProto } from './mapping';
 
@@ -24,6 +26,11 @@ export const LIMITS = {
   maxMetadataEntries: 64,
   maxMetadataValueBytes: 4096,
   maxNodesPerPut: 100_000,
+  /**
+   * max_tokens and Node.token_count: ten million, five times the largest
+   * context windows of 2026; more is a unit mistake (bytes, not tokens).
+   */
+  maxTokens: 10_000_000,
   /** Lock TTLs: 100 ms to 1 h. */
   minLockTtlMs: 100,
   maxLockTtlMs: 3_600_000,
@@ -215,7 +222,49 @@ export class RequestValidator {
     if (node.shortId !== '') this.shortId(node.shortId, `${field}.short_id`);
     this.id(node.parentId, `${field}.parent_id`, true);
     this.shortIds(node.refs, `${field}.refs`, LIMITS.maxRefsPerNode);
+    if (node.tokenCount > LIMITS.maxTokens) {
+      throw invalidArgument(`${field}.token_count is ${node.tokenCount}; the limit is ${LIMITS.maxTokens} tokens`);
+    }
+    if (node.tokenCountTokenizer !== '') this.tokenizer(node.tokenCountTokenizer, `${field}.token_count_tokenizer`);
+    if (node.summarizesThrough !== '') {
+      this.id(node.summarizesThrough, `${field}.summarizes_through`);
+      if (node.summarizesThrough === node.id) throw invalidArgument(`${field}.summarizes_through names the node itself; a summary covers nodes before it on its path`);
+      if (node.pinned) throw invalidArgument(`${field} is both pinned and a summary (summarizes_through); a node is one or the other`);
+    }
     return nodeFromProto(node, session);
+  }
+
+  /** A tokenizer name this version counts with. */
+  tokenizer(name: string, field: string): TokenizerName {
+    if (!isTokenizer(name)) throw invalidArgument(`${field} "${name.slice(0, 40)}" is not a known tokenizer; use one of ${TOKENIZERS.join(', ')}`);
+    return name;
+  }
+
+  /**
+   * BuildContext's token budget: max_tokens within the sanity cap, the
+   * tokenizer (the default when unnamed; undefined when no tokens are
+   * wanted: neither max_tokens nor tokenizer set) and the summary threshold.
+   */
+  tokenBudget(request: { maxTokens: number; tokenizer: string; summaryThreshold: number }, defaultTokenizer: TokenizerName): { maxTokens: number; tokenizer: TokenizerName | undefined; summaryThreshold: number } {
+    if (request.maxTokens > LIMITS.maxTokens) throw invalidArgument(`max_tokens is ${request.maxTokens}; the limit is ${LIMITS.maxTokens}`);
+    const named = request.tokenizer === '' ? undefined : this.tokenizer(request.tokenizer, 'tokenizer');
+    const threshold = request.summaryThreshold;
+    if (!(threshold >= 0 && threshold <= 1)) throw invalidArgument(`summary_threshold is ${threshold}; use a share of the budget above 0 and at most 1, or 0 for the default (0.7)`);
+    const counting = request.maxTokens > 0 || named !== undefined;
+    return { maxTokens: request.maxTokens, tokenizer: counting ? (named ?? defaultTokenizer) : undefined, summaryThreshold: threshold };
+  }
+
+  /**
+   * An appended node's summarizes_through, checked against the session when
+   * this sidecar holds it (the node's parent chain in it, or for a node
+   * without a parent, any node of it); without the session it cannot be
+   * checked, and BuildContext treats a summary it cannot place as an
+   * ordinary node.
+   */
+  appendedSummary(node: NodeRecord, session: SessionState | undefined): void {
+    if (!node.summarizesThrough || session === undefined) return;
+    const onPath = node.parentId === '' ? session.byId.has(node.summarizesThrough) : ancestorsInclude(session.byId, node.parentId, node.summarizesThrough);
+    if (!onPath) throw notOnPath('node', node);
   }
 
   /** A Watch's filters: each a valid key, at most maxWatchFilters per list and maxWatchFilterBytes in all. */
@@ -237,14 +286,38 @@ export class RequestValidator {
   nodes(nodes: readonly Node[], sessionId: string): NodeRecord[] {
     if (nodes.length > LIMITS.maxNodesPerPut) throw invalidArgument(`nodes has ${nodes.length} entries; the limit is ${LIMITS.maxNodesPerPut}`);
     const first = new Map<string, number>();
-    return nodes.map((node, index) => {
+    const records = nodes.map((node, index) => {
       const record = this.node(node, `nodes[${index}]`, sessionId);
       const seen = first.get(record.id);
       if (seen !== undefined) throw invalidArgument(`nodes[${index}].id "${record.id.slice(0, 80)}" repeats nodes[${seen}].id; node IDs are unique within a session`);
       first.set(record.id, index);
       return record;
     });
+    let byId: Map<string, NodeRecord> | undefined;
+    records.forEach((record, index) => {
+      if (!record.summarizesThrough) return;
+      byId ??= new Map(records.map((r) => [r.id, r]));
+      const before = first.get(record.summarizesThrough);
+      const onPath = record.parentId === '' ? before !== undefined && before < index : ancestorsInclude(byId, record.parentId, record.summarizesThrough);
+      if (!onPath) throw notOnPath(`nodes[${index}]`, record);
+    });
+    return records;
   }
+}
+
+/** Whether the chain of parents from `parentId` (that node included) reaches `wanted`; safe against cycles. */
+function ancestorsInclude(byId: ReadonlyMap<string, NodeRecord>, parentId: string, wanted: string): boolean {
+  const seen = new Set<string>();
+  for (let node = byId.get(parentId); node !== undefined && !seen.has(node.id); node = byId.get(node.parentId)) {
+    if (node.id === wanted) return true;
+    seen.add(node.id);
+  }
+  return false;
+}
+
+function notOnPath(field: string, node: NodeRecord) {
+  const where = node.parentId === '' ? 'is not one of the nodes before it in the session (it has no parent_id)' : 'is not on its path (the chain of its parent_id)';
+  return invalidArgument(`${field}.summarizes_through "${node.summarizesThrough!.slice(0, 80)}" ${where}; a summary covers the conversation up to a node before it`);
 }
 
 function durationMs(duration: Duration | undefined, field: string): number {

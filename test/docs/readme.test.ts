@@ -106,7 +106,15 @@ describe('README', () => {
             const { stdout } = await curl(['-d', data ?? '{}', url(rest[0]!)]);
             expect(stdout.length, command).toBeGreaterThan(0);
             if (rest[0]!.endsWith('/Get')) expect(JSON.parse(stdout), command).toMatchObject({ found: true, value: 'aGVsbG8=' });
-            if (rest[0]!.endsWith('/BuildContext')) {
+            if (rest[0]!.endsWith('/BuildContext') && data!.includes('max_tokens')) {
+              // The summary in place of the four older messages, then the newest: 21 + 9 tokens (o200k_base).
+              const built = JSON.parse(stdout) as { nodes: { node: { id: string }; reason: string; tokenCount: number }[]; totalTokens: string; droppedNodes: number; needsSummary?: boolean };
+              expect(built.nodes.map((n) => [n.node.id, n.reason, n.tokenCount]), command).toEqual([
+                ['m5', 'INCLUSION_REASON_SUMMARY', 21],
+                ['m6', 'INCLUSION_REASON_CONVERSATION', 9],
+              ]);
+              expect([built.totalTokens, built.droppedNodes, built.needsSummary ?? false], command).toEqual(['30', 4, false]);
+            } else if (rest[0]!.endsWith('/BuildContext')) {
               const built = JSON.parse(stdout) as { nodes: { node: { id: string }; reason: string }[] };
               // The node of chat-0 that m3 references, then the path to m3.
               expect(built.nodes.map((n) => [n.node.id, n.reason]), command).toEqual([

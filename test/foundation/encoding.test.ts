@@ -15,6 +15,9 @@ function variety(): NodeRecord[] {
     { ...base, id: 'n5', createdAt: 999 },
     { ...base, id: 'n6', createdAt: -86_400_000 },
     { ...base, id: 'n7', role: 4, content: 'y'.repeat(20_000) },
+    { ...base, id: 'n8', tokenCount: 0, pinned: true },
+    { ...base, id: 'n9', parentId: 'n8', tokenCount: 300_000, tokenCountTokenizer: 'cl100k_base', summarizesThrough: 'n8', tokens: { o200k_base: 12 } },
+    { ...base, id: 'n10', tokenCount: 5, tokenCountTokenizer: '', pinned: false, summarizesThrough: '' },
   ];
 }
 
@@ -37,15 +40,32 @@ describe('the fast node encoder', () => {
 
     const items = nodes.map((node, index) => {
       const bytes = encodedNode(node);
-      return [lengthPrefix(1, bytes.length), bytes, varintField(2, InclusionReason.INCLUSION_REASON_REFERENCE), stringField(3, index % 2 === 0 ? '' : `by${index}`)];
+      return [lengthPrefix(1, bytes.length), bytes, varintField(2, InclusionReason.INCLUSION_REASON_REFERENCE), stringField(3, index % 2 === 0 ? '' : `by${index}`), varintField(4, index * 1000)];
     });
     const built = BuildContextResponse.decode(
-      withRepeated(BuildContextResponse.encode({ sessionFound: true, nodes: [], unresolvedShortIds: ['u'], missingSessionIds: [], droppedNodes: 3, totalChars: 10, sessionVersion: 7, source: 1, degraded: false }).finish(), 2, items),
+      withRepeated(BuildContextResponse.encode({
+        sessionFound: true,
+        nodes: [],
+        unresolvedShortIds: ['u'],
+        missingSessionIds: [],
+        droppedNodes: 3,
+        totalChars: 10,
+        sessionVersion: 7,
+        source: 1,
+        degraded: false,
+        totalTokens: 9,
+        budgetUsed: 0.5,
+        needsSummary: true,
+        tokenizer: 'o200k_base',
+        uncutTokens: 11,
+      }).finish(), 2, items),
     );
     expect(built.droppedNodes).toBe(3);
     expect(built.unresolvedShortIds).toEqual(['u']);
     expect(built.nodes.map((n) => n.node)).toEqual(nodes.map(nodeToProto));
     expect(built.nodes.map((n) => n.referencedBy)).toEqual(nodes.map((_, index) => (index % 2 === 0 ? '' : `by${index}`)));
     expect(built.nodes.every((n) => n.reason === InclusionReason.INCLUSION_REASON_REFERENCE)).toBe(true);
+    expect(built.nodes.map((n) => n.tokenCount)).toEqual(nodes.map((_, index) => index * 1000));
+    expect([built.totalTokens, built.budgetUsed, built.needsSummary, built.tokenizer, built.uncutTokens]).toEqual([9, 0.5, true, 'o200k_base', 11]);
   });
 });

@@ -17,11 +17,25 @@ const samples: Partial<Record<Method, Uint8Array>> = {
   set: messages.SetRequest.encode({ key: 'k', value: Buffer.from('v'), ttl: { seconds: 60, nanos: 0 }, tags: ['t'], leaseToken: '', ifVersion: 0, ifAbsent: false }).finish(),
   putSessionNodes: messages.PutSessionNodesRequest.encode({
     sessionId: 's',
-    nodes: [{ id: 'n0', shortId: 'a', sessionId: 's', parentId: '', role: 1, content: 'hello', createdAt: new Date(0), metadata: { m: 'v' }, refs: ['b'] }],
+    nodes: [
+      { id: 'n0', shortId: 'a', sessionId: 's', parentId: '', role: 1, content: 'hello', createdAt: new Date(0), metadata: { m: 'v' }, refs: ['b'], tokenCount: 3, tokenCountTokenizer: 'o200k_base', pinned: true, summarizesThrough: '' },
+      { id: 'n1', shortId: 'c', sessionId: 's', parentId: 'n0', role: 2, content: 'sum', createdAt: new Date(0), metadata: {}, refs: [], tokenCount: 0, tokenCountTokenizer: '', pinned: false, summarizesThrough: 'n0' },
+    ],
     leaseToken: '',
     ttl: undefined,
   }).finish(),
-  buildContext: messages.BuildContextRequest.encode({ sessionId: 's', headNodeId: 'n0', maxNodes: 5, maxChars: 100, includeRefs: true, extraRefs: ['a'], maxRefDepth: 2 }).finish(),
+  buildContext: messages.BuildContextRequest.encode({
+    sessionId: 's',
+    headNodeId: 'n0',
+    maxNodes: 5,
+    maxChars: 100,
+    includeRefs: true,
+    extraRefs: ['a'],
+    maxRefDepth: 2,
+    maxTokens: 50,
+    tokenizer: 'cl100k_base',
+    summaryThreshold: 0.5,
+  }).finish(),
   acquireLock: messages.AcquireLockRequest.encode({ resource: 'r', ttl: { seconds: 1, nanos: 0 }, waitTimeout: undefined }).finish(),
 };
 

@@ -225,6 +225,13 @@ describe('values read from Redis, as an attacker with write access to Redis plan
       expect(read.nodes.map((n) => n.id)).toEqual([`${sid}/n0`, `${sid}/n1`]);
     });
 
+    it('a session written before token counts existed is read, and counted on use; counts of a tokenizer unknown to this version are kept', async () => {
+      const sid = fresh('old');
+      await plantSession(sid, [encoded(JSON.stringify([storedNode(sid, 0, { content: 'hello world' }), storedNode(sid, 1, { content: 'hello world', tokens: { o200k_base: 7, future_base: 3 } })]))], { n: '2' });
+      const built = await sc.client.buildContext({ sessionId: sid, tokenizer: 'o200k_base' });
+      expect(built.nodes.map((n) => n.tokenCount)).toEqual([2, 7]);
+    });
+
     const shapes: [string, (sid: string) => unknown][] = [
       ['[null]', () => [null]],
       ['a number instead of a node', () => [5]],
@@ -240,6 +247,11 @@ describe('values read from Redis, as an attacker with write access to Redis plan
       ['metadata that is a list', (sid) => [storedNode(sid, 0, { metadata: ['a'] })]],
       ['metadata that is a string', (sid) => [storedNode(sid, 0, { metadata: 'a' })]],
       ['a missing id', (sid) => [storedNode(sid, 0, { id: undefined })]],
+      ['a negative token count', (sid) => [storedNode(sid, 0, { tokens: { o200k_base: -1 } })]],
+      ['token counts that are a list', (sid) => [storedNode(sid, 0, { tokens: [3] })]],
+      ['a fractional app token count', (sid) => [storedNode(sid, 0, { tokenCount: 2.5 })]],
+      ['pinned: "yes"', (sid) => [storedNode(sid, 0, { pinned: 'yes' })]],
+      ['summarizesThrough: 7', (sid) => [storedNode(sid, 0, { summarizesThrough: 7 })]],
       ['a node of another session', () => [storedNode('someone-else', 0)]],
       ['an object instead of a list', (sid) => storedNode(sid, 0)],
     ];

@@ -22,7 +22,7 @@ import { L1Cache } from '../../src/cache/l1';
 import type { EntryStore, EntryWrite, EntryWriteOutcome, EventBus, LeaseHold, LeaseStore, SharedTier } from '../../src/cache/ports';
 import { PendingInvalidations } from '../../src/cache/pending';
 import { Tiers } from '../../src/cache/tiers';
-import type { SessionL2, StoredAppend, StoredSession } from '../../src/context/ports';
+import type { SessionL2, StoredAppend, StoredSession, TokenCounter } from '../../src/context/ports';
 import { SessionStore } from '../../src/context/sessions';
 import { unavailable } from '../../src/errors';
 import { createLogger } from '../../src/log';
@@ -30,6 +30,7 @@ import type { Entry } from '../../src/model/entry';
 import type { CacheEvent, EventEnvelope, RemoteEnvelope, RemoteEvent } from '../../src/model/events';
 import type { NodeRecord } from '../../src/model/node';
 import type { Subject } from '../../src/model/subject';
+import type { TokenizerName } from '../../src/model/tokenizer';
 
 /** The origin of events made up by tests as "another sidecar's". */
 export const PEER = 'sidecar-peer';
@@ -543,6 +544,15 @@ export class FakeSessionL2 extends Chaos implements SessionL2 {
     });
   }
 
+  storeTokenCounts(sessionId: string, version: number, nodes: readonly NodeRecord[]): Promise<boolean> {
+    return this.run('storeTokenCounts', () => {
+      const current = this.redis.session(sessionId);
+      if (current?.version !== version) return false;
+      current.nodes = structuredClone([...nodes]);
+      return true;
+    });
+  }
+
   lookupShortIds(shortIds: readonly string[]): Promise<(string | undefined)[]> {
     return this.run('lookupShortIds', () =>
       shortIds.map((id) => {
@@ -550,6 +560,35 @@ export class FakeSessionL2 extends Chaos implements SessionL2 {
         return indexed !== undefined && indexed.expiresAt > this.redis.clock.nowMs() ? indexed.sessionId : undefined;
       }),
     );
+  }
+}
+
+/** The fake tokenizers' counts: a word per token under o200k_base, two under cl100k_base (so that counts of the two differ). */
+export function fakeTokens(tokenizer: TokenizerName, text: string): number {
+  const words = text.split(/\s+/).filter((word) => word !== '').length;
+  return tokenizer === 'o200k_base' ? words : 2 * words;
+}
+
+/** A token counter for unit tests: counts as fakeTokens, records what it was asked, and fails or holds on demand. */
+export class FakeTokenCounter extends Chaos implements TokenCounter {
+  /** Every text counted, with its tokenizer, in order. */
+  readonly counted: { tokenizer: TokenizerName; text: string }[] = [];
+
+  constructor() {
+    super('fake token counter');
+  }
+
+  count(tokenizer: TokenizerName, texts: readonly string[]): Promise<number[]> {
+    return this.run('count', () =>
+      texts.map((text) => {
+        this.counted.push({ tokenizer, text });
+        return fakeTokens(tokenizer, text);
+      }),
+    );
+  }
+
+  close(): Promise<void> {
+    return Promise.resolve();
   }
 }
 
@@ -666,6 +705,7 @@ export interface CoreOnFakes {
   tiers: Tiers;
   entries: EntryCache;
   sessions: SessionStore;
+  tokenCounter: FakeTokenCounter;
   origin: string;
   /** Everything emitted on the hub (this sidecar's announcements and other sidecars' events), in order. */
   events: EventEnvelope[];
@@ -706,7 +746,8 @@ export function coreOnFakes(options: CoreOptions): CoreOnFakes {
     pending: options.pending && new PendingInvalidations(options.pending.maxCount, options.pending.maxBytes),
   });
   const entries = new EntryCache(tiers, shared?.entries);
-  const sessions = new SessionStore(tiers, shared?.sessions, options.defaultTtlMs ?? 60_000);
+  const tokenCounter = new FakeTokenCounter();
+  const sessions = new SessionStore(tiers, shared?.sessions, options.defaultTtlMs ?? 60_000, tokenCounter);
   if (shared !== undefined && options.subscribed !== false) shared.bus.subscribe(false);
   return {
     l1,
@@ -714,6 +755,7 @@ export function coreOnFakes(options: CoreOptions): CoreOnFakes {
     tiers,
     entries,
     sessions,
+    tokenCounter,
     origin,
     events,
     eventsOf: <K extends CacheEvent['kind']>(kind: K) =>

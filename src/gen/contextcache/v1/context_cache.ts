@@ -185,6 +185,12 @@ export enum InclusionReason {
   INCLUSION_REASON_REFERENCE = 2,
   /** INCLUSION_REASON_EXTRA_REF - It was named in extra_refs. */
   INCLUSION_REASON_EXTRA_REF = 3,
+  /**
+   * INCLUSION_REASON_SUMMARY - A summary node (Node.summarizes_through) standing in for the older
+   * conversation nodes that the budget dropped: the newest summary covering
+   * them, placed where they were.
+   */
+  INCLUSION_REASON_SUMMARY = 4,
   UNRECOGNIZED = -1,
 }
 
@@ -202,6 +208,9 @@ export function inclusionReasonFromJSON(object: any): InclusionReason {
     case 3:
     case "INCLUSION_REASON_EXTRA_REF":
       return InclusionReason.INCLUSION_REASON_EXTRA_REF;
+    case 4:
+    case "INCLUSION_REASON_SUMMARY":
+      return InclusionReason.INCLUSION_REASON_SUMMARY;
     case -1:
     case "UNRECOGNIZED":
     default:
@@ -219,6 +228,8 @@ export function inclusionReasonToJSON(object: InclusionReason): string {
       return "INCLUSION_REASON_REFERENCE";
     case InclusionReason.INCLUSION_REASON_EXTRA_REF:
       return "INCLUSION_REASON_EXTRA_REF";
+    case InclusionReason.INCLUSION_REASON_SUMMARY:
+      return "INCLUSION_REASON_SUMMARY";
     case InclusionReason.UNRECOGNIZED:
     default:
       return "UNRECOGNIZED";
@@ -649,6 +660,35 @@ export interface Node {
   metadata: { [key: string]: string };
   /** Short IDs this node references, in its own session or another. */
   refs: string[];
+  /**
+   * The node's token count when the application already knows it (for
+   * example from the model's usage data): used as given instead of counting
+   * the content. 0: unknown, the sidecar counts the content itself, once per
+   * tokenizer, and keeps the count with the node. At most 10,000,000.
+   */
+  tokenCount: number;
+  /**
+   * The tokenizer token_count was measured with (o200k_base, cl100k_base);
+   * a BuildContext with another tokenizer counts the content instead.
+   * Empty: token_count holds for every tokenizer.
+   */
+  tokenCountTokenizer: string;
+  /**
+   * A pinned node (a system prompt, standing instructions) is kept in every
+   * context it is part of, whatever the budget, and is counted first. A
+   * node is either pinned or a summary, not both.
+   */
+  pinned: boolean;
+  /**
+   * Makes this node a summary of the conversation up to and including the
+   * node with this ID, which must come before it on its path (its parent_id
+   * chain; for a node without a parent, the nodes before it in the
+   * session): INVALID_ARGUMENT otherwise, checked by PutSessionNodes, and by
+   * AppendNode when the session is cached. BuildContext leaves a summary out
+   * while everything it covers fits, and puts it in place of the
+   * conversation nodes that the budget drops (INCLUSION_REASON_SUMMARY).
+   */
+  summarizesThrough: string;
 }
 
 export interface Node_MetadataEntry {
@@ -793,6 +833,25 @@ export interface BuildContextRequest {
   extraRefs: string[];
   /** How many levels of references of references to follow (0: 1 level). */
   maxRefDepth: number;
+  /**
+   * At most this many tokens of content in the result (0: no limit), counted
+   * with `tokenizer`; at most 10,000,000. Node, character and token budgets
+   * combine: the tightest wins. Pinned nodes are kept even when they alone
+   * exceed it (budget_used then says so).
+   */
+  maxTokens: number;
+  /**
+   * The tokenizer that counts tokens: o200k_base (GPT-4o and later) or
+   * cl100k_base (GPT-4, GPT-3.5). Empty: the sidecar's default
+   * (CONTEXT_CACHE_TOKENIZER). Tokens are counted only when max_tokens or
+   * tokenizer is set; otherwise total_tokens and the nodes' token_count are 0.
+   */
+  tokenizer: string;
+  /**
+   * needs_summary is set when the context without any cut takes more than
+   * this fraction of the budget: more than 0, at most 1. 0: 0.7.
+   */
+  summaryThreshold: number;
 }
 
 /** ContextNode is one node of a built context. */
@@ -805,6 +864,11 @@ export interface ContextNode {
   reason: InclusionReason;
   /** For references: the short ID of the first node that referenced it. */
   referencedBy: string;
+  /**
+   * The node's tokens under the context's tokenizer (its token_count when
+   * the application gave one for it); 0 when no tokens were counted.
+   */
+  tokenCount: number;
 }
 
 /** BuildContextResponse is the assembled context. */
@@ -816,7 +880,8 @@ export interface BuildContextResponse {
   sessionFound: boolean;
   /**
    * The context in prompt order: referenced nodes first (oldest first),
-   * then the conversation path from its root.
+   * then the conversation path from its root (a summary, when one stands in
+   * for dropped nodes, where they were).
    */
   nodes: ContextNode[];
   /** Short IDs that no cached node carries. */
@@ -826,7 +891,11 @@ export interface BuildContextResponse {
    * as far as they are known (from the short-ID index).
    */
   missingSessionIds: string[];
-  /** Nodes left out to stay within max_nodes / max_chars. */
+  /**
+   * Nodes left out to stay within max_nodes / max_chars / max_tokens (a
+   * summary may stand in for some of them). Summaries left out because all
+   * they cover is in the context are not counted.
+   */
   droppedNodes: number;
   /** Characters of content in the result. */
   totalChars: number;
@@ -839,6 +908,31 @@ export interface BuildContextResponse {
    * EntryInfo.degraded): it may lack changes made on other sidecars.
    */
   degraded: boolean;
+  /**
+   * Tokens of content in the result, under `tokenizer`; 0 when no tokens
+   * were counted (neither max_tokens nor tokenizer set).
+   */
+  totalTokens: number;
+  /**
+   * How full the budget is: the result's share of the tightest of
+   * max_nodes, max_chars and max_tokens (0 without a budget). Above 1 only
+   * when pinned nodes alone exceed it.
+   */
+  budgetUsed: number;
+  /**
+   * True when the context without any cut (the newest summary standing in
+   * for what it covers) takes more than summary_threshold of the budget:
+   * time for the application to write a summary node of the conversation so
+   * far (Node.summarizes_through). Always false without a budget.
+   */
+  needsSummary: boolean;
+  /** The tokenizer the counts are for; empty when no tokens were counted. */
+  tokenizer: string;
+  /**
+   * Tokens of the context without any cut (what needs_summary compares with
+   * max_tokens); 0 when no tokens were counted.
+   */
+  uncutTokens: number;
 }
 
 /** AcquireLockRequest takes a lock. */
@@ -2602,6 +2696,10 @@ function createBaseNode(): Node {
     createdAt: undefined,
     metadata: {},
     refs: [],
+    tokenCount: 0,
+    tokenCountTokenizer: "",
+    pinned: false,
+    summarizesThrough: "",
   };
 }
 
@@ -2633,6 +2731,18 @@ export const Node: MessageFns<Node> = {
     });
     for (const v of message.refs) {
       writer.uint32(74).string(v!);
+    }
+    if (message.tokenCount !== 0) {
+      writer.uint32(80).uint32(message.tokenCount);
+    }
+    if (message.tokenCountTokenizer !== "") {
+      writer.uint32(90).string(message.tokenCountTokenizer);
+    }
+    if (message.pinned !== false) {
+      writer.uint32(96).bool(message.pinned);
+    }
+    if (message.summarizesThrough !== "") {
+      writer.uint32(106).string(message.summarizesThrough);
     }
     return writer;
   },
@@ -2725,6 +2835,38 @@ export const Node: MessageFns<Node> = {
             message.refs.push(reader.string());
             continue;
           }
+          case 10: {
+            if (tag !== 80) {
+              break;
+            }
+
+            message.tokenCount = reader.uint32();
+            continue;
+          }
+          case 11: {
+            if (tag !== 90) {
+              break;
+            }
+
+            message.tokenCountTokenizer = reader.string();
+            continue;
+          }
+          case 12: {
+            if (tag !== 96) {
+              break;
+            }
+
+            message.pinned = reader.bool();
+            continue;
+          }
+          case 13: {
+            if (tag !== 106) {
+              break;
+            }
+
+            message.summarizesThrough = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2779,6 +2921,22 @@ export const Node: MessageFns<Node> = {
       refs: globalThis.Array.isArray(object?.refs)
         ? object.refs.map((e: any) => globalThis.String(e))
         : [],
+      tokenCount: isSet(object.tokenCount)
+        ? globalThis.Number(object.tokenCount)
+        : isSet(object.token_count)
+        ? globalThis.Number(object.token_count)
+        : 0,
+      tokenCountTokenizer: isSet(object.tokenCountTokenizer)
+        ? globalThis.String(object.tokenCountTokenizer)
+        : isSet(object.token_count_tokenizer)
+        ? globalThis.String(object.token_count_tokenizer)
+        : "",
+      pinned: isSet(object.pinned) ? globalThis.Boolean(object.pinned) : false,
+      summarizesThrough: isSet(object.summarizesThrough)
+        ? globalThis.String(object.summarizesThrough)
+        : isSet(object.summarizes_through)
+        ? globalThis.String(object.summarizes_through)
+        : "",
     };
   },
 
@@ -2817,6 +2975,18 @@ export const Node: MessageFns<Node> = {
     if (message.refs?.length) {
       obj.refs = message.refs;
     }
+    if (message.tokenCount !== 0) {
+      obj.tokenCount = Math.round(message.tokenCount);
+    }
+    if (message.tokenCountTokenizer !== "") {
+      obj.tokenCountTokenizer = message.tokenCountTokenizer;
+    }
+    if (message.pinned !== false) {
+      obj.pinned = message.pinned;
+    }
+    if (message.summarizesThrough !== "") {
+      obj.summarizesThrough = message.summarizesThrough;
+    }
     return obj;
   },
 
@@ -2842,6 +3012,10 @@ export const Node: MessageFns<Node> = {
       {},
     );
     message.refs = object.refs?.map((e) => e) || [];
+    message.tokenCount = object.tokenCount ?? 0;
+    message.tokenCountTokenizer = object.tokenCountTokenizer ?? "";
+    message.pinned = object.pinned ?? false;
+    message.summarizesThrough = object.summarizesThrough ?? "";
     return message;
   },
 };
@@ -3912,7 +4086,18 @@ export const ResolveShortIdsResponse: MessageFns<ResolveShortIdsResponse> = {
 };
 
 function createBaseBuildContextRequest(): BuildContextRequest {
-  return { sessionId: "", headNodeId: "", maxNodes: 0, maxChars: 0, includeRefs: false, extraRefs: [], maxRefDepth: 0 };
+  return {
+    sessionId: "",
+    headNodeId: "",
+    maxNodes: 0,
+    maxChars: 0,
+    includeRefs: false,
+    extraRefs: [],
+    maxRefDepth: 0,
+    maxTokens: 0,
+    tokenizer: "",
+    summaryThreshold: 0,
+  };
 }
 
 export const BuildContextRequest: MessageFns<BuildContextRequest> = {
@@ -3937,6 +4122,15 @@ export const BuildContextRequest: MessageFns<BuildContextRequest> = {
     }
     if (message.maxRefDepth !== 0) {
       writer.uint32(56).uint32(message.maxRefDepth);
+    }
+    if (message.maxTokens !== 0) {
+      writer.uint32(64).uint32(message.maxTokens);
+    }
+    if (message.tokenizer !== "") {
+      writer.uint32(74).string(message.tokenizer);
+    }
+    if (message.summaryThreshold !== 0) {
+      writer.uint32(81).double(message.summaryThreshold);
     }
     return writer;
   },
@@ -4010,6 +4204,30 @@ export const BuildContextRequest: MessageFns<BuildContextRequest> = {
             message.maxRefDepth = reader.uint32();
             continue;
           }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.maxTokens = reader.uint32();
+            continue;
+          }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.tokenizer = reader.string();
+            continue;
+          }
+          case 10: {
+            if (tag !== 81) {
+              break;
+            }
+
+            message.summaryThreshold = reader.double();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -4059,6 +4277,17 @@ export const BuildContextRequest: MessageFns<BuildContextRequest> = {
         : isSet(object.max_ref_depth)
         ? globalThis.Number(object.max_ref_depth)
         : 0,
+      maxTokens: isSet(object.maxTokens)
+        ? globalThis.Number(object.maxTokens)
+        : isSet(object.max_tokens)
+        ? globalThis.Number(object.max_tokens)
+        : 0,
+      tokenizer: isSet(object.tokenizer) ? globalThis.String(object.tokenizer) : "",
+      summaryThreshold: isSet(object.summaryThreshold)
+        ? globalThis.Number(object.summaryThreshold)
+        : isSet(object.summary_threshold)
+        ? globalThis.Number(object.summary_threshold)
+        : 0,
     };
   },
 
@@ -4085,6 +4314,15 @@ export const BuildContextRequest: MessageFns<BuildContextRequest> = {
     if (message.maxRefDepth !== 0) {
       obj.maxRefDepth = Math.round(message.maxRefDepth);
     }
+    if (message.maxTokens !== 0) {
+      obj.maxTokens = Math.round(message.maxTokens);
+    }
+    if (message.tokenizer !== "") {
+      obj.tokenizer = message.tokenizer;
+    }
+    if (message.summaryThreshold !== 0) {
+      obj.summaryThreshold = floatToJson(message.summaryThreshold);
+    }
     return obj;
   },
 
@@ -4100,12 +4338,15 @@ export const BuildContextRequest: MessageFns<BuildContextRequest> = {
     message.includeRefs = object.includeRefs ?? false;
     message.extraRefs = object.extraRefs?.map((e) => e) || [];
     message.maxRefDepth = object.maxRefDepth ?? 0;
+    message.maxTokens = object.maxTokens ?? 0;
+    message.tokenizer = object.tokenizer ?? "";
+    message.summaryThreshold = object.summaryThreshold ?? 0;
     return message;
   },
 };
 
 function createBaseContextNode(): ContextNode {
-  return { node: undefined, reason: 0, referencedBy: "" };
+  return { node: undefined, reason: 0, referencedBy: "", tokenCount: 0 };
 }
 
 export const ContextNode: MessageFns<ContextNode> = {
@@ -4118,6 +4359,9 @@ export const ContextNode: MessageFns<ContextNode> = {
     }
     if (message.referencedBy !== "") {
       writer.uint32(26).string(message.referencedBy);
+    }
+    if (message.tokenCount !== 0) {
+      writer.uint32(32).uint32(message.tokenCount);
     }
     return writer;
   },
@@ -4159,6 +4403,14 @@ export const ContextNode: MessageFns<ContextNode> = {
             message.referencedBy = reader.string();
             continue;
           }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.tokenCount = reader.uint32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -4180,6 +4432,11 @@ export const ContextNode: MessageFns<ContextNode> = {
         : isSet(object.referenced_by)
         ? globalThis.String(object.referenced_by)
         : "",
+      tokenCount: isSet(object.tokenCount)
+        ? globalThis.Number(object.tokenCount)
+        : isSet(object.token_count)
+        ? globalThis.Number(object.token_count)
+        : 0,
     };
   },
 
@@ -4194,6 +4451,9 @@ export const ContextNode: MessageFns<ContextNode> = {
     if (message.referencedBy !== "") {
       obj.referencedBy = message.referencedBy;
     }
+    if (message.tokenCount !== 0) {
+      obj.tokenCount = Math.round(message.tokenCount);
+    }
     return obj;
   },
 
@@ -4205,6 +4465,7 @@ export const ContextNode: MessageFns<ContextNode> = {
     message.node = (object.node !== undefined && object.node !== null) ? Node.fromPartial(object.node) : undefined;
     message.reason = object.reason ?? 0;
     message.referencedBy = object.referencedBy ?? "";
+    message.tokenCount = object.tokenCount ?? 0;
     return message;
   },
 };
@@ -4220,6 +4481,11 @@ function createBaseBuildContextResponse(): BuildContextResponse {
     sessionVersion: 0,
     source: 0,
     degraded: false,
+    totalTokens: 0,
+    budgetUsed: 0,
+    needsSummary: false,
+    tokenizer: "",
+    uncutTokens: 0,
   };
 }
 
@@ -4251,6 +4517,21 @@ export const BuildContextResponse: MessageFns<BuildContextResponse> = {
     }
     if (message.degraded !== false) {
       writer.uint32(72).bool(message.degraded);
+    }
+    if (message.totalTokens !== 0) {
+      writer.uint32(80).uint64(message.totalTokens);
+    }
+    if (message.budgetUsed !== 0) {
+      writer.uint32(89).double(message.budgetUsed);
+    }
+    if (message.needsSummary !== false) {
+      writer.uint32(96).bool(message.needsSummary);
+    }
+    if (message.tokenizer !== "") {
+      writer.uint32(106).string(message.tokenizer);
+    }
+    if (message.uncutTokens !== 0) {
+      writer.uint32(112).uint64(message.uncutTokens);
     }
     return writer;
   },
@@ -4340,6 +4621,46 @@ export const BuildContextResponse: MessageFns<BuildContextResponse> = {
             message.degraded = reader.bool();
             continue;
           }
+          case 10: {
+            if (tag !== 80) {
+              break;
+            }
+
+            message.totalTokens = longToNumber(reader.uint64());
+            continue;
+          }
+          case 11: {
+            if (tag !== 89) {
+              break;
+            }
+
+            message.budgetUsed = reader.double();
+            continue;
+          }
+          case 12: {
+            if (tag !== 96) {
+              break;
+            }
+
+            message.needsSummary = reader.bool();
+            continue;
+          }
+          case 13: {
+            if (tag !== 106) {
+              break;
+            }
+
+            message.tokenizer = reader.string();
+            continue;
+          }
+          case 14: {
+            if (tag !== 112) {
+              break;
+            }
+
+            message.uncutTokens = longToNumber(reader.uint64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -4387,6 +4708,27 @@ export const BuildContextResponse: MessageFns<BuildContextResponse> = {
         : 0,
       source: isSet(object.source) ? sourceFromJSON(object.source) : 0,
       degraded: isSet(object.degraded) ? globalThis.Boolean(object.degraded) : false,
+      totalTokens: isSet(object.totalTokens)
+        ? globalThis.Number(object.totalTokens)
+        : isSet(object.total_tokens)
+        ? globalThis.Number(object.total_tokens)
+        : 0,
+      budgetUsed: isSet(object.budgetUsed)
+        ? globalThis.Number(object.budgetUsed)
+        : isSet(object.budget_used)
+        ? globalThis.Number(object.budget_used)
+        : 0,
+      needsSummary: isSet(object.needsSummary)
+        ? globalThis.Boolean(object.needsSummary)
+        : isSet(object.needs_summary)
+        ? globalThis.Boolean(object.needs_summary)
+        : false,
+      tokenizer: isSet(object.tokenizer) ? globalThis.String(object.tokenizer) : "",
+      uncutTokens: isSet(object.uncutTokens)
+        ? globalThis.Number(object.uncutTokens)
+        : isSet(object.uncut_tokens)
+        ? globalThis.Number(object.uncut_tokens)
+        : 0,
     };
   },
 
@@ -4419,6 +4761,21 @@ export const BuildContextResponse: MessageFns<BuildContextResponse> = {
     if (message.degraded !== false) {
       obj.degraded = message.degraded;
     }
+    if (message.totalTokens !== 0) {
+      obj.totalTokens = Math.round(message.totalTokens);
+    }
+    if (message.budgetUsed !== 0) {
+      obj.budgetUsed = floatToJson(message.budgetUsed);
+    }
+    if (message.needsSummary !== false) {
+      obj.needsSummary = message.needsSummary;
+    }
+    if (message.tokenizer !== "") {
+      obj.tokenizer = message.tokenizer;
+    }
+    if (message.uncutTokens !== 0) {
+      obj.uncutTokens = Math.round(message.uncutTokens);
+    }
     return obj;
   },
 
@@ -4436,6 +4793,11 @@ export const BuildContextResponse: MessageFns<BuildContextResponse> = {
     message.sessionVersion = object.sessionVersion ?? 0;
     message.source = object.source ?? 0;
     message.degraded = object.degraded ?? false;
+    message.totalTokens = object.totalTokens ?? 0;
+    message.budgetUsed = object.budgetUsed ?? 0;
+    message.needsSummary = object.needsSummary ?? false;
+    message.tokenizer = object.tokenizer ?? "";
+    message.uncutTokens = object.uncutTokens ?? 0;
     return message;
   },
 };
