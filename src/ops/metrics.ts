@@ -1,6 +1,6 @@
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { EventHub } from '../cache/event-hub';
-import { LinkState, type GetStatsResponse } from '../gen/contextcache/v1/context_cache';
+import { LinkState, RedisNodeRole, type GetStatsResponse } from '../gen/contextcache/v1/context_cache';
 
 const PREFIX = 'context_cache_';
 
@@ -140,6 +140,15 @@ export class Metrics {
       const up = (state: LinkState) => (state === LinkState.LINK_STATE_DISABLED ? -1 : state === LinkState.LINK_STATE_CONNECTED ? 1 : 0);
       g.set({ link: 'commands' }, up(s.l2!.state));
       g.set({ link: 'subscriber' }, up(s.pubsub!.state));
+    });
+    gauge('redis_node_up', '1 for each Redis server the sidecar reaches now, 0 for one it knows and does not reach (every Cluster node; the one server or Sentinel-named primary).', ['address', 'role'], (g, s) => {
+      // Nodes come and go with failovers: only the current ones are reported.
+      g.reset();
+      for (const node of s.l2!.topology?.nodes ?? []) g.set({ address: node.address, role: node.role === RedisNodeRole.REDIS_NODE_ROLE_REPLICA ? 'replica' : 'primary' }, node.reachable ? 1 : 0);
+    });
+    gauge('redis_slots_served', 'Cluster hash slots whose primary the sidecar reaches now (16384 when all are served; 0 off a Cluster).', [], (g, s) => {
+      const nodes = s.l2!.topology?.nodes ?? [];
+      g.set(nodes.reduce((sum, node) => sum + (node.reachable ? node.slots : 0), 0));
     });
     gauge('pending_invalidations', 'Writes that stayed local and wait to be invalidated in Redis (writes answer LOCAL until 0).', [], (g, s) => g.set(s.l2!.pendingInvalidations));
     gauge('compression_ratio', 'Stored bytes per raw byte of values written to Redis (lower is better).', [], (g, s) => g.set(s.l2!.compressionRatio));

@@ -1,5 +1,5 @@
 import type { SharedTier } from '../cache/ports';
-import type { Config } from '../config';
+import type { Config, RedisConfig } from '../config';
 import type { Logger } from '../log';
 import { Bus } from './bus';
 import type { ValueCodec } from './codec';
@@ -20,6 +20,20 @@ const RECOVERY_CLAIM_MS = 10 * 60_000;
 /** The nodes (masters and replicas) the command link knows of a Cluster; none off a Cluster. */
 function clusterEndpoints(link: RedisLink): HostPort[] {
   return (link.cluster?.nodes('all') ?? []).map((node) => ({ host: node.options.host!, port: node.options.port! }));
+}
+
+export interface TopologyNode {
+  address: string;
+  role: 'primary' | 'replica';
+  reachable: boolean;
+  /** Hash slots served (Cluster primaries). */
+  slots: number;
+}
+
+export interface TopologyView {
+  mode: 'single' | 'cluster' | 'sentinel';
+  nodes: TopologyNode[];
+  allSlotsServed: boolean;
 }
 
 /**
@@ -44,6 +58,8 @@ export class RedisTier implements SharedTier {
   /** Namespace flushes after a failover or a restart that this sidecar carried out (the others found it claimed). */
   readonly recoveries = { flushed: 0, claimedElsewhere: 0, failed: 0 };
 
+  private readonly config: RedisConfig;
+
   constructor(
     config: Config,
     private readonly keys: KeySpace,
@@ -51,6 +67,7 @@ export class RedisTier implements SharedTier {
     sidecarId: string,
     log: Logger,
   ) {
+    this.config = config.redis!;
     const options = linkOptions(config);
     this.link = new RedisLink('commands', config.redis!, options, log);
     // On a Cluster the subscriber is a connection to one node; when it drops, it tries the nodes the command link knows.
@@ -133,6 +150,34 @@ export class RedisTier implements SharedTier {
     } finally {
       for (const listener of this.dataLostListeners) listener();
     }
+  }
+
+  /** The deployment as this sidecar sees it, for GetStats and /metrics. */
+  topology(): TopologyView {
+    const mode = this.config.topology.kind;
+    const cluster = this.link.cluster;
+    if (cluster === undefined) {
+      // One server, or the primary Sentinel named: where the command connection is now.
+      const stream = (this.link.client as { stream?: { remoteAddress?: string; remotePort?: number } }).stream;
+      const address = stream?.remoteAddress !== undefined ? `${stream.remoteAddress}:${stream.remotePort}` : `${this.config.host}:${this.config.port}`;
+      return { mode, nodes: [{ address, role: 'primary', reachable: this.link.connected, slots: 0 }], allSlotsServed: this.link.connected };
+    }
+    const slotsOf = new Map<string, number>();
+    let served = 0;
+    cluster.slots.forEach((owners) => {
+      const primary = owners?.[0];
+      if (primary === undefined) return;
+      slotsOf.set(primary, (slotsOf.get(primary) ?? 0) + 1);
+    });
+    const nodes: TopologyNode[] = cluster.nodes('all').map((node) => {
+      const address = `${node.options.host}:${node.options.port}`;
+      const slots = slotsOf.get(address) ?? 0;
+      const reachable = node.status === 'ready';
+      if (reachable) served += slots;
+      return { address, role: slots > 0 || cluster.nodes('master').includes(node) ? 'primary' : 'replica', reachable, slots };
+    });
+    nodes.sort((a, b) => (a.role === b.role ? a.address.localeCompare(b.address) : a.role === 'primary' ? -1 : 1));
+    return { mode, nodes, allSlotsServed: served === 16384 };
   }
 
   async clockUs(): Promise<number> {

@@ -5,6 +5,9 @@ import {
   InclusionReason,
   KeyChange,
   LinkState,
+  RedisMode,
+  RedisNodeRole,
+  type RedisTopology,
   ResyncReason as ProtoResyncReason,
   SessionChange,
   Source,
@@ -21,6 +24,7 @@ import type { Entry, Tier, WriteScope } from '../model/entry';
 import type { CacheEvent, ResyncReason } from '../model/events';
 import type { NodeRecord } from '../model/node';
 import type { LinkState as CoreLinkState } from '../redis/connection';
+import type { TopologyView } from '../redis/shared';
 
 /**
  * Every conversion between the core's plain types and the proto's messages,
@@ -187,4 +191,21 @@ const LINK_STATE: Record<CoreLinkState, LinkState> = {
 /** A Redis link's state; DISABLED when Redis is not configured. */
 export function linkStateToProto(state: CoreLinkState | undefined): LinkState {
   return state === undefined ? LinkState.LINK_STATE_DISABLED : LINK_STATE[state];
+}
+
+const REDIS_MODE = { single: RedisMode.REDIS_MODE_SINGLE, cluster: RedisMode.REDIS_MODE_CLUSTER, sentinel: RedisMode.REDIS_MODE_SENTINEL } as const;
+
+/** The Redis deployment as the sidecar sees it; undefined (L1-only): mode unspecified, no nodes. */
+export function topologyToProto(view: TopologyView | undefined): RedisTopology {
+  if (view === undefined) return { mode: RedisMode.REDIS_MODE_UNSPECIFIED, nodes: [], allSlotsServed: false };
+  return {
+    mode: REDIS_MODE[view.mode],
+    nodes: view.nodes.map((node) => ({
+      address: node.address,
+      role: node.role === 'primary' ? RedisNodeRole.REDIS_NODE_ROLE_PRIMARY : RedisNodeRole.REDIS_NODE_ROLE_REPLICA,
+      reachable: node.reachable,
+      slots: node.slots,
+    })),
+    allSlotsServed: view.allSlotsServed,
+  };
 }

@@ -5,7 +5,7 @@ import type { DistributedLocks } from '../locks/distributed-locks';
 import type { ValueCodec } from '../redis/codec';
 import type { RedisTier } from '../redis/shared';
 import { VERSION } from '../version';
-import { linkStateToProto } from './mapping';
+import { linkStateToProto, topologyToProto } from './mapping';
 import type { WatchCounters } from './watch';
 
 export function tierStats(hits: number, misses: number): TierStats {
@@ -59,6 +59,8 @@ export class SidecarStats {
         pendingInvalidations: tiers.pending.size + (tiers.pending.overflowed ? 1 : 0),
         replayedInvalidations: tiers.counters.replayed,
         namespaceFlushes: tiers.counters.namespaceFlushes,
+        topology: topologyToProto(redis?.topology()),
+        recoveryFlushes: redis?.recoveries.flushed ?? 0,
       },
       pubsub: {
         state: linkStateToProto(redis?.subscriber.state),

@@ -442,6 +442,99 @@ export function linkStateToJSON(object: LinkState): string {
   }
 }
 
+/** RedisMode says how the sidecar reaches Redis. */
+export enum RedisMode {
+  /** REDIS_MODE_UNSPECIFIED - Not set, or L1-only (no Redis configured). */
+  REDIS_MODE_UNSPECIFIED = 0,
+  /** REDIS_MODE_SINGLE - One server (REDIS_URL or REDIS_HOST). */
+  REDIS_MODE_SINGLE = 1,
+  /** REDIS_MODE_CLUSTER - A Redis Cluster (REDIS_CLUSTER_NODES). */
+  REDIS_MODE_CLUSTER = 2,
+  /** REDIS_MODE_SENTINEL - The primary that Redis Sentinel names (REDIS_SENTINELS). */
+  REDIS_MODE_SENTINEL = 3,
+  UNRECOGNIZED = -1,
+}
+
+export function redisModeFromJSON(object: any): RedisMode {
+  switch (object) {
+    case 0:
+    case "REDIS_MODE_UNSPECIFIED":
+      return RedisMode.REDIS_MODE_UNSPECIFIED;
+    case 1:
+    case "REDIS_MODE_SINGLE":
+      return RedisMode.REDIS_MODE_SINGLE;
+    case 2:
+    case "REDIS_MODE_CLUSTER":
+      return RedisMode.REDIS_MODE_CLUSTER;
+    case 3:
+    case "REDIS_MODE_SENTINEL":
+      return RedisMode.REDIS_MODE_SENTINEL;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return RedisMode.UNRECOGNIZED;
+  }
+}
+
+export function redisModeToJSON(object: RedisMode): string {
+  switch (object) {
+    case RedisMode.REDIS_MODE_UNSPECIFIED:
+      return "REDIS_MODE_UNSPECIFIED";
+    case RedisMode.REDIS_MODE_SINGLE:
+      return "REDIS_MODE_SINGLE";
+    case RedisMode.REDIS_MODE_CLUSTER:
+      return "REDIS_MODE_CLUSTER";
+    case RedisMode.REDIS_MODE_SENTINEL:
+      return "REDIS_MODE_SENTINEL";
+    case RedisMode.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
+/** RedisNodeRole is a server's part in the deployment. */
+export enum RedisNodeRole {
+  /** REDIS_NODE_ROLE_UNSPECIFIED - Not known (the server has not been reached yet). */
+  REDIS_NODE_ROLE_UNSPECIFIED = 0,
+  /** REDIS_NODE_ROLE_PRIMARY - A primary: serves writes (on a Cluster, for its slots). */
+  REDIS_NODE_ROLE_PRIMARY = 1,
+  /** REDIS_NODE_ROLE_REPLICA - A replica of a primary. */
+  REDIS_NODE_ROLE_REPLICA = 2,
+  UNRECOGNIZED = -1,
+}
+
+export function redisNodeRoleFromJSON(object: any): RedisNodeRole {
+  switch (object) {
+    case 0:
+    case "REDIS_NODE_ROLE_UNSPECIFIED":
+      return RedisNodeRole.REDIS_NODE_ROLE_UNSPECIFIED;
+    case 1:
+    case "REDIS_NODE_ROLE_PRIMARY":
+      return RedisNodeRole.REDIS_NODE_ROLE_PRIMARY;
+    case 2:
+    case "REDIS_NODE_ROLE_REPLICA":
+      return RedisNodeRole.REDIS_NODE_ROLE_REPLICA;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return RedisNodeRole.UNRECOGNIZED;
+  }
+}
+
+export function redisNodeRoleToJSON(object: RedisNodeRole): string {
+  switch (object) {
+    case RedisNodeRole.REDIS_NODE_ROLE_UNSPECIFIED:
+      return "REDIS_NODE_ROLE_UNSPECIFIED";
+    case RedisNodeRole.REDIS_NODE_ROLE_PRIMARY:
+      return "REDIS_NODE_ROLE_PRIMARY";
+    case RedisNodeRole.REDIS_NODE_ROLE_REPLICA:
+      return "REDIS_NODE_ROLE_REPLICA";
+    case RedisNodeRole.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
 /** EntryInfo describes a stored entry without its value. */
 export interface EntryInfo {
   /**
@@ -1208,6 +1301,42 @@ export interface L2Stats {
    * keeps track of, so every key of the namespace was dropped instead.
    */
   namespaceFlushes: number;
+  /** The Redis deployment as this sidecar sees it: its mode and its servers. */
+  topology:
+    | RedisTopology
+    | undefined;
+  /**
+   * Times Redis lost data or a master was replaced (a failover, a restart)
+   * and this sidecar flushed the namespace in Redis, since what a promoted
+   * replica holds may be older than what was acknowledged. Other sidecars
+   * that saw the same event leave the flush to the first one.
+   */
+  recoveryFlushes: number;
+}
+
+/** RedisNode is one Redis server the sidecar knows of. */
+export interface RedisNode {
+  /** host:port, as the deployment announces it. */
+  address: string;
+  /** Primary or replica. */
+  role: RedisNodeRole;
+  /** Whether the sidecar's connection to it is up right now. */
+  reachable: boolean;
+  /** Hash slots it serves (Cluster primaries; 0 otherwise). */
+  slots: number;
+}
+
+/** RedisTopology is the deployment as one sidecar sees it. */
+export interface RedisTopology {
+  /** How Redis is reached. */
+  mode: RedisMode;
+  /**
+   * The servers: the one server; the primary Sentinel names; every Cluster
+   * node the sidecar knows, primaries first.
+   */
+  nodes: RedisNode[];
+  /** Cluster: whether every one of the 16384 slots has a reachable primary. */
+  allSlotsServed: boolean;
 }
 
 /** PubSubStats describes the invalidation bus. */
@@ -6754,6 +6883,8 @@ function createBaseL2Stats(): L2Stats {
     pendingInvalidations: 0,
     replayedInvalidations: 0,
     namespaceFlushes: 0,
+    topology: undefined,
+    recoveryFlushes: 0,
   };
 }
 
@@ -6791,6 +6922,12 @@ export const L2Stats: MessageFns<L2Stats> = {
     }
     if (message.namespaceFlushes !== 0) {
       writer.uint32(88).uint64(message.namespaceFlushes);
+    }
+    if (message.topology !== undefined) {
+      RedisTopology.encode(message.topology, writer.uint32(98).fork()).join();
+    }
+    if (message.recoveryFlushes !== 0) {
+      writer.uint32(104).uint64(message.recoveryFlushes);
     }
     return writer;
   },
@@ -6896,6 +7033,22 @@ export const L2Stats: MessageFns<L2Stats> = {
             message.namespaceFlushes = longToNumber(reader.uint64());
             continue;
           }
+          case 12: {
+            if (tag !== 98) {
+              break;
+            }
+
+            message.topology = RedisTopology.decode(reader, reader.uint32());
+            continue;
+          }
+          case 13: {
+            if (tag !== 104) {
+              break;
+            }
+
+            message.recoveryFlushes = longToNumber(reader.uint64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -6953,6 +7106,12 @@ export const L2Stats: MessageFns<L2Stats> = {
         : isSet(object.namespace_flushes)
         ? globalThis.Number(object.namespace_flushes)
         : 0,
+      topology: isSet(object.topology) ? RedisTopology.fromJSON(object.topology) : undefined,
+      recoveryFlushes: isSet(object.recoveryFlushes)
+        ? globalThis.Number(object.recoveryFlushes)
+        : isSet(object.recovery_flushes)
+        ? globalThis.Number(object.recovery_flushes)
+        : 0,
     };
   },
 
@@ -6991,6 +7150,12 @@ export const L2Stats: MessageFns<L2Stats> = {
     if (message.namespaceFlushes !== 0) {
       obj.namespaceFlushes = Math.round(message.namespaceFlushes);
     }
+    if (message.topology !== undefined) {
+      obj.topology = RedisTopology.toJSON(message.topology);
+    }
+    if (message.recoveryFlushes !== 0) {
+      obj.recoveryFlushes = Math.round(message.recoveryFlushes);
+    }
     return obj;
   },
 
@@ -7012,6 +7177,232 @@ export const L2Stats: MessageFns<L2Stats> = {
     message.pendingInvalidations = object.pendingInvalidations ?? 0;
     message.replayedInvalidations = object.replayedInvalidations ?? 0;
     message.namespaceFlushes = object.namespaceFlushes ?? 0;
+    message.topology = (object.topology !== undefined && object.topology !== null)
+      ? RedisTopology.fromPartial(object.topology)
+      : undefined;
+    message.recoveryFlushes = object.recoveryFlushes ?? 0;
+    return message;
+  },
+};
+
+function createBaseRedisNode(): RedisNode {
+  return { address: "", role: 0, reachable: false, slots: 0 };
+}
+
+export const RedisNode: MessageFns<RedisNode> = {
+  encode(message: RedisNode, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.address !== "") {
+      writer.uint32(10).string(message.address);
+    }
+    if (message.role !== 0) {
+      writer.uint32(16).int32(message.role);
+    }
+    if (message.reachable !== false) {
+      writer.uint32(24).bool(message.reachable);
+    }
+    if (message.slots !== 0) {
+      writer.uint32(32).uint32(message.slots);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RedisNode {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRedisNode();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.address = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.role = reader.int32() as any;
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.reachable = reader.bool();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.slots = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RedisNode {
+    return {
+      address: isSet(object.address) ? globalThis.String(object.address) : "",
+      role: isSet(object.role) ? redisNodeRoleFromJSON(object.role) : 0,
+      reachable: isSet(object.reachable) ? globalThis.Boolean(object.reachable) : false,
+      slots: isSet(object.slots) ? globalThis.Number(object.slots) : 0,
+    };
+  },
+
+  toJSON(message: RedisNode): unknown {
+    const obj: any = {};
+    if (message.address !== "") {
+      obj.address = message.address;
+    }
+    if (message.role !== 0) {
+      obj.role = redisNodeRoleToJSON(message.role);
+    }
+    if (message.reachable !== false) {
+      obj.reachable = message.reachable;
+    }
+    if (message.slots !== 0) {
+      obj.slots = Math.round(message.slots);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<RedisNode>, I>>(base?: I): RedisNode {
+    return RedisNode.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<RedisNode>, I>>(object: I): RedisNode {
+    const message = createBaseRedisNode();
+    message.address = object.address ?? "";
+    message.role = object.role ?? 0;
+    message.reachable = object.reachable ?? false;
+    message.slots = object.slots ?? 0;
+    return message;
+  },
+};
+
+function createBaseRedisTopology(): RedisTopology {
+  return { mode: 0, nodes: [], allSlotsServed: false };
+}
+
+export const RedisTopology: MessageFns<RedisTopology> = {
+  encode(message: RedisTopology, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.mode !== 0) {
+      writer.uint32(8).int32(message.mode);
+    }
+    for (const v of message.nodes) {
+      RedisNode.encode(v!, writer.uint32(18).fork()).join();
+    }
+    if (message.allSlotsServed !== false) {
+      writer.uint32(24).bool(message.allSlotsServed);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RedisTopology {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRedisTopology();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.mode = reader.int32() as any;
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.nodes.push(RedisNode.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.allSlotsServed = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RedisTopology {
+    return {
+      mode: isSet(object.mode) ? redisModeFromJSON(object.mode) : 0,
+      nodes: globalThis.Array.isArray(object?.nodes) ? object.nodes.map((e: any) => RedisNode.fromJSON(e)) : [],
+      allSlotsServed: isSet(object.allSlotsServed)
+        ? globalThis.Boolean(object.allSlotsServed)
+        : isSet(object.all_slots_served)
+        ? globalThis.Boolean(object.all_slots_served)
+        : false,
+    };
+  },
+
+  toJSON(message: RedisTopology): unknown {
+    const obj: any = {};
+    if (message.mode !== 0) {
+      obj.mode = redisModeToJSON(message.mode);
+    }
+    if (message.nodes?.length) {
+      obj.nodes = message.nodes.map((e) => RedisNode.toJSON(e));
+    }
+    if (message.allSlotsServed !== false) {
+      obj.allSlotsServed = message.allSlotsServed;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<RedisTopology>, I>>(base?: I): RedisTopology {
+    return RedisTopology.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<RedisTopology>, I>>(object: I): RedisTopology {
+    const message = createBaseRedisTopology();
+    message.mode = object.mode ?? 0;
+    message.nodes = object.nodes?.map((e) => RedisNode.fromPartial(e)) || [];
+    message.allSlotsServed = object.allSlotsServed ?? false;
     return message;
   },
 };
