@@ -193,6 +193,10 @@ export class RedisLink extends EventEmitter {
       // ioredis reports every failed attempt; the state change is logged once instead.
       this.log.debug({ link: role, err: error.message }, 'redis connection error');
     });
+    // A Cluster reports each node's errors too (hundreds during a failover); unheard, they would take the process down.
+    if (this.client instanceof Cluster) {
+      this.client.on('node error', (error: Error, node: string) => this.log.debug({ link: role, node, err: error.message }, 'redis cluster node error'));
+    }
   }
 
   get state(): LinkState {

@@ -1320,7 +1320,11 @@ export interface RedisNode {
   address: string;
   /** Primary or replica. */
   role: RedisNodeRole;
-  /** Whether the sidecar's connection to it is up right now. */
+  /**
+   * Whether the sidecar's connection to it is up right now. The sidecar
+   * sends everything to primaries: a Cluster replica is listed (known from
+   * the slot map) but has no connection, so it is not reachable.
+   */
   reachable: boolean;
   /** Hash slots it serves (Cluster primaries; 0 otherwise). */
   slots: number;
