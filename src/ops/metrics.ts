@@ -93,6 +93,7 @@ export class Metrics {
     const locks = new MirroredCounter(registry, 'locks_total', 'Distributed lock acquisitions, and acquisitions that stayed busy.', ['outcome']);
     const replayed = new MirroredCounter(registry, 'invalidations_replayed_total', 'Invalidations of writes that stayed local (Redis away), replayed into Redis once it was back.');
     const namespaceFlushes = new MirroredCounter(registry, 'namespace_flushes_total', 'Namespace-wide invalidations: more writes stayed local than this sidecar keeps track of.');
+    const recoveryFlushes = new MirroredCounter(registry, 'recovery_flushes_total', 'Namespace flushes in Redis this sidecar made after Redis lost data or a primary was replaced (a failover, a restart).');
 
     const gauge = (name: string, help: string, labelNames: string[], collect: (g: Gauge<string>, s: GetStatsResponse) => void) =>
       new Gauge({
@@ -131,6 +132,7 @@ export class Metrics {
       locks.set(s.locks!.busy, { outcome: 'busy' });
       replayed.set(s.l2!.replayedInvalidations);
       namespaceFlushes.set(s.l2!.namespaceFlushes);
+      recoveryFlushes.set(s.l2!.recoveryFlushes);
       return s;
     };
     gauge('l1_entries', 'Entries in L1 now.', [], (g, s) => g.set(s.l1!.entries));

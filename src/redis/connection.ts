@@ -186,6 +186,17 @@ export class RedisLink extends EventEmitter {
       this.emit('ready');
     });
     this.client.on('close', () => this.setState('down'));
+    // ioredis gives up on a connection in a few corner cases (seen under Sentinel: a failover
+    // detected while a reconnect was under way ends it, 'Connection is closed.'): it emits 'end'
+    // and never tries again. A sidecar must not stay detached for good, so we start it again.
+    this.client.on('end', () => {
+      this.setState('down');
+      if (this.closed) return;
+      const timer = setTimeout(() => {
+        if (!this.closed) this.client.connect().catch(() => undefined);
+      }, backoffDelay(1, options.reconnectBaseMs, options.reconnectMaxMs));
+      timer.unref();
+    });
     this.client.on('reconnecting', () => {
       if (this.currentState !== 'down') this.setState('down');
     });

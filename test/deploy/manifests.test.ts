@@ -433,6 +433,8 @@ describe('deploy/kubernetes files', () => {
         'deploy/kubernetes/overlays/unix-socket',
         'deploy/kubernetes/overlays/legacy-sidecar',
         'deploy/kubernetes/overlays/auth-token',
+        'deploy/kubernetes/overlays/redis-cluster',
+        'deploy/kubernetes/overlays/redis-sentinel',
         'deploy/kubernetes/examples/redis',
         'deploy/kubernetes/components/unix-socket',
         'deploy/kubernetes/components/legacy-sidecar',

@@ -22,7 +22,15 @@ let a: TestSidecar;
 let b: TestSidecar;
 
 const coherent = (...sidecars: TestSidecar[]) =>
-  waitFor(() => sidecars.every((s) => s.sidecar.tiers.mode === 'coherent' && s.sidecar.tiers.pending.empty), 'the sidecars to be coherent', 30_000);
+  waitFor(
+    () => {
+      if (sidecars.every((s) => s.sidecar.tiers.mode === 'coherent' && s.sidecar.tiers.pending.empty)) return true;
+      // Said when the wait times out: where each sidecar is stuck.
+      throw new Error(sidecars.map((s) => `${s.sidecar.tiers.mode}, ${s.sidecar.tiers.pending.size} pending, commands ${s.sidecar.redis!.link.state}, subscriber ${s.sidecar.redis!.subscriber.state}`).join('; '));
+    },
+    'the sidecars to be coherent',
+    30_000,
+  );
 
 beforeAll(async () => {
   cluster = await startCluster();
