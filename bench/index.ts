@@ -7,6 +7,7 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { cpus } from 'node:os';
 import { join } from 'node:path';
 import { cluster } from './cluster';
+import { clusterBus } from './cluster-bus';
 import { compression } from './compression';
 import { context } from './context';
 import { distributed } from './distributed';
@@ -19,7 +20,7 @@ import { watchMemory } from './watch-memory';
 
 const RESULTS = join(__dirname, '..', 'bench-results');
 
-const BENCHES: Bench[] = [l1Get, distributed, cluster, compression, context, tokens, locks, l1Memory, watchMemory];
+const BENCHES: Bench[] = [l1Get, distributed, cluster, clusterBus, compression, context, tokens, locks, l1Memory, watchMemory];
 
 /** bench-results/<name>.json: the report as data, for comparing runs and machines. */
 function writeResult(name: string, report: BenchReport, elapsedMs: number): void {

@@ -150,6 +150,11 @@ class ServerProcess {
     await exitedPromise(child);
   }
 
+  async restart(): Promise<void> {
+    await this.kill();
+    await this.launch();
+  }
+
   async pause(): Promise<void> {
     if (!this.child) throw new Error(`the server on port ${this.port} is not running`);
     this.child.kill('SIGSTOP');
@@ -188,7 +193,7 @@ export interface ServerHandle {
   log(lines?: number): string;
 }
 
-function serverHandle(server: ServerProcess, restart: () => Promise<void>): ServerHandle {
+function serverHandle(server: ServerProcess): ServerHandle {
   return {
     host: HOST,
     port: server.port,
@@ -199,7 +204,7 @@ function serverHandle(server: ServerProcess, restart: () => Promise<void>): Serv
     kill: () => server.kill(),
     pause: () => server.pause(),
     resume: () => server.resume(),
-    restart,
+    restart: () => server.restart(),
     command: (...args) => server.command(args),
     log: (lines) => tail(server.logFile, lines),
   };
@@ -342,8 +347,8 @@ export interface TestCluster {
   masterOf(key: string): Promise<ClusterNode>;
   /**
    * Resolves when every answering node says cluster_state:ok, knows every
-   * node, sees the same slot owners, and every answering replica's link to
-   * its master is up.
+   * node, sees the same slot owners and the same roles, and every answering
+   * replica's link to its master is up.
    */
   waitUntilHealthy(timeoutMs?: number): Promise<void>;
   /** SIGKILLs a master; resolves once a replica serves its slots and every answering node says cluster_state:ok. */
@@ -413,9 +418,10 @@ export async function startCluster({ masters = 3, replicasPerMaster = 1 }: Clust
   };
 
   /** What every answering node says; throws a sentence naming the first disagreement (it ends up in waitFor's timeout message). */
-  const checkHealthy = async () => {
+  const checkHealthy = async (expectedReplicas?: number) => {
     const nodes = answering();
     let reference: string[] | undefined;
+    let referenceRoles: string | undefined;
     for (const state of nodes) {
       const info = infoFields(await state.server.command(['CLUSTER', 'INFO']));
       if (info.get('cluster_state') !== 'ok') throw new Error(`node ${state.server.port} says cluster_state:${info.get('cluster_state')}`);
@@ -425,6 +431,16 @@ export async function startCluster({ masters = 3, replicasPerMaster = 1 }: Clust
       if (owners.includes('')) throw new Error(`node ${state.server.port} sees unassigned slots`);
       if (reference && owners.some((owner, slot) => owner !== reference![slot])) throw new Error(`node ${state.server.port} disagrees on slot owners`);
       reference = owners;
+      // Who replicates whom, for the nodes that run: gossip spreads a new replica's role after its master's slots.
+      const roles = views
+        .filter((view) => states.find((s) => s.server.port === view.port)?.server.running)
+        .map((view) => `${view.port}:${view.flags.has('slave') ? `replica of ${view.masterId}` : 'master'}`)
+        .sort()
+        .join(' ');
+      if (referenceRoles !== undefined && roles !== referenceRoles) throw new Error(`node ${state.server.port} sees other roles: ${roles} (vs ${referenceRoles})`);
+      referenceRoles = roles;
+      const replicas = views.filter((view) => view.flags.has('slave') && states.find((s) => s.server.port === view.port)?.server.running).length;
+      if (expectedReplicas !== undefined && replicas !== expectedReplicas) throw new Error(`node ${state.server.port} sees ${replicas} of ${expectedReplicas} replicas`);
       for (const view of views) {
         const other = states.find((s) => s.server.port === view.port);
         if (other?.server.answering && (view.flags.has('fail') || view.flags.has('fail?'))) throw new Error(`node ${state.server.port} still flags ${view.port} ${[...view.flags].join(',')}`);
@@ -438,8 +454,8 @@ export async function startCluster({ masters = 3, replicasPerMaster = 1 }: Clust
     return true;
   };
 
-  const waitUntilHealthy = async (timeoutMs = 20_000) => {
-    await waitFor(checkHealthy, 'the cluster to be healthy', timeoutMs, 20);
+  const waitUntilHealthy = async (timeoutMs = 20_000, expectedReplicas?: number) => {
+    await waitFor(() => checkHealthy(expectedReplicas), 'the cluster to be healthy', timeoutMs, 20);
     await refresh();
   };
 
@@ -460,10 +476,7 @@ export async function startCluster({ masters = 3, replicasPerMaster = 1 }: Clust
     ];
     const server = new ServerProcess(port, args, join(dir, `redis-${port}.log`));
     const state: ClusterNodeState = { server, id: '', role: 'master', masterId: undefined, slots: [], handle: undefined as unknown as ClusterNode };
-    const base = serverHandle(server, async () => {
-      await server.kill();
-      await server.launch();
-    });
+    const base = serverHandle(server);
     state.handle = Object.defineProperties(base, {
       id: { get: () => state.id, enumerable: true },
       role: { get: () => state.role, enumerable: true },
@@ -496,7 +509,7 @@ export async function startCluster({ masters = 3, replicasPerMaster = 1 }: Clust
       }
     }
     await runRedisCli(['--cluster', 'create', ...states.map((s) => `${HOST}:${s.server.port}`), '--cluster-replicas', String(replicasPerMaster), '--cluster-yes'], 30_000);
-    await waitUntilHealthy(30_000);
+    await waitUntilHealthy(30_000, masters * replicasPerMaster);
   } catch (error) {
     await stop();
     throw error;
@@ -527,7 +540,7 @@ export async function startCluster({ masters = 3, replicasPerMaster = 1 }: Clust
       await refresh();
       return cluster.masterOfSlot(await cluster.keySlot(key));
     },
-    waitUntilHealthy,
+    waitUntilHealthy: (timeoutMs) => waitUntilHealthy(timeoutMs),
 
     async killMaster(master) {
       const state = stateOf(master);
@@ -694,13 +707,7 @@ export async function startSentinel({ masterName = 'cc-master' }: { masterName?:
       ...(index === masterIndex ? [] : ['--replicaof', HOST, String(data[masterIndex]!.server.port)]),
     ];
     const server = new ServerProcess(port, args, join(dir, `redis-${port}.log`));
-    data.push({
-      server,
-      handle: serverHandle(server, async () => {
-        await server.kill();
-        await server.launch();
-      }),
-    });
+    data.push({ server, handle: serverHandle(server) });
   }
   for (const port of sentinelPorts) {
     const conf = join(dir, `sentinel-${port}.conf`);
@@ -744,7 +751,8 @@ export async function startSentinel({ masterName = 'cc-master' }: { masterName?:
       if (replica.answering) {
         const replicas = ((await sentinel.command(['SENTINEL', 'REPLICAS', masterName])) as unknown[]).map(pairs);
         const seen = replicas.find((r) => r.get('port') === String(replica.port));
-        if (seen?.get('flags') !== 'slave' || seen.get('master-link-status') !== 'ok') throw new Error(`sentinel ${sentinel.port} sees replica ${replica.port} as ${seen?.get('flags') ?? 'unknown'}`);
+        // Its flags follow PINGs (every second); its master-link-status follows INFO, every 10 s: the replica's own INFO says that above.
+        if (seen?.get('flags') !== 'slave') throw new Error(`sentinel ${sentinel.port} sees replica ${replica.port} as ${seen?.get('flags') ?? 'unknown'}`);
       }
     }
     return true;
@@ -769,12 +777,7 @@ export async function startSentinel({ masterName = 'cc-master' }: { masterName?:
     sentinels: sentinels.map((s) => `${HOST}:${s.port}`),
     sentinelList: sentinels.map((s) => `${HOST}:${s.port}`).join(','),
     sentinelAddresses: sentinels.map((s) => ({ host: HOST, port: s.port })),
-    sentinelNodes: sentinels.map((s) =>
-      serverHandle(s, async () => {
-        await s.kill();
-        await s.launch();
-      }),
-    ),
+    sentinelNodes: sentinels.map(serverHandle),
     master: () => data[masterIndex]!.handle,
     replica: () => data[replicaIndex()]!.handle,
     waitUntilHealthy,
