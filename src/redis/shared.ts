@@ -4,7 +4,7 @@ import type { Logger } from '../log';
 import { Bus } from './bus';
 import type { ValueCodec } from './codec';
 import type { HostPort } from '../config';
-import { linkOptions, RedisLink } from './connection';
+import { backoffDelay, linkOptions, RedisLink } from './connection';
 import { DataLossDetector, type DataLossDetails } from './data-loss';
 import { RedisEntryStore } from './entry-store';
 import type { KeySpace } from './keys';
@@ -16,6 +16,9 @@ import { RedisSessionStore } from './session-store';
 
 /** How long a sidecar's claim on a recovery lasts: others seeing the same new state of Redis leave the flush to it. */
 const RECOVERY_CLAIM_MS = 10 * 60_000;
+
+/** Attempts at the recovery flush (with backoff, about a minute in all) before the next detected change takes over. */
+const MAX_RECOVERY_ATTEMPTS = 20;
 
 /** The nodes (masters and replicas) the command link knows of a Cluster; none off a Cluster. */
 function clusterEndpoints(link: RedisLink): HostPort[] {
@@ -53,6 +56,7 @@ export class RedisTier implements SharedTier {
   private readonly dataLoss: DataLossDetector;
   private readonly scripts: ScriptRunner;
   private readonly dataLostListeners: (() => void)[] = [];
+  private closed = false;
   private readonly sidecarId: string;
   private readonly log: Logger;
   /** Namespace flushes after a failover or a restart that this sidecar carried out (the others found it claimed). */
@@ -132,7 +136,8 @@ export class RedisTier implements SharedTier {
    * at once, the claimer after its flush. Should the flush fail, the claim
    * is given up so that the next sidecar to notice tries again.
    */
-  private async recover(details: DataLossDetails): Promise<void> {
+  private async recover(details: DataLossDetails, attempt = 0): Promise<void> {
+    if (this.closed) return;
     const key = this.keys.recovery(details.identity);
     try {
       const claimed = await this.link.command(this.link.client.set(key, this.sidecarId, 'PX', RECOVERY_CLAIM_MS, 'NX'));
@@ -144,9 +149,15 @@ export class RedisTier implements SharedTier {
         this.recoveries.claimedElsewhere++;
       }
     } catch (error) {
+      // Redis is likely still settling (a failover in progress): give the claim up and try again,
+      // until the flush is done here or another sidecar claims it.
       this.recoveries.failed++;
-      this.log.warn({ err: (error as Error).message }, 'could not flush the namespace after a failover; another sidecar or the next check will');
+      this.log.warn({ err: (error as Error).message, attempt }, 'could not flush the namespace after Redis lost data or a master was replaced; retrying');
       await this.link.command(this.link.client.del(key)).catch(() => undefined);
+      if (attempt < MAX_RECOVERY_ATTEMPTS) {
+        const timer = setTimeout(() => void this.recover(details, attempt + 1), backoffDelay(attempt, 200, 5000));
+        timer.unref();
+      }
     } finally {
       for (const listener of this.dataLostListeners) listener();
     }
@@ -196,6 +207,7 @@ export class RedisTier implements SharedTier {
   }
 
   async close(): Promise<void> {
+    this.closed = true;
     this.bus.stop();
     this.dataLoss.stop();
     await Promise.all([this.subscriber.close(), this.link.close()]);
