@@ -12,11 +12,13 @@ import { DistributedLocks } from './locks/distributed-locks';
 import type { Logger } from './log';
 import { AdminServer } from './ops/admin-server';
 import { HealthReporter } from './ops/health';
-import { Metrics } from './ops/metrics';
+import type { Metrics } from './ops/metrics';
+import type * as MetricsModule from './ops/metrics';
 import { ValueCodec } from './redis/codec';
 import { CLUSTER_BUCKETS, KeySpace } from './redis/keys';
-import { createLockMasters } from './redis/lock-masters';
-import { RedisTier } from './redis/shared';
+import type * as LockMastersModule from './redis/lock-masters';
+import type { RedisTier } from './redis/shared';
+import type * as SharedModule from './redis/shared';
 import { AuthToken, warnIfOpenToNetwork } from './server/auth';
 import { cacheHandlers } from './server/cache-handlers';
 import { CallTracker } from './server/calls';
@@ -24,12 +26,33 @@ import { contextHandlers } from './server/context-handlers';
 import { acceptPreEncoded, decodeStrictly } from './server/encoding';
 import { GrpcServer, HEALTH_SERVICE_CACHE, HEALTH_SERVICE_OVERALL } from './server/grpc-server';
 import { lockHandlers } from './server/lock-handlers';
-import { addReflection, REFLECTION_SERVICES, ReflectionIndex } from './server/reflection';
+import { addReflection, REFLECTION_SERVICES } from './server/reflection';
 import { contextCacheService } from './server/service';
 import { SidecarStats } from './server/stats';
 import { RequestValidator } from './server/validation';
 import { WatchFanout, type WatchCounters } from './server/watch';
 
+
+/*
+ * Parts loaded only when the configuration needs them, so that a sidecar
+ * pays in memory for what it runs: the Redis side (ioredis, the Redlock
+ * library: ~30 MiB of RSS) only with Redis or lock masters configured; the
+ * metrics registry (prom-client: ~20 MiB) only with the admin port on.
+ */
+interface OptionalParts {
+  shared: typeof SharedModule | undefined;
+  lockMasters: typeof LockMastersModule | undefined;
+  metrics: typeof MetricsModule | undefined;
+}
+
+async function loadOptionalParts(config: Config): Promise<OptionalParts> {
+  const [shared, lockMasters, metrics] = await Promise.all([
+    config.redis === undefined ? undefined : import('./redis/shared.js'),
+    config.redis === undefined && config.lockRedis === undefined ? undefined : import('./redis/lock-masters.js'),
+    config.adminListen === undefined ? undefined : import('./ops/metrics.js'),
+  ]);
+  return { shared, lockMasters, metrics };
+}
 
 /**
  * The composition root: builds every part from the configuration, starts
@@ -54,7 +77,8 @@ export class Sidecar {
   readonly watchCounters: WatchCounters = { open: 0, delivered: 0, dropped: 0 };
   /** The Watch streams' fan-out (bounded in streams and bytes). */
   readonly watch: WatchFanout;
-  readonly metrics: Metrics;
+  /** Prometheus metrics; undefined with the admin port off (nothing would read them). */
+  readonly metrics: Metrics | undefined;
   private readonly admin: AdminServer | undefined;
   private readonly calls: CallTracker;
   private readonly grpc: GrpcServer;
@@ -67,24 +91,26 @@ export class Sidecar {
   private constructor(
     readonly config: Config,
     private readonly log: Logger,
+    parts: OptionalParts,
   ) {
     // On a Cluster, generic entries are spread over buckets (keys.ts); one server needs one.
     const keys = new KeySpace(config.namespace, config.redis?.topology.kind === 'cluster' ? CLUSTER_BUCKETS : 1);
     this.codec = new ValueCodec(config.compressionThreshold);
     this.l1 = new L1Cache(config.l1MaxBytes);
-    this.redis = config.redis === undefined ? undefined : new RedisTier(config, keys, this.codec, this.sidecarId, log);
+    this.redis = config.redis === undefined ? undefined : new parts.shared!.RedisTier(config, keys, this.codec, this.sidecarId, log);
     this.tiers = new Tiers(this.l1, this.redis, this.events, this.sidecarId, log, { degradedMaxAgeMs: config.degradedMaxAgeMs });
     this.entries = new EntryCache(this.tiers, this.redis?.entries);
     this.sessions = new SessionStore(this.tiers, this.redis?.sessions, config.defaultTtlMs, this.tokenCounter);
     this.events.onListenerError = (error) => log.error({ err: error }, 'an event listener failed; the event was still delivered to the others');
-    this.locks = new DistributedLocks(createLockMasters(config, this.redis?.link, keys, log), log);
+    const lockMasters = parts.lockMasters?.createLockMasters(config, this.redis?.link, keys, log);
+    this.locks = new DistributedLocks(lockMasters, log);
 
     this.calls = new CallTracker(log);
     this.auth = config.auth === undefined ? undefined : new AuthToken(config.auth, log);
     this.grpc = new GrpcServer({ listen: config.listen, healthListen: config.healthListen, maxMessageBytes: config.maxMessageBytes,
       auth: this.auth,
       // Refused before any handler runs: counted here, under the code they got, with no duration to speak of.
-      onAuthRefused: (method) => this.metrics.rpcDuration.observe({ method, code: String(status.UNAUTHENTICATED) }, 0),
+      onAuthRefused: (method) => this.metrics?.rpcDuration.observe({ method, code: String(status.UNAUTHENTICATED) }, 0),
     });
     this.health = new HealthReporter((service, status) => this.grpc.setHealth(service, status));
     const stats = new SidecarStats({
@@ -98,10 +124,12 @@ export class Sidecar {
       locks: this.locks,
     });
     const healthStatuses = () => this.grpc.healthStatuses();
-    this.metrics = new Metrics(() => stats.snapshot(), this.events, this.sidecarId, healthStatuses);
-    this.calls.onCallEnd = (method, code, seconds) => this.metrics.rpcDuration.observe({ method, code: String(code) }, seconds);
-    if (this.redis) this.redis.link.latency.onSample = (us) => this.metrics.redisDuration.observe(us / 1e6);
-    this.admin = config.adminListen === undefined ? undefined : new AdminServer(config.adminListen, this.metrics, healthStatuses, log);
+    if (config.adminListen !== undefined) {
+      const metrics = (this.metrics = new parts.metrics!.Metrics(() => stats.snapshot(), this.events, this.sidecarId, healthStatuses));
+      this.calls.onCallEnd = (method, code, seconds) => metrics.rpcDuration.observe({ method, code: String(code) }, seconds);
+      if (this.redis) this.redis.link.latency.onSample = (us) => metrics.redisDuration.observe(us / 1e6);
+      this.admin = new AdminServer(config.adminListen, metrics, healthStatuses, log);
+    }
 
     const validate = new RequestValidator(config);
     const watch = (this.watch = new WatchFanout(this.events, {
@@ -124,11 +152,11 @@ export class Sidecar {
       stats,
     });
     this.grpc.server.addService(decodeStrictly(acceptPreEncoded(ContextCacheService, service)), service);
-    addReflection(this.grpc.server, new ReflectionIndex([HEALTH_SERVICE_CACHE, 'grpc.health.v1.Health', ...REFLECTION_SERVICES]));
+    addReflection(this.grpc.server, [HEALTH_SERVICE_CACHE, 'grpc.health.v1.Health', ...REFLECTION_SERVICES]);
   }
 
   static async start(config: Config, log: Logger): Promise<Sidecar> {
-    const sidecar = new Sidecar(config, log);
+    const sidecar = new Sidecar(config, log, await loadOptionalParts(config));
     sidecar.address = await sidecar.grpc.start();
     try {
       await sidecar.admin?.start();

@@ -1,4 +1,4 @@
-import type { ServingStatus } from 'grpc-health-check';
+import type { ServingStatus } from '../server/health-service';
 import type { DistributedLocks } from '../locks/distributed-locks';
 import type { RedisTier } from '../redis/shared';
 

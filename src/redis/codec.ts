@@ -1,4 +1,4 @@
-import { compressSync, uncompressSync } from 'snappy';
+import type * as Snappy from 'snappy';
 import { CorruptValueError } from '../errors';
 
 /**
@@ -11,6 +11,10 @@ import { CorruptValueError } from '../errors';
  * Values at or above the threshold are compressed when that makes them
  * smaller; a value that does not shrink is stored as it is.
  */
+/** snappy (a native addon, ~8 MiB of RSS) is loaded on the first value that needs it: an L1-only sidecar never does. */
+let snappy: typeof Snappy | undefined;
+const codecLibrary = (): typeof Snappy => (snappy ??= require('snappy') as typeof Snappy);
+
 const MAGIC = 0xcc;
 const FORMAT_VERSION = 1;
 const FLAG_SNAPPY = 0b1;
@@ -31,7 +35,7 @@ export class ValueCodec {
     let payload = value;
     let flags = 0;
     if (value.byteLength >= this.compressionThreshold) {
-      const compressed = compressSync(value);
+      const compressed = codecLibrary().compressSync(value);
       if (compressed.byteLength < value.byteLength) {
         payload = compressed;
         flags |= FLAG_SNAPPY;
@@ -56,7 +60,7 @@ export class ValueCodec {
     const payload = bytes.subarray(HEADER_BYTES);
     if ((flags & FLAG_SNAPPY) === 0) return Buffer.from(payload);
     try {
-      return uncompressSync(payload) as Buffer;
+      return codecLibrary().uncompressSync(payload) as Buffer;
     } catch (error) {
       throw new CorruptValueError(`snappy payload does not decompress (${(error as Error).message})`);
     }

@@ -1,8 +1,8 @@
 import { Server, ServerCredentials, type ServerOptions } from '@grpc/grpc-js';
-import { HealthImplementation, type ServingStatus } from 'grpc-health-check';
 import { existsSync, lstatSync, unlinkSync } from 'node:fs';
 import { connect } from 'node:net';
 import { authInterceptor, type CallAuthenticator } from './auth';
+import { HealthStatuses, type ServingStatus } from './health-service';
 
 /** Health service names: "" is the whole server; components report under their own name. */
 export const HEALTH_SERVICE_OVERALL = '';
@@ -67,15 +67,11 @@ async function bind(server: Server, listen: string): Promise<string> {
  */
 export class GrpcServer {
   readonly server: Server;
-  readonly health = new HealthImplementation({ [HEALTH_SERVICE_OVERALL]: 'NOT_SERVING', [HEALTH_SERVICE_CACHE]: 'NOT_SERVING' });
+  readonly health = new HealthStatuses({ [HEALTH_SERVICE_OVERALL]: 'NOT_SERVING', [HEALTH_SERVICE_CACHE]: 'NOT_SERVING' });
   private readonly healthServer: Server | undefined;
   private boundAddress: string | undefined;
   private boundHealthAddress: string | undefined;
   private stopped = false;
-  private readonly statuses = new Map<string, ServingStatus>([
-    [HEALTH_SERVICE_OVERALL, 'NOT_SERVING'],
-    [HEALTH_SERVICE_CACHE, 'NOT_SERVING'],
-  ]);
 
   constructor(private readonly options: GrpcServerOptions) {
     const interceptors = options.auth === undefined ? [] : [authInterceptor(options.auth, options.onAuthRefused)];
@@ -101,13 +97,12 @@ export class GrpcServer {
   }
 
   setHealth(service: string, status: ServingStatus): void {
-    this.statuses.set(service, status);
-    this.health.setStatus(service, status);
+    this.health.set(service, status);
   }
 
   /** Every health service name and its status, for /healthz and metrics. */
   healthStatuses(): Record<string, ServingStatus> {
-    return Object.fromEntries(this.statuses);
+    return this.health.all();
   }
 
   /** Stops accepting, lets calls finish within graceMs, then cuts what is left. Idempotent. */

@@ -1,112 +1,27 @@
-import { createFileRegistry, fromBinary, toBinary, type DescFile, type DescMessage, type DescEnum } from '@bufbuild/protobuf';
-import { FileDescriptorProtoSchema, FileDescriptorSetSchema } from '@bufbuild/protobuf/wkt';
-import { status, type Server, type ServerDuplexStream } from '@grpc/grpc-js';
-import { descriptorSetBase64 } from '../gen/descriptor-set';
+import type { Server, ServerDuplexStream } from '@grpc/grpc-js';
 import * as v1 from '../gen/grpc/reflection/v1/reflection';
 import * as v1alpha from '../gen/grpc/reflection/v1alpha/reflection';
+import type { ReflectionIndex } from './reflection-index';
 
 type Request = v1.ServerReflectionRequest;
 type Response = v1.ServerReflectionResponse;
 
 /**
- * gRPC server reflection (v1 and v1alpha), answered from the complete
- * FileDescriptorSet that `buf build` wrote at generation time. Every file is
- * served under its real name with its real imports, and every import can be
- * fetched by name, so strict clients (grpcurl, which builds a descriptor pool
- * that refuses dangling imports) can describe and call every method. Source
- * info is kept, so `grpcurl describe` shows the proto comments.
+ * Adds both reflection versions to the server, for `services`; they share
+ * one index (reflection-index.ts), built on the first request. Answers go
+ * out in the order of the requests.
  */
-export class ReflectionIndex {
-  private readonly encodedFiles = new Map<string, Uint8Array>();
-  private readonly filesBySymbol = new Map<string, DescFile>();
-  private readonly filesByName = new Map<string, DescFile>();
-
-  constructor(
-    private readonly services: readonly string[],
-    descriptorSet: Uint8Array = Buffer.from(descriptorSetBase64, 'base64'),
-  ) {
-    // createFileRegistry throws on a missing import: a broken set fails start-up, not a client.
-    const registry = createFileRegistry(fromBinary(FileDescriptorSetSchema, descriptorSet));
-    for (const file of registry.files) {
-      this.filesByName.set(file.proto.name, file);
-      this.encodedFiles.set(file.proto.name, toBinary(FileDescriptorProtoSchema, file.proto));
-      const index = (typeName: string) => this.filesBySymbol.set(typeName, file);
-      const indexEnum = (e: DescEnum) => {
-        index(e.typeName);
-        for (const value of e.values) index(`${e.typeName.slice(0, e.typeName.lastIndexOf('.') + 1)}${value.name}`);
-      };
-      const indexMessage = (message: DescMessage) => {
-        index(message.typeName);
-        for (const field of message.fields) index(`${message.typeName}.${field.name}`);
-        for (const oneof of message.oneofs) index(`${message.typeName}.${oneof.name}`);
-        message.nestedMessages.forEach(indexMessage);
-        message.nestedEnums.forEach(indexEnum);
-        for (const extension of message.nestedExtensions) index(extension.typeName);
-      };
-      file.messages.forEach(indexMessage);
-      file.enums.forEach(indexEnum);
-      for (const extension of file.extensions) index(extension.typeName);
-      for (const service of file.services) {
-        index(service.typeName);
-        for (const method of service.methods) index(`${service.typeName}.${method.name}`);
-      }
-    }
-    for (const service of services) {
-      if (!this.filesBySymbol.has(service)) throw new Error(`reflection: service ${service} is not in the descriptor set`);
-    }
-  }
-
-  answer(request: Request): Response {
-    const base = { validHost: request.host, originalRequest: request };
-    const query = request.messageRequest;
-    switch (query?.$case) {
-      case 'listServices':
-        return { ...base, messageResponse: { $case: 'listServicesResponse', value: { service: this.services.map((name) => ({ name })) } } };
-      case 'fileByFilename':
-        return this.files(base, this.filesByName.get(query.value), `file "${query.value}" is not known`);
-      case 'fileContainingSymbol':
-        return this.files(base, this.filesBySymbol.get(query.value.replace(/^\./, '')), `symbol "${query.value}" is not known`);
-      case 'fileContainingExtension':
-        return error(base, status.NOT_FOUND, `no extension ${query.value.extensionNumber} of ${query.value.containingType} is known`);
-      case 'allExtensionNumbersOfType':
-        if (!this.filesBySymbol.has(query.value)) return error(base, status.NOT_FOUND, `type "${query.value}" is not known`);
-        return { ...base, messageResponse: { $case: 'allExtensionNumbersResponse', value: { baseTypeName: query.value, extensionNumber: [] } } };
-      default:
-        return error(base, status.INVALID_ARGUMENT, 'the request names no query');
-    }
-  }
-
-  /** The file first, then every file it imports, directly or not. */
-  private files(base: Pick<Response, 'validHost' | 'originalRequest'>, file: DescFile | undefined, notFound: string): Response {
-    if (file === undefined) return error(base, status.NOT_FOUND, notFound);
-    const ordered: DescFile[] = [];
-    const seen = new Set<string>();
-    const visit = (current: DescFile) => {
-      if (seen.has(current.proto.name)) return;
-      seen.add(current.proto.name);
-      ordered.push(current);
-      current.dependencies.forEach(visit);
-    };
-    visit(file);
-    return {
-      ...base,
-      messageResponse: {
-        $case: 'fileDescriptorResponse',
-        value: { fileDescriptorProto: ordered.map((f) => Buffer.from(this.encodedFiles.get(f.proto.name)!)) },
-      },
-    };
-  }
-}
-
-function error(base: Pick<Response, 'validHost' | 'originalRequest'>, code: status, message: string): Response {
-  return { ...base, messageResponse: { $case: 'errorResponse', value: { errorCode: code, errorMessage: message } } };
-}
-
-/** Adds both reflection versions to the server; they share one index. */
-export function addReflection(server: Server, index: ReflectionIndex): void {
+export function addReflection(server: Server, services: readonly string[]): void {
+  let index: Promise<ReflectionIndex> | undefined;
+  const loaded = () => (index ??= import('./reflection-index.js').then((module) => new module.ReflectionIndex(services)));
   const serve = (call: ServerDuplexStream<Request, Response>) => {
-    call.on('data', (request: Request) => call.write(index.answer(request)));
-    call.on('end', () => call.end());
+    let answered = Promise.resolve();
+    call.on('data', (request: Request) => {
+      answered = answered.then(async () => {
+        call.write((await loaded()).answer(request));
+      });
+    });
+    call.on('end', () => void answered.then(() => call.end()));
     call.on('error', () => call.end());
   };
   server.addService(v1.ServerReflectionService, { serverReflectionInfo: serve } satisfies v1.ServerReflectionServer);

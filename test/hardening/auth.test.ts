@@ -131,7 +131,7 @@ describe('caller authentication', () => {
   it('counts refused calls in the RPC metrics, under their method and code 16', async () => {
     const sc = await startSidecar({ CONTEXT_CACHE_AUTH_TOKEN_FILE: tokenFile(TOKEN) });
     const refused = async () => {
-      const values = await sc.sidecar.metrics.rpcDuration.get();
+      const values = await sc.sidecar.metrics!.rpcDuration.get();
       return values.values.find((v) => v.metricName?.endsWith('_count') && v.labels.method === 'Get' && v.labels.code === String(status.UNAUTHENTICATED))?.value ?? 0;
     };
     expect(await refused()).toBe(0);
