@@ -17,6 +17,8 @@ export interface DeployedSidecar {
   readonly address: string;
   /** Resident set size now, from /proc. */
   rss(): number;
+  /** CPU time used so far (user + system), in ms, from /proc. */
+  cpuMs(): number;
   /** One gauge from the sidecar's /metrics (e.g. nodejs_heap_size_used_bytes). */
   metric(name: string): Promise<number>;
   /**
@@ -28,12 +30,13 @@ export interface DeployedSidecar {
 }
 
 /**
- * The allocator settings the image runs with (the Dockerfile's MALLOC_*
- * variables), so that a sidecar measured here is the sidecar deployed.
+ * The runtime settings the image runs with (the Dockerfile's MALLOC_* and
+ * NODE_OPTIONS variables), so that a sidecar measured here is the sidecar
+ * deployed.
  */
-export function imageMallocEnv(): Record<string, string> {
+export function imageRuntimeEnv(): Record<string, string> {
   const dockerfile = readFileSync(join(ROOT, 'Dockerfile'), 'utf8');
-  return Object.fromEntries([...dockerfile.matchAll(/\b(MALLOC_[A-Z_]+)=(\S+)/g)].map((match) => [match[1]!, match[2]!]));
+  return Object.fromEntries([...dockerfile.matchAll(/\b(MALLOC_[A-Z_]+|NODE_OPTIONS)=(\S+)/g)].map((match) => [match[1]!, match[2]!]));
 }
 
 /** Builds dist/ when it is missing, so `npm run bench` works on a fresh clone. */
@@ -65,6 +68,19 @@ async function inspectorCall(url: string, method: string): Promise<void> {
   });
 }
 
+/** utime + stime of a process from /proc/<pid>/stat (fields 14 and 15, in clock ticks of 10 ms). */
+export function processCpuMs(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return (Number(fields[11]) + Number(fields[12])) * 10;
+}
+
+/** RSS of a process from /proc/<pid>/status. */
+export function processRss(pid: number): number {
+  const line = readFileSync(`/proc/${pid}/status`, 'utf8').split('\n').find((l) => l.startsWith('VmRSS:'));
+  return Number(line?.split(/\s+/)[1] ?? 0) * 1024;
+}
+
 export async function startDeployedSidecar(env: Record<string, string>, options: DeployedOptions = {}): Promise<DeployedSidecar> {
   ensureBuilt();
   const [grpcPort, adminPort] = [await freePort(), await freePort()];
@@ -76,7 +92,7 @@ export async function startDeployedSidecar(env: Record<string, string>, options:
       CONTEXT_CACHE_LISTEN: `127.0.0.1:${grpcPort}`,
       CONTEXT_CACHE_ADMIN_LISTEN: `127.0.0.1:${adminPort}`,
       CONTEXT_CACHE_LOG_LEVEL: 'warn',
-      ...imageMallocEnv(),
+      ...imageRuntimeEnv(),
       ...env,
     },
     stdio: ['ignore', 'inherit', options.inspect ? 'pipe' : 'inherit'],
@@ -102,10 +118,12 @@ export async function startDeployedSidecar(env: Record<string, string>, options:
   }
   return {
     pid: child.pid!,
-    address: `127.0.0.1:${grpcPort}`,
+    address: env.CONTEXT_CACHE_LISTEN ?? `127.0.0.1:${grpcPort}`,
     rss() {
-      const line = readFileSync(`/proc/${child.pid}/status`, 'utf8').split('\n').find((l) => l.startsWith('VmRSS:'));
-      return Number(line?.split(/\s+/)[1] ?? 0) * 1024;
+      return processRss(child.pid!);
+    },
+    cpuMs() {
+      return processCpuMs(child.pid!);
     },
     async metric(name: string) {
       const text = await (await fetch(`http://127.0.0.1:${adminPort}/metrics`)).text();

@@ -15,12 +15,15 @@ import { l1Get } from './l1-get';
 import { l1Memory } from './l1-memory';
 import { formatReport, type Bench, type BenchReport } from './lib';
 import { locks } from './locks';
+import { steady, steadySoak } from './steady';
 import { tokens } from './tokens';
 import { watchMemory } from './watch-memory';
 
 const RESULTS = join(__dirname, '..', 'bench-results');
 
-const BENCHES: Bench[] = [l1Get, distributed, cluster, clusterBus, compression, context, tokens, locks, l1Memory, watchMemory];
+const BENCHES: Bench[] = [l1Get, distributed, cluster, clusterBus, compression, context, tokens, locks, l1Memory, watchMemory, steady];
+/** Run only when named: `npm run bench -- steady-soak` (five minutes). */
+const ON_REQUEST: Bench[] = [steadySoak];
 
 /** bench-results/<name>.json: the report as data, for comparing runs and machines. */
 function writeResult(name: string, report: BenchReport, elapsedMs: number): void {
@@ -31,9 +34,9 @@ function writeResult(name: string, report: BenchReport, elapsedMs: number): void
 
 async function main(): Promise<void> {
   const wanted = process.argv.slice(2);
-  const selected = wanted.length === 0 ? BENCHES : BENCHES.filter((bench) => wanted.includes(bench.name));
+  const selected = wanted.length === 0 ? BENCHES : [...BENCHES, ...ON_REQUEST].filter((bench) => wanted.includes(bench.name));
   if (selected.length === 0) {
-    console.error(`no benchmark named ${wanted.join(', ')}; known: ${BENCHES.map((bench) => bench.name).join(', ')}`);
+    console.error(`no benchmark named ${wanted.join(', ')}; known: ${[...BENCHES, ...ON_REQUEST].map((bench) => bench.name).join(', ')}`);
     process.exitCode = 2;
     return;
   }

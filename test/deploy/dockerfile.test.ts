@@ -235,10 +235,12 @@ describe('Dockerfile', () => {
   });
 
   it('ENV: known variables that loadConfig accepts, the API on loopback, health and admin on every interface; EXPOSE lists their ports', () => {
-    // Besides ours, only glibc's allocator tunables (read by the C library, not by loadConfig).
+    // Besides ours, only glibc's allocator tunables and V8 flags (read by the C library and by node, not by loadConfig).
     const ALLOCATOR = ['MALLOC_ARENA_MAX', 'MALLOC_MMAP_THRESHOLD_', 'MALLOC_TRIM_THRESHOLD_'];
-    expect(Object.keys(runtimeEnv).filter((name) => !(name in CONFIG_VARIABLES) && !ALLOCATOR.includes(name))).toEqual([]);
+    expect(Object.keys(runtimeEnv).filter((name) => !(name in CONFIG_VARIABLES) && !ALLOCATOR.includes(name) && name !== 'NODE_OPTIONS')).toEqual([]);
     for (const name of ALLOCATOR) if (name in runtimeEnv) expect(runtimeEnv[name], name).toMatch(/^\d+$/);
+    // Only V8 heap flags: nothing that changes what the code does.
+    if ('NODE_OPTIONS' in runtimeEnv) expect(runtimeEnv.NODE_OPTIONS).toMatch(/^(--max-(semi|old)-space-size=\d+\s*)+$/);
     const config = loadConfig(runtimeEnv);
     expect(['127.0.0.1', '::1']).toContain(listenHost(config.listen));
     expect(config.healthListen).toBeDefined();
