@@ -236,6 +236,24 @@ export class ContextCacheClient {
   }
 
   /**
+   * Resolves once the channel to the sidecar is connected and, with a near
+   * cache, once the near cache is live (its Watch stream started and the
+   * sidecar coherent); rejects with DEADLINE_EXCEEDED otherwise. Calls work
+   * without it: this is for start-up checks, and for tests.
+   */
+  async ready(timeoutMs = 5000): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    await new Promise<void>((resolve, reject) =>
+      this.raw.waitForReady(deadline, (error) =>
+        error ? reject(new ContextCacheError({ code: status.DEADLINE_EXCEEDED, details: `not connected to the sidecar within ${timeoutMs} ms (${error.message})` }, 'ready')) : resolve(),
+      ),
+    );
+    if (this.near !== undefined && !(await this.near.whenLive(Math.max(0, deadline - Date.now())))) {
+      throw new ContextCacheError({ code: status.DEADLINE_EXCEEDED, details: `the near cache was not live within ${timeoutMs} ms (its Watch stream: ${this.nearWatch!.state})` }, 'ready');
+    }
+  }
+
+  /**
    * Calls any unary RPC by its method name, e.g. `call('get', { key })`,
    * with the default deadline and, for idempotent calls, retries on
    * UNAVAILABLE. The near cache is not involved.

@@ -1,0 +1,156 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ContextCacheClient, ResyncReason, type WatchResponse } from '../../src/client';
+import { sidecarsOnRedis } from '../helpers/fixtures';
+import { startProxy, type TestProxy } from '../helpers/proxy';
+import type { TestSidecar } from '../helpers/sidecar';
+import { waitFor } from '../helpers/wait';
+
+const MiB = 1024 * 1024;
+const port = (address: string) => Number(address.slice(address.lastIndexOf(':') + 1));
+const text = (value: Buffer | Uint8Array) => Buffer.from(value).toString();
+
+describe('the near cache on real sidecars', () => {
+  const fixture = sidecarsOnRedis(2, { CONTEXT_CACHE_NAMESPACE: 'near' });
+  let a: TestSidecar;
+  let b: TestSidecar;
+  const clients: ContextCacheClient[] = [];
+  const nearClient = async (address: string, options = {}) => {
+    const client = new ContextCacheClient(address, { nearCache: { maxBytes: 16 * MiB }, watchBackoff: { initialBackoffMs: 20, maxBackoffMs: 200 }, ...options });
+    clients.push(client);
+    await client.ready();
+    return client;
+  };
+  beforeAll(() => void ([a, b] = fixture.sidecars));
+  afterAll(() => clients.forEach((client) => client.close()));
+
+  it('answers a second read from memory, and drops it when another sidecar writes the key', async () => {
+    const onB = await nearClient(b.address);
+    await a.client.set({ key: 'n/1', value: Buffer.from('one') });
+    const first = await onB.get({ key: 'n/1' });
+    expect(first.fromNearCache).toBeUndefined();
+    const second = await onB.get({ key: 'n/1' });
+    expect(second.fromNearCache).toBe(true);
+    expect(text(second.value)).toBe('one');
+    await a.client.set({ key: 'n/1', value: Buffer.from('two') });
+    await waitFor(() => !onB.nearCache!.has('n/1'), 'the near cache to drop n/1');
+    expect(text((await onB.get({ key: 'n/1' })).value)).toBe('two');
+    expect(onB.nearCache!.stats()).toMatchObject({ hits: 1, invalidations: 1 });
+  });
+
+  it('keeps sessions and getMany results, and drops a session appended to elsewhere', async () => {
+    const onA = await nearClient(a.address);
+    await b.client.putSessionNodes({ sessionId: 'near-s', nodes: [{ id: 'm1', role: 2, content: 'hi' }] });
+    await b.client.set({ key: 'n/many', value: Buffer.from('m') });
+    await onA.getSessionNodes({ sessionId: 'near-s' });
+    expect((await onA.getSessionNodes({ sessionId: 'near-s' })).fromNearCache).toBe(true);
+    await onA.getMany({ keys: ['n/many', 'n/absent'] });
+    const many = await onA.getMany({ keys: ['n/many', 'n/absent'] });
+    expect(many.results.map((r) => [r.key, r.found])).toEqual([
+      ['n/many', true],
+      ['n/absent', false],
+    ]);
+    expect(onA.nearCache!.has('n/many')).toBe(true);
+    await b.client.appendNode({ node: { id: 'm2', sessionId: 'near-s', parentId: 'm1', role: 3, content: 'hello' } });
+    await waitFor(() => !onA.nearCache!.hasSession('near-s'), 'the near cache to drop the session');
+    expect((await onA.getSessionNodes({ sessionId: 'near-s' })).nodes.map((n) => n.id)).toEqual(['m1', 'm2']);
+  });
+
+  it('reads its own writes: a Set is kept, a Delete and a tag invalidation through it drop at once', async () => {
+    const client = await nearClient(a.address);
+    await client.set({ key: 'n/own', value: Buffer.from('mine'), tags: ['own'] });
+    expect((await client.get({ key: 'n/own' })).fromNearCache).toBe(true);
+    await client.invalidateTags({ tags: ['own'] });
+    expect(client.nearCache!.has('n/own')).toBe(false);
+    expect((await client.get({ key: 'n/own' })).found).toBe(false);
+    await client.set({ key: 'n/own', value: Buffer.from('again') });
+    await client.delete({ keys: ['n/own'] });
+    expect((await client.get({ key: 'n/own' })).found).toBe(false);
+  });
+
+  it('no read is older than a write acknowledged 50 ms before it began: concurrent writers on two sidecars, readers with near caches on both', async () => {
+    const readers = [await nearClient(a.address), await nearClient(b.address), await nearClient(b.address)];
+    const writers = [await nearClient(a.address), await nearClient(b.address)];
+    const keys = ['c/0', 'c/1', 'c/2', 'c/3'];
+    /** Per key, the acknowledged writes: when, and the version. */
+    const acked = new Map<string, { at: number; version: number }[]>(keys.map((key) => [key, []]));
+    const until = Date.now() + 3000;
+    let writes = 0;
+    let reads = 0;
+    const violations: string[] = [];
+    const writer = async (client: ContextCacheClient, id: number) => {
+      for (let n = 0; Date.now() < until; n++) {
+        const key = keys[(n + id) % keys.length]!;
+        const response = await client.set({ key, value: Buffer.from(`${id}:${n}`) });
+        acked.get(key)!.push({ at: Date.now(), version: response.info!.version });
+        writes++;
+        await new Promise((resolve) => setTimeout(resolve, 2));
+      }
+    };
+    const reader = async (client: ContextCacheClient) => {
+      for (let n = 0; Date.now() < until; n++) {
+        const key = keys[n % keys.length]!;
+        const began = Date.now();
+        const floor = Math.max(0, ...acked.get(key)!.filter((write) => write.at <= began - 50).map((write) => write.version));
+        const read = await client.get({ key });
+        reads++;
+        const version = read.found ? read.info!.version : 0;
+        if (version < floor) violations.push(`${key}: read version ${version} (near cache: ${read.fromNearCache === true}) but ${floor} was acknowledged 50 ms before the read began`);
+        if (n % 16 === 15) await new Promise((resolve) => setImmediate(resolve));
+      }
+    };
+    await Promise.all([...writers.map((client, id) => writer(client, id)), ...readers.map(reader)]);
+    expect(violations).toEqual([]);
+    expect(writes).toBeGreaterThan(200);
+    // The property must have been tested on the near cache, not only on the sidecars.
+    const hits = readers.reduce((sum, client) => sum + client.nearCache!.stats().hits, 0);
+    expect(hits).toBeGreaterThan(reads / 4);
+    expect(readers.reduce((sum, client) => sum + client.nearCache!.stats().invalidations, 0)).toBeGreaterThan(50);
+  }, 20_000);
+
+  it('is flushed by a Resync: the sidecar lost its subscription and got it back', async () => {
+    const client = await nearClient(b.address);
+    await a.client.set({ key: 'n/resync', value: Buffer.from('x') });
+    await client.get({ key: 'n/resync' });
+    expect(client.nearCache!.has('n/resync')).toBe(true);
+    const messages: WatchResponse[] = [];
+    client.nearCache!.onMessage((message) => messages.push(message));
+    const flushes = client.nearCache!.stats().flushes;
+    await fixture.redis.command('CLIENT', 'KILL', 'TYPE', 'pubsub');
+    await waitFor(() => messages.some((m) => m.event?.$case === 'resync' && m.event.value.reason === ResyncReason.RESYNC_REASON_SUBSCRIPTION_RESTORED), 'a Resync');
+    expect(client.nearCache!.has('n/resync')).toBe(false);
+    expect(client.nearCache!.stats().flushes).toBeGreaterThan(flushes);
+    await waitFor(() => client.nearCache!.live, 'the near cache to be live again');
+    await waitFor(() => a.sidecar.tiers.mode === 'coherent' && b.sidecar.tiers.mode === 'coherent', 'both sidecars coherent');
+  });
+
+  describe('behind a proxy that cuts the client off its sidecar', () => {
+    let proxy: TestProxy;
+    beforeAll(async () => {
+      proxy = await startProxy(port(b.address));
+    });
+    afterAll(() => proxy.close());
+
+    it('serves nothing from memory while its stream is down, and resumes without a gap: what changed meanwhile is dropped, the rest is kept', async () => {
+      const client = await nearClient(`127.0.0.1:${proxy.port}`);
+      await a.client.set({ key: 'n/cut/kept', value: Buffer.from('kept') });
+      await a.client.set({ key: 'n/cut/changed', value: Buffer.from('old') });
+      await client.get({ key: 'n/cut/kept' });
+      await client.get({ key: 'n/cut/changed' });
+      expect(client.nearCache!.stats().entries).toBe(2);
+
+      proxy.cut('reset');
+      await waitFor(() => !client.nearCache!.live, 'the near cache to notice its stream is down');
+      // Down: a read goes to the sidecar (here unreachable), never to the possibly stale copy.
+      await expect(client.get({ key: 'n/cut/kept' }, { deadline: 300 })).rejects.toMatchObject({ name: 'ContextCacheError' });
+      await a.client.set({ key: 'n/cut/changed', value: Buffer.from('new') });
+      proxy.heal();
+
+      await waitFor(() => client.nearCache!.live, 'the near cache to resume', 10_000);
+      expect(client.nearCache!.has('n/cut/changed')).toBe(false);
+      expect(client.nearCache!.has('n/cut/kept')).toBe(true);
+      expect((await client.get({ key: 'n/cut/kept' })).fromNearCache).toBe(true);
+      expect(text((await client.get({ key: 'n/cut/changed' })).value)).toBe('new');
+      expect(client.nearCache!.stats().flushes).toBe(0);
+    });
+  });
+});
