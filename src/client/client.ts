@@ -367,17 +367,26 @@ export class ContextCacheClient {
    * Builds a prompt's context. With `loadSession`, the sessions the sidecar
    * reports missing (the session itself when `session_found` is false, and
    * `missing_session_ids`) are loaded and filled under leases, and the
-   * context is built once more; the second answer is returned as it is.
+   * context is built once more — twice when the session itself was missing,
+   * since only then are its references' sessions known. Each session is
+   * loaded at most once per call; the last answer is returned as it is.
    */
   async buildContext(request: DeepPartial<RequestOf<'buildContext'>>, options: BuildContextOptions = {}): Promise<BuildContextResponse> {
     const { loadSession, sessionTtlMs, ...call } = options;
-    const first = await this.call('buildContext', request, call);
-    if (loadSession === undefined) return first;
-    const missing = new Set(first.missingSessionIds);
-    if (!first.sessionFound && request.sessionId) missing.add(request.sessionId);
-    if (missing.size === 0) return first;
-    await Promise.all([...missing].map((sessionId) => this.getOrLoadSession(sessionId, () => loadSession(sessionId), { ttlMs: sessionTtlMs, deadline: call.deadline })));
-    return this.call('buildContext', request, call);
+    let built = await this.call('buildContext', request, call);
+    if (loadSession === undefined) return built;
+    const tried = new Set<string>();
+    // A session that was not cached has references nobody could see yet: the second answer names their sessions.
+    for (let round = 0; round < 2; round++) {
+      const missing = new Set(built.missingSessionIds);
+      if (!built.sessionFound && request.sessionId) missing.add(request.sessionId);
+      for (const sessionId of tried) missing.delete(sessionId);
+      if (missing.size === 0) return built;
+      for (const sessionId of missing) tried.add(sessionId);
+      await Promise.all([...missing].map((sessionId) => this.getOrLoadSession(sessionId, () => loadSession(sessionId), { ttlMs: sessionTtlMs, deadline: call.deadline })));
+      built = await this.call('buildContext', request, call);
+    }
+    return built;
   }
 
   /**
