@@ -15,12 +15,13 @@ import { l1Get } from './l1-get';
 import { l1Memory } from './l1-memory';
 import { formatReport, type Bench, type BenchReport } from './lib';
 import { locks } from './locks';
+import { nearCache } from './near-cache';
 import { tokens } from './tokens';
 import { watchMemory } from './watch-memory';
 
 const RESULTS = join(__dirname, '..', 'bench-results');
 
-const BENCHES: Bench[] = [l1Get, distributed, cluster, clusterBus, compression, context, tokens, locks, l1Memory, watchMemory];
+const BENCHES: Bench[] = [l1Get, distributed, nearCache, cluster, clusterBus, compression, context, tokens, locks, l1Memory, watchMemory];
 
 /** bench-results/<name>.json: the report as data, for comparing runs and machines. */
 function writeResult(name: string, report: BenchReport, elapsedMs: number): void {

@@ -2,10 +2,10 @@ import { credentials, InterceptingCall, status, type CallOptions, type ChannelOp
 import * as messages from '../gen/contextcache/v1/context_cache';
 import {
   ContextCacheClient as GeneratedClient,
+  BuildContextRequest,
   ContextCacheService,
   WatchRequest,
   WriteScope,
-  type BuildContextResponse,
   type DeepPartial,
   type GetManyResponse,
   type GetSessionNodesResponse,
@@ -15,7 +15,7 @@ import {
 } from '../gen/contextcache/v1/context_cache';
 import { ContextCacheError, toContextCacheError } from './errors';
 import { getOrLoadEntry, getOrLoadSessionNodes, type LoadCounters, type LoadOptions, type LoadingPort } from './get-or-load';
-import { NearCache, type NearCacheOptions, type NearCacheStats, type NearGetResponse, type NearSessionResponse } from './near-cache';
+import { NearCache, type NearCacheOptions, type NearCacheStats, type NearContextResponse, type NearGetResponse, type NearSessionResponse } from './near-cache';
 import { DEFAULT_RETRY, validateRetry, withRetries, type RetryOptions } from './retry';
 import { ResumingWatch, type ResumingWatchOptions } from './watch-stream';
 
@@ -90,6 +90,12 @@ export interface NearCacheView {
   /** Resolves true once it is live, or false after `timeoutMs`. */
   whenLive(timeoutMs?: number): Promise<boolean>;
   stats(): NearCacheStats;
+  /**
+   * The near cache's answer for `key`, synchronously: what `get` would
+   * answer without a round trip, or undefined (not held, or not live: then
+   * call `get`). For hot paths that cannot afford a promise.
+   */
+  get(key: string): NearGetResponse | undefined;
   /** Whether the key's value is held (counts nothing). */
   has(key: string): boolean;
   hasSession(sessionId: string): boolean;
@@ -225,6 +231,7 @@ export class ContextCacheClient {
         },
         whenLive: (timeoutMs = 10_000) => near.whenLive(timeoutMs),
         stats: () => near.stats(),
+        get: (key) => near.getEntry(key),
         has: (key) => near.has(key),
         hasSession: (sessionId) => near.hasSession(sessionId),
         onMessage: (listener) => {
@@ -371,9 +378,9 @@ export class ContextCacheClient {
    * since only then are its references' sessions known. Each session is
    * loaded at most once per call; the last answer is returned as it is.
    */
-  async buildContext(request: DeepPartial<RequestOf<'buildContext'>>, options: BuildContextOptions = {}): Promise<BuildContextResponse> {
+  async buildContext(request: DeepPartial<RequestOf<'buildContext'>>, options: BuildContextOptions = {}): Promise<NearContextResponse> {
     const { loadSession, sessionTtlMs, ...call } = options;
-    let built = await this.call('buildContext', request, call);
+    let built = await this.buildContextOnce(request, call);
     if (loadSession === undefined) return built;
     const tried = new Set<string>();
     // A session that was not cached has references nobody could see yet: the second answer names their sessions.
@@ -384,8 +391,21 @@ export class ContextCacheClient {
       if (missing.size === 0) return built;
       for (const sessionId of missing) tried.add(sessionId);
       await Promise.all([...missing].map((sessionId) => this.getOrLoadSession(sessionId, () => loadSession(sessionId), { ttlMs: sessionTtlMs, deadline: call.deadline })));
-      built = await this.call('buildContext', request, call);
+      built = await this.buildContextOnce(request, call);
     }
+    return built;
+  }
+
+  /** One BuildContext: from the near cache when it holds the same request's complete context. */
+  private async buildContextOnce(request: DeepPartial<RequestOf<'buildContext'>>, call: ClientCallOptions): Promise<NearContextResponse> {
+    const near = this.near;
+    if (near === undefined || !near.keepSessions) return this.call('buildContext', request, call);
+    const canonical = JSON.stringify(BuildContextRequest.toJSON(BuildContextRequest.fromPartial(request)));
+    const hit = near.getContext(canonical);
+    if (hit !== undefined) return hit;
+    const ticket = near.contextTicket();
+    const built = await this.call('buildContext', request, call);
+    near.installContext(canonical, ticket, built);
     return built;
   }
 

@@ -9,7 +9,7 @@ export { ContextCacheClient } from './client';
 export type { BuildContextOptions, ClientCallOptions, ClientOptions, EventStream, NearCacheView } from './client';
 export { ContextCacheError, Status } from './errors';
 export type { LoadCounters, LoadOptions } from './get-or-load';
-export type { NearCacheOptions, NearCacheStats, NearGetResponse, NearSessionResponse } from './near-cache';
+export type { NearCacheOptions, NearCacheStats, NearContextResponse, NearGetResponse, NearSessionResponse } from './near-cache';
 export type { RetryOptions } from './retry';
 export { ResumingWatch } from './watch-stream';
 export type { ResumingWatchCounters, ResumingWatchOptions, WatchState } from './watch-stream';

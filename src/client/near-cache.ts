@@ -1,5 +1,5 @@
 import { LRUCache } from 'lru-cache';
-import { KeyChange, type EntryInfo, type GetResponse, type GetSessionNodesResponse, type Node, type WatchResponse } from '../gen/contextcache/v1/context_cache';
+import { KeyChange, type BuildContextResponse, type EntryInfo, type GetResponse, type GetSessionNodesResponse, type Node, type WatchResponse } from '../gen/contextcache/v1/context_cache';
 
 /**
  * The client's near cache (L0): answers from this process's memory what the
@@ -24,7 +24,12 @@ export interface NearCacheOptions {
   maxBytes: number;
   /** Keep entries at most this long, whatever their own TTL (default: their TTL). */
   maxTtlMs?: number;
-  /** Also keep sessions read with getSessionNodes (default true). */
+  /**
+   * Also keep sessions read with getSessionNodes, and contexts built by
+   * buildContext that are complete (session found, nothing unresolved,
+   * missing, dropped or degraded), dropped when any session they were
+   * built from changes (default true).
+   */
   sessions?: boolean;
 }
 
@@ -53,12 +58,16 @@ export interface NearCacheStats {
 /** A near-cache answer: the sidecar's response as it was kept. Read-only: it is shared by every reader. */
 export type NearGetResponse = GetResponse & { readonly fromNearCache?: true };
 export type NearSessionResponse = GetSessionNodesResponse & { readonly fromNearCache?: true };
+export type NearContextResponse = BuildContextResponse & { readonly fromNearCache?: true };
 
 interface Kept {
   version: number;
   tags: readonly string[];
   entry: NearGetResponse | undefined;
   session: NearSessionResponse | undefined;
+  context?: NearContextResponse;
+  /** The sessions a context was built from. */
+  sessions?: readonly string[];
 }
 
 /** What an entry costs beyond its value: the objects, the LRU node, the index. */
@@ -82,6 +91,7 @@ function ownCopy(value: Buffer): Buffer {
 
 const entryKey = (key: string) => 'k:' + key;
 const sessionKey = (sessionId: string) => 's:' + sessionId;
+const contextKey = (request: string) => 'b:' + request;
 
 function nodeBytes(node: Node): number {
   let size = NODE_OVERHEAD_BYTES + 2 * (node.id.length + node.shortId.length + node.sessionId.length + node.parentId.length + node.content.length);
@@ -95,6 +105,8 @@ function keptBytes(key: string, kept: Kept): number {
   for (const tag of kept.tags) size += 48 + 2 * tag.length;
   if (kept.entry !== undefined) size += kept.entry.value.byteLength;
   if (kept.session !== undefined) for (const node of kept.session.nodes) size += nodeBytes(node);
+  if (kept.context !== undefined) for (const item of kept.context.nodes) size += 64 + 2 * item.referencedBy.length + (item.node === undefined ? 0 : nodeBytes(item.node));
+  for (const sessionId of kept.sessions ?? []) size += 48 + 2 * sessionId.length;
   return size;
 }
 
@@ -106,6 +118,14 @@ export class NearCache {
   private readonly lru: LRUCache<string, Kept>;
   private readonly floors = new LRUCache<string, number>({ max: MAX_FLOORS, ttl: FLOOR_TTL_MS });
   private readonly keysByTag = new Map<string, Set<string>>();
+  /** Built contexts by the sessions they were built from. */
+  private readonly contextsBySession = new Map<string, Set<string>>();
+  /**
+   * Bumped by every change of any session: a context names the versions of
+   * none but its own session, so one built while any session changed is
+   * not kept.
+   */
+  private sessionEpoch = 0;
   private readonly counters = { hits: 0, misses: 0, bypasses: 0, evictions: 0, invalidations: 0, flushes: 0, refusedInstalls: 0 };
   private epoch = 0;
   /** Whether the stream is up (a `started` arrived and nothing ended it since). */
@@ -130,6 +150,7 @@ export class NearCache {
       allowStale: false,
       dispose: (kept, key, reason) => {
         this.unlinkTags(key, kept);
+        this.unlinkContext(key, kept);
         if (reason === 'evict') this.counters.evictions++;
       },
     });
@@ -181,6 +202,47 @@ export class NearCache {
     return session;
   }
 
+  /** A context built before for the same request (`request`: its canonical form), while none of its sessions changed. */
+  getContext(request: string): NearContextResponse | undefined {
+    if (!this.isLive) {
+      this.counters.bypasses++;
+      return undefined;
+    }
+    const context = this.lru.get(contextKey(request))?.context;
+    if (context === undefined) this.counters.misses++;
+    else this.counters.hits++;
+    return context;
+  }
+
+  /** The permission of a BuildContext: the epoch and the session epoch it began under. */
+  contextTicket(): [Ticket, number] {
+    return [this.ticket(), this.sessionEpoch];
+  }
+
+  /**
+   * Keeps a built context when it is complete and nothing overtook it: no
+   * change of any session since the call began (the answer names no
+   * version of the referenced sessions), no flush.
+   */
+  installContext(request: string, [ticket, sessionEpoch]: [Ticket, number], response: BuildContextResponse): boolean {
+    const complete = response.sessionFound && !response.degraded && response.droppedNodes === 0 && response.unresolvedShortIds.length === 0 && response.missingSessionIds.length === 0;
+    if (!this.keepSessions || !complete || sessionEpoch !== this.sessionEpoch || ticket === NOT_LIVE || ticket !== this.epoch || !this.isLive) {
+      if (this.keepSessions) this.counters.refusedInstalls++;
+      return false;
+    }
+    const sessions = [...new Set(response.nodes.flatMap((item) => (item.node === undefined ? [] : [item.node.sessionId])))];
+    const kept: Kept = { version: 0, tags: [], entry: undefined, session: undefined, context: Object.freeze({ ...response, fromNearCache: true as const }), sessions };
+    const key = contextKey(request);
+    if (keptBytes(key, kept) > this.options.maxBytes) return false;
+    this.lru.set(key, kept, { ttl: this.options.maxTtlMs ?? 0 });
+    for (const sessionId of sessions) {
+      let keys = this.contextsBySession.get(sessionId);
+      if (keys === undefined) this.contextsBySession.set(sessionId, (keys = new Set()));
+      keys.add(key);
+    }
+    return true;
+  }
+
   /** Whether the key's value is held (for tests and benchmarks; counts nothing). */
   has(key: string): boolean {
     return this.lru.has(entryKey(key));
@@ -214,6 +276,7 @@ export class NearCache {
 
   forgetSession(sessionId: string): void {
     this.epoch++;
+    this.sessionChanged(sessionId);
     if (this.lru.delete(sessionKey(sessionId))) this.counters.invalidations++;
   }
 
@@ -261,10 +324,14 @@ export class NearCache {
         for (const key of event.value.keys) if (this.lru.delete(entryKey(key))) this.counters.invalidations++;
         break;
       case 'sessionInvalidated':
+        this.sessionChanged(event.value.sessionId);
         this.invalidate(sessionKey(event.value.sessionId), event.value.version, false);
         break;
       case 'nodeAppended':
-        if (event.value.node !== undefined) this.invalidate(sessionKey(event.value.node.sessionId), event.value.sessionVersion, false);
+        if (event.value.node !== undefined) {
+          this.sessionChanged(event.value.node.sessionId);
+          this.invalidate(sessionKey(event.value.node.sessionId), event.value.sessionVersion, false);
+        }
         break;
     }
     if (this.replaying > 0 && --this.replaying === 0) this.update();
@@ -280,6 +347,8 @@ export class NearCache {
   /** Drops everything, and refuses what reads in flight bring back. */
   flush(): void {
     this.epoch++;
+    this.sessionEpoch++;
+    this.contextsBySession.clear();
     if (this.lru.size > 0) this.counters.flushes++;
     this.lru.clear();
     this.keysByTag.clear();
@@ -295,6 +364,7 @@ export class NearCache {
     this.streamUp = false;
     this.update();
     this.lru.clear();
+    this.contextsBySession.clear();
     this.keysByTag.clear();
     this.floors.clear();
   }
@@ -355,6 +425,23 @@ export class NearCache {
       const keys = this.keysByTag.get(tag);
       if (keys === undefined) continue;
       for (const key of [...keys]) if (this.lru.delete(key)) this.counters.invalidations++;
+    }
+  }
+
+  /** A session changed: contexts built from it go, and contexts being built now are not kept. */
+  private sessionChanged(sessionId: string): void {
+    this.sessionEpoch++;
+    const keys = this.contextsBySession.get(sessionId);
+    if (keys === undefined) return;
+    for (const key of [...keys]) if (this.lru.delete(key)) this.counters.invalidations++;
+  }
+
+  private unlinkContext(key: string, kept: Kept): void {
+    for (const sessionId of kept.sessions ?? []) {
+      const keys = this.contextsBySession.get(sessionId);
+      if (keys === undefined) continue;
+      keys.delete(key);
+      if (keys.size === 0) this.contextsBySession.delete(sessionId);
     }
   }
 

@@ -1,5 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { InterceptingCall } from '@grpc/grpc-js';
 import { ContextCacheClient, Status } from '../../src/client';
+import { startProxy } from '../helpers/proxy';
 import { sidecarsOnRedis } from '../helpers/fixtures';
 import type { TestSidecar } from '../helpers/sidecar';
 import { rejectionOf } from '../helpers/wait';
@@ -114,7 +116,7 @@ describe('a client people can ship', () => {
       interceptors: [
         (options, next) => {
           attempts++;
-          return next(options);
+          return new InterceptingCall(next(options));
         },
       ],
     });
@@ -137,7 +139,6 @@ describe('a client people can ship', () => {
   });
 
   it('gives every call a deadline: a sidecar that never answers fails the call with DEADLINE_EXCEEDED', async () => {
-    const { startProxy } = await import('../helpers/proxy');
     const address = fixture.sidecars[0]!.address;
     const proxy = await startProxy(Number(address.slice(address.lastIndexOf(':') + 1)));
     proxy.cut('blackhole');

@@ -133,6 +133,20 @@ describe('the near cache', () => {
     expect(kept.buffer.byteLength).toBe(1024);
   });
 
+  it('does not keep a context built while any session changed, nor an incomplete one', () => {
+    const near = liveCache();
+    const built = { sessionFound: true, nodes: [{ node: { id: 'n', shortId: '', sessionId: 's1', parentId: '', role: 2, content: 'x', createdAt: undefined, metadata: {}, refs: [] }, reason: 1, referencedBy: '' }], unresolvedShortIds: [], missingSessionIds: [], droppedNodes: 0, totalChars: 1, sessionVersion: 1, source: 1, degraded: false };
+    const ticket = near.contextTicket();
+    near.apply(message({ $case: 'sessionInvalidated', value: { sessionId: 'unrelated', change: 1, version: 9 } }));
+    expect(near.installContext('r', ticket, built)).toBe(false);
+    expect(near.installContext('r', near.contextTicket(), { ...built, droppedNodes: 1 })).toBe(false);
+    expect(near.installContext('r', near.contextTicket(), { ...built, unresolvedShortIds: ['zz'] })).toBe(false);
+    expect(near.installContext('r', near.contextTicket(), built)).toBe(true);
+    expect(near.getContext('r')?.fromNearCache).toBe(true);
+    near.apply(message({ $case: 'nodeAppended', value: { node: { ...built.nodes[0]!.node, id: 'n2' }, sessionVersion: 2 } }));
+    expect(near.getContext('r')).toBeUndefined();
+  });
+
   it('refuses a bound that makes no sense, with a sentence', () => {
     expect(() => new NearCache({ maxBytes: 0 })).toThrow(/nearCache.maxBytes is 0/);
   });

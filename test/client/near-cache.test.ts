@@ -55,6 +55,23 @@ describe('the near cache on real sidecars', () => {
     expect((await onA.getSessionNodes({ sessionId: 'near-s' })).nodes.map((n) => n.id)).toEqual(['m1', 'm2']);
   });
 
+  it('keeps a complete built context, and drops it when a session it was built from changes on another sidecar', async () => {
+    const onA = await nearClient(a.address);
+    await b.client.putSessionNodes({ sessionId: 'near-ref', nodes: [{ id: 'f1', shortId: 'fact1', role: 2, content: 'a fact' }] });
+    await b.client.putSessionNodes({ sessionId: 'near-chat', nodes: [{ id: 'c1', role: 2, content: 'about fact1', refs: ['fact1'] }] });
+    const request = { sessionId: 'near-chat', includeRefs: true };
+    expect((await onA.buildContext(request)).nodes.map((n) => n.node!.id)).toEqual(['f1', 'c1']);
+    const again = await onA.buildContext(request);
+    expect(again.fromNearCache).toBe(true);
+    // A different request is a different context.
+    expect((await onA.buildContext({ sessionId: 'near-chat' })).fromNearCache).toBeUndefined();
+    // The referenced session (not the one asked for) changes elsewhere: the context goes.
+    await b.client.putSessionNodes({ sessionId: 'near-ref', nodes: [{ id: 'f1', shortId: 'fact1', role: 2, content: 'a corrected fact' }] });
+    await waitFor(async () => (await onA.buildContext(request)).fromNearCache === undefined, 'the context to be dropped');
+    const rebuilt = await onA.buildContext(request);
+    expect(rebuilt.nodes[0]!.node!.content).toBe('a corrected fact');
+  });
+
   it('reads its own writes: a Set is kept, a Delete and a tag invalidation through it drop at once', async () => {
     const client = await nearClient(a.address);
     await client.set({ key: 'n/own', value: Buffer.from('mine'), tags: ['own'] });
