@@ -331,7 +331,7 @@ export class ContextCacheClient {
     const ticket = near.ticket();
     try {
       const response = await this.call('set', request, options);
-      if (response.scope !== WriteScope.WRITE_SCOPE_SHARED || !near.installEntry(key, ticket, asBuffer(request.value), response.info)) near.forgetEntry(key);
+      if (response.scope !== WriteScope.WRITE_SCOPE_SHARED || !near.installEntry(key, ticket, asBuffer(request.value), response.info, true)) near.forgetEntry(key);
       return response;
     } catch (error) {
       near.forgetEntry(key);

@@ -82,8 +82,8 @@ const FLOOR_TTL_MS = 60_000;
  * kept as they are, a 100-byte value could pin 8 KiB, and maxBytes would
  * mean little. The near cache keeps exact-size copies of its own.
  */
-function ownCopy(value: Buffer): Buffer {
-  if (value.byteOffset === 0 && value.buffer.byteLength === value.byteLength) return value;
+function ownCopy(value: Buffer, always = false): Buffer {
+  if (!always && value.byteOffset === 0 && value.buffer.byteLength === value.byteLength) return value;
   const copy = Buffer.allocUnsafeSlow(value.byteLength);
   value.copy(copy);
   return copy;
@@ -181,37 +181,29 @@ export class NearCache {
   }
 
   getEntry(key: string): NearGetResponse | undefined {
-    if (!this.isLive) {
-      this.counters.bypasses++;
-      return undefined;
-    }
-    const entry = this.lru.get(entryKey(key))?.entry;
-    if (entry === undefined) this.counters.misses++;
-    else this.counters.hits++;
-    return entry;
+    return this.lookup(entryKey(key), (kept) => kept.entry);
   }
 
   getSession(sessionId: string): NearSessionResponse | undefined {
-    if (!this.isLive) {
-      this.counters.bypasses++;
-      return undefined;
-    }
-    const session = this.lru.get(sessionKey(sessionId))?.session;
-    if (session === undefined) this.counters.misses++;
-    else this.counters.hits++;
-    return session;
+    return this.lookup(sessionKey(sessionId), (kept) => kept.session);
   }
 
   /** A context built before for the same request (`request`: its canonical form), while none of its sessions changed. */
   getContext(request: string): NearContextResponse | undefined {
+    return this.lookup(contextKey(request), (kept) => kept.context);
+  }
+
+  /** A read: counted as a bypass while not live, else as a hit or a miss. */
+  private lookup<T>(key: string, pick: (kept: Kept) => T | undefined): T | undefined {
     if (!this.isLive) {
       this.counters.bypasses++;
       return undefined;
     }
-    const context = this.lru.get(contextKey(request))?.context;
-    if (context === undefined) this.counters.misses++;
+    const kept = this.lru.get(key);
+    const found = kept === undefined ? undefined : pick(kept);
+    if (found === undefined) this.counters.misses++;
     else this.counters.hits++;
-    return context;
+    return found;
   }
 
   /** The permission of a BuildContext: the epoch and the session epoch it began under. */
@@ -253,10 +245,11 @@ export class NearCache {
   }
 
   /** Keeps a Get's answer, if the read's ticket still allows it; returns whether it was kept. */
-  installEntry(key: string, ticket: Ticket, value: Buffer, info: EntryInfo | undefined): boolean {
+  /** `callersValue`: the value is the caller's own (a write), who may change it later: always copied. */
+  installEntry(key: string, ticket: Ticket, value: Buffer, info: EntryInfo | undefined, callersValue = false): boolean {
     if (info === undefined) return false;
     if (!this.installable(entryKey(key), ticket, info)) return false;
-    const response: NearGetResponse = Object.freeze({ found: true, value: ownCopy(value), info: Object.freeze({ ...info, waitedForFill: false }), notModified: false, lease: undefined, fromNearCache: true as const });
+    const response: NearGetResponse = Object.freeze({ found: true, value: ownCopy(value, callersValue), info: Object.freeze({ ...info, waitedForFill: false }), notModified: false, lease: undefined, fromNearCache: true as const });
     return this.install(entryKey(key), ticket, { version: info.version, tags: info.tags, entry: response, session: undefined }, info);
   }
 

@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CONFIG_VARIABLES } from '../../src/config';
+import { sidecarsOnRedis } from '../helpers/fixtures';
 import { ReflectionStream } from '../helpers/reflection';
 import { startRedis, type TestRedis } from '../helpers/redis';
 import { closeAllSidecars, startSidecar, type TestSidecar } from '../helpers/sidecar';
@@ -46,17 +47,7 @@ describe('README', () => {
   });
 
   describe('the client example runs as written', () => {
-    let redis: TestRedis;
-    let sc: TestSidecar;
-    beforeAll(async () => {
-      redis = await startRedis();
-      sc = await startSidecar({ REDIS_URL: redis.url, CONTEXT_CACHE_NAMESPACE: 'readme-client' });
-      await waitFor(() => sc.sidecar.tiers.mode === 'coherent', 'the sidecar to subscribe');
-    });
-    afterAll(async () => {
-      await closeAllSidecars();
-      await redis.stop();
-    });
+    const fixture = sidecarsOnRedis(1, { CONTEXT_CACHE_NAMESPACE: 'readme-client' });
 
     it('is ten lines, and prints the loaded value, a near-cache hit, and one hit', async () => {
       const marker = readme.indexOf('<!-- client-example');
@@ -65,6 +56,7 @@ describe('README', () => {
       expect(example.trimEnd().split('\n').length).toBeLessThanOrEqual(10);
       expect(example).toContain("from 'context-cache/client'");
       // The same program, pointed at this test's sidecar and at the client's source.
+      const sc = fixture.sidecars[0]!;
       const program = example.replace("'context-cache/client'", JSON.stringify(join(root, 'src', 'client', 'index.ts'))).replace("'127.0.0.1:50051'", JSON.stringify(sc.address));
       const dir = mkdtempSync(join(tmpdir(), 'readme-client-'));
       try {
