@@ -104,6 +104,25 @@ describe('Watch resume past what the sidecar keeps', () => {
   });
 });
 
+describe('a resume that replays more than the stream buffer holds', () => {
+  afterEach(closeAllSidecars);
+
+  it('is paced by the buffer, not cut short: 300 missed events arrive in order, and no Resync', async () => {
+    const sc = await startSidecar({ CONTEXT_CACHE_WATCH_BUFFER: '4KiB' });
+    const first = new WatchRecorder(sc.client.watch({ keyPrefixes: ['p/'] }));
+    const started = await first.started();
+    first.cancel();
+    const keys = Array.from({ length: 300 }, (_, i) => `p/${String(i).padStart(3, '0')}/${'x'.repeat(60)}`);
+    for (const key of keys) await sc.client.set({ key, value: Buffer.from('v') });
+    const resumed = new WatchRecorder(sc.client.watch({ keyPrefixes: ['p/'], resumeAfter: started.resumeToken }));
+    await resumed.waitFor((m) => m.event?.$case === 'keyInvalidated' && m.event.value.key === keys.at(-1), 'the last missed event');
+    resumed.cancel();
+    expect(resumed.messages[0]!.event).toMatchObject({ $case: 'started', value: { resumed: true, replayedEvents: 300 } });
+    expect(keysOf(resumed.messages)).toEqual(keys);
+    expect(cases(resumed.messages)).not.toContain('resync');
+  });
+});
+
 describe('after the sidecar restarts', () => {
   let redis: TestRedis;
   beforeAll(async () => {
