@@ -171,3 +171,35 @@ describe('the near cache on real sidecars', () => {
     });
   });
 });
+
+describe('the near cache when its sidecar loses Redis', () => {
+  const fixture = sidecarsOnRedis(1, { CONTEXT_CACHE_NAMESPACE: 'near-down' });
+
+  it('stops serving and is flushed when the sidecar is no longer coherent, keeps no degraded answer, and is live again once the sidecar is', async () => {
+    const sc = fixture.sidecars[0]!;
+    const client = new ContextCacheClient(sc.address, { nearCache: { maxBytes: 1 << 20 } });
+    try {
+      await client.ready();
+      const coherence: boolean[] = [];
+      client.nearCache!.onMessage((m) => m.event?.$case === 'coherenceChanged' && coherence.push(m.event.value.coherent));
+      await client.set({ key: 'd/1', value: Buffer.from('v') });
+      expect((await client.get({ key: 'd/1' })).fromNearCache).toBe(true);
+
+      await fixture.redis.kill();
+      await waitFor(() => coherence.includes(false), 'CoherenceChanged(false)');
+      expect(client.nearCache!.live).toBe(false);
+      expect(client.nearCache!.has('d/1')).toBe(false);
+      // The sidecar answers from its L1, marked degraded: passed on, never kept.
+      const degraded = await client.get({ key: 'd/1' });
+      expect(degraded.info?.degraded).toBe(true);
+      expect(degraded.fromNearCache).toBeUndefined();
+      expect(client.nearCache!.has('d/1')).toBe(false);
+
+      await fixture.redis.restart();
+      await waitFor(() => client.nearCache!.live, 'the near cache to be live again', 20_000);
+      expect(coherence.at(-1)).toBe(true);
+    } finally {
+      client.close();
+    }
+  }, 40_000);
+});
