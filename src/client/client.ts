@@ -331,7 +331,8 @@ export class ContextCacheClient {
     const ticket = near.ticket();
     try {
       const response = await this.call('set', request, options);
-      if (response.scope !== WriteScope.WRITE_SCOPE_SHARED || !near.installEntry(key, ticket, asBuffer(request.value), response.info, true)) near.forgetEntry(key);
+      const reached = response.scope === WriteScope.WRITE_SCOPE_SHARED || (response.scope === WriteScope.WRITE_SCOPE_LOCAL && near.keepsLocalWrites);
+      if (!reached || !near.installEntry(key, ticket, asBuffer(request.value), response.info, true)) near.forgetEntry(key);
       return response;
     } catch (error) {
       near.forgetEntry(key);

@@ -131,6 +131,8 @@ export class NearCache {
   /** Whether the stream is up (a `started` arrived and nothing ended it since). */
   private streamUp = false;
   private coherent = false;
+  /** The sidecar runs without Redis (coherent, never subscribed): its writes are all local, and all announced here. */
+  private sidecarL1Only = false;
   /** Replayed events of a resumed stream still to be applied before serving. */
   private replaying = 0;
   private isLive = false;
@@ -235,6 +237,15 @@ export class NearCache {
     return true;
   }
 
+  /**
+   * Whether a write the sidecar answered WRITE_SCOPE_LOCAL may be kept: only
+   * from a sidecar without Redis, where local is all there is. Elsewhere a
+   * local write means Redis failed under it and other sidecars were not told.
+   */
+  get keepsLocalWrites(): boolean {
+    return this.sidecarL1Only;
+  }
+
   /** Whether the key's value is held (for tests and benchmarks; counts nothing). */
   has(key: string): boolean {
     return this.lru.has(entryKey(key));
@@ -286,6 +297,7 @@ export class NearCache {
       case 'started': {
         this.streamUp = true;
         this.coherent = event.value.coherent;
+        this.sidecarL1Only = event.value.coherent && !event.value.subscribed;
         if (event.value.resumed) this.replaying = Number(event.value.replayedEvents);
         else {
           this.replaying = 0;

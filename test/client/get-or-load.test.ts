@@ -1,9 +1,12 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { InterceptingCall } from '@grpc/grpc-js';
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { ContextCacheClient, Status } from '../../src/client';
 import { startProxy } from '../helpers/proxy';
 import { sidecarsOnRedis } from '../helpers/fixtures';
-import type { TestSidecar } from '../helpers/sidecar';
+import { startSidecar, type TestSidecar } from '../helpers/sidecar';
 import { rejectionOf } from '../helpers/wait';
 
 const MiB = 1024 * 1024;
@@ -158,6 +161,22 @@ describe('a client people can ship', () => {
     const error = await rejectionOf(fixture.sidecars[0]!.client.set({ key: '', value: Buffer.from('v') }));
     expect(error).toMatchObject({ name: 'ContextCacheError', code: Status.INVALID_ARGUMENT, codeName: 'INVALID_ARGUMENT', method: 'set', details: 'key is empty; keys are 1 to 1024 bytes of UTF-8' });
     expect(error.message).toBe('set failed with INVALID_ARGUMENT: key is empty; keys are 1 to 1024 bytes of UTF-8');
+  });
+
+  it('dials a sidecar on a Unix socket, near cache included', async () => {
+    const path = join(mkdtempSync(join(tmpdir(), 'cc-client-')), 'sidecar.sock');
+    const sc = await startSidecar({ CONTEXT_CACHE_LISTEN: `unix:${path}` });
+    const overSocket = new ContextCacheClient(`unix:${path}`, { nearCache: { maxBytes: 1 << 20 } });
+    try {
+      await overSocket.ready();
+      await overSocket.set({ key: 'u', value: Buffer.from('over a socket') });
+      const read = await overSocket.get({ key: 'u' });
+      expect(read.fromNearCache).toBe(true);
+      expect(read.value.toString()).toBe('over a socket');
+    } finally {
+      overSocket.close();
+      await sc.close();
+    }
   });
 
   it('refuses an address or option it cannot use, with a sentence', () => {
