@@ -10,6 +10,7 @@ import type {
   SetRequest,
   SetResponse,
 } from '../gen/contextcache/v1/context_cache';
+import { Node as NodeMessage } from '../gen/contextcache/v1/context_cache';
 import { Status, toContextCacheError } from './errors';
 
 /**
@@ -114,17 +115,7 @@ export async function getOrLoadSessionNodes(
   return full;
 }
 
-/** A loaded node as the sidecar returns it: every field set, session_id filled in. */
+/** A loaded node as the sidecar returns it: every field set (the proto's defaults), session_id filled in. */
 function fullNode(node: DeepPartial<Node>, sessionId: string): Node {
-  return {
-    id: node.id ?? '',
-    shortId: node.shortId ?? '',
-    sessionId: node.sessionId || sessionId,
-    parentId: node.parentId ?? '',
-    role: node.role ?? 0,
-    content: node.content ?? '',
-    createdAt: node.createdAt,
-    metadata: Object.fromEntries(Object.entries(node.metadata ?? {}).filter((pair): pair is [string, string] => typeof pair[1] === 'string')),
-    refs: (node.refs ?? []).filter((ref): ref is string => typeof ref === 'string'),
-  };
+  return NodeMessage.fromPartial({ ...node, sessionId: node.sessionId || sessionId });
 }

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { KeyChange, ResyncReason, type EntryInfo, type WatchResponse } from '../../src/gen/contextcache/v1/context_cache';
+import { BuildContextResponse, KeyChange, Node, ResyncReason, type EntryInfo, type WatchResponse } from '../../src/gen/contextcache/v1/context_cache';
 import { NearCache } from '../../src/client/near-cache';
 
 /** The near cache's rules on their own: the messages of a Watch stream, and reads racing them. */
@@ -135,7 +135,7 @@ describe('the near cache', () => {
 
   it('does not keep a context built while any session changed, nor an incomplete one', () => {
     const near = liveCache();
-    const built = { sessionFound: true, nodes: [{ node: { id: 'n', shortId: '', sessionId: 's1', parentId: '', role: 2, content: 'x', createdAt: undefined, metadata: {}, refs: [] }, reason: 1, referencedBy: '' }], unresolvedShortIds: [], missingSessionIds: [], droppedNodes: 0, totalChars: 1, sessionVersion: 1, source: 1, degraded: false };
+    const built = BuildContextResponse.fromPartial({ sessionFound: true, nodes: [{ node: Node.fromPartial({ id: 'n', sessionId: 's1', role: 2, content: 'x' }), reason: 1 }], totalChars: 1, sessionVersion: 1, source: 1 });
     const ticket = near.contextTicket();
     near.apply(message({ $case: 'sessionInvalidated', value: { sessionId: 'unrelated', change: 1, version: 9 } }));
     expect(near.installContext('r', ticket, built)).toBe(false);
@@ -143,7 +143,7 @@ describe('the near cache', () => {
     expect(near.installContext('r', near.contextTicket(), { ...built, unresolvedShortIds: ['zz'] })).toBe(false);
     expect(near.installContext('r', near.contextTicket(), built)).toBe(true);
     expect(near.getContext('r')?.fromNearCache).toBe(true);
-    near.apply(message({ $case: 'nodeAppended', value: { node: { ...built.nodes[0]!.node, id: 'n2' }, sessionVersion: 2 } }));
+    near.apply(message({ $case: 'nodeAppended', value: { node: Node.fromPartial({ ...built.nodes[0]!.node, id: 'n2' }), sessionVersion: 2 } }));
     expect(near.getContext('r')).toBeUndefined();
   });
 
