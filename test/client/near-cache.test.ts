@@ -90,12 +90,14 @@ describe('the near cache on real sidecars', () => {
     const keys = ['c/0', 'c/1', 'c/2', 'c/3'];
     /** Per key, the acknowledged writes: when, and the version. */
     const acked = new Map<string, { at: number; version: number }[]>(keys.map((key) => [key, []]));
-    const until = Date.now() + 3000;
     let writes = 0;
     let reads = 0;
+    // At least 2 s and 400 writes; on a loaded machine up to 12 s to get there.
+    const began = Date.now();
+    const running = () => Date.now() - began < 2000 || (writes < 400 && Date.now() - began < 12_000);
     const violations: string[] = [];
     const writer = async (client: ContextCacheClient, id: number) => {
-      for (let n = 0; Date.now() < until; n++) {
+      for (let n = 0; running(); n++) {
         const key = keys[(n + id) % keys.length]!;
         const response = await client.set({ key, value: Buffer.from(`${id}:${n}`) });
         acked.get(key)!.push({ at: Date.now(), version: response.info!.version });
@@ -104,7 +106,7 @@ describe('the near cache on real sidecars', () => {
       }
     };
     const reader = async (client: ContextCacheClient) => {
-      for (let n = 0; Date.now() < until; n++) {
+      for (let n = 0; running(); n++) {
         const key = keys[n % keys.length]!;
         const began = Date.now();
         const floor = Math.max(0, ...acked.get(key)!.filter((write) => write.at <= began - 50).map((write) => write.version));
@@ -117,12 +119,12 @@ describe('the near cache on real sidecars', () => {
     };
     await Promise.all([...writers.map((client, id) => writer(client, id)), ...readers.map(reader)]);
     expect(violations).toEqual([]);
-    expect(writes).toBeGreaterThan(200);
+    expect(writes).toBeGreaterThan(150);
     // The property must have been tested on the near cache, not only on the sidecars.
     const hits = readers.reduce((sum, client) => sum + client.nearCache!.stats().hits, 0);
     expect(hits).toBeGreaterThan(reads / 4);
     expect(readers.reduce((sum, client) => sum + client.nearCache!.stats().invalidations, 0)).toBeGreaterThan(50);
-  }, 20_000);
+  }, 30_000);
 
   it('is flushed by a Resync: the sidecar lost its subscription and got it back', async () => {
     const client = await nearClient(b.address);
