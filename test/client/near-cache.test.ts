@@ -57,8 +57,12 @@ describe('the near cache on real sidecars', () => {
 
   it('keeps a complete built context, and drops it when a session it was built from changes on another sidecar', async () => {
     const onA = await nearClient(a.address);
+    const filled = new Set<string>();
+    onA.nearCache!.onMessage((m) => m.event?.$case === 'sessionInvalidated' && filled.add(m.event.value.sessionId));
     await b.client.putSessionNodes({ sessionId: 'near-ref', nodes: [{ id: 'f1', shortId: 'fact1', role: 2, content: 'a fact' }] });
     await b.client.putSessionNodes({ sessionId: 'near-chat', nodes: [{ id: 'c1', role: 2, content: 'about fact1', refs: ['fact1'] }] });
+    // A context built while any session changes is not kept: let the fills' events arrive first.
+    await waitFor(() => filled.has('near-ref') && filled.has('near-chat'), 'the fills to reach the near cache');
     const request = { sessionId: 'near-chat', includeRefs: true };
     expect((await onA.buildContext(request)).nodes.map((n) => n.node!.id)).toEqual(['f1', 'c1']);
     const again = await onA.buildContext(request);
