@@ -3,6 +3,7 @@ import type { EventHub } from '../cache/event-hub';
 import { WatchResponse, type WatchRequest, type WatchResumeToken } from '../gen/contextcache/v1/context_cache';
 import { invalidArgument, tooLarge } from '../errors';
 import type { CacheEvent, EventEnvelope } from '../model/events';
+import { nodeSize } from '../model/node';
 import { onCallEnd, type CallContext } from './calls';
 import { eventToProto } from './mapping';
 import type { RequestValidator } from './validation';
@@ -72,13 +73,54 @@ export class WatchFilter {
  * without a sequence number. Only the stream's sequence number differs per
  * stream (a protobuf message may be split into concatenated fields), so
  * fan-out to 1,000 streams costs 1,000 small copies, not 1,000 encodings.
+ * The encoding waits until a stream wants the event: a sidecar without
+ * Watch streams numbers and keeps its events, and encodes none.
  */
-interface LoggedEvent {
-  position: number;
-  envelope: EventEnvelope;
-  body: Buffer;
-  /** What the ring counts it as: the encoded body and the event object it was encoded from. */
-  bytes: number;
+class LoggedEvent {
+  private encoded: Buffer | undefined;
+
+  constructor(
+    readonly position: number,
+    readonly envelope: EventEnvelope,
+    /** What the ring counts it as (estimated from the event, before any encoding). */
+    readonly bytes: number,
+    private readonly incarnation: string,
+  ) {}
+
+  get body(): Buffer {
+    this.encoded ??= Buffer.from(
+      WatchResponse.encode({
+        sequence: 0,
+        time: new Date(this.envelope.time),
+        originSidecarId: this.envelope.origin,
+        resumeToken: { incarnation: this.incarnation, position: this.position },
+        event: eventToProto(this.envelope.event),
+      }).finish(),
+    );
+    return this.encoded;
+  }
+}
+
+/**
+ * What a kept event costs, estimated without encoding it: its strings
+ * (two bytes per UTF-16 unit, counted once for the event and once for the
+ * encoding a stream may make of it), an appended node as L1 counts one, and
+ * the objects around them.
+ */
+function loggedBytes(event: CacheEvent): number {
+  const strings = (values: readonly string[]) => values.reduce((sum, value) => sum + 16 + 4 * value.length, 0);
+  switch (event.kind) {
+    case 'key':
+      return LOGGED_EVENT_OVERHEAD_BYTES + strings([event.key, ...event.tags]);
+    case 'tags':
+      return LOGGED_EVENT_OVERHEAD_BYTES + strings([...event.tags, ...event.keys]);
+    case 'session':
+      return LOGGED_EVENT_OVERHEAD_BYTES + strings([event.sessionId]);
+    case 'node':
+      return LOGGED_EVENT_OVERHEAD_BYTES + 2 * nodeSize(event.node);
+    case 'resync':
+      return LOGGED_EVENT_OVERHEAD_BYTES;
+  }
 }
 
 /**
@@ -135,10 +177,8 @@ export class EventRing {
   }
 
   /** Numbers the next event; keeps it while it fits. */
-  append(envelope: EventEnvelope, encode: (position: number) => Buffer): LoggedEvent {
-    const position = ++this.lastPosition;
-    const body = encode(position);
-    const logged: LoggedEvent = { position, envelope, body, bytes: LOGGED_EVENT_OVERHEAD_BYTES + 2 * body.length };
+  append(envelope: EventEnvelope, incarnation: string): LoggedEvent {
+    const logged = new LoggedEvent(++this.lastPosition, envelope, loggedBytes(envelope.event), incarnation);
     this.events.push(logged);
     this.bytes += logged.bytes;
     while (this.size > 0 && (this.bytes > this.maxBytes || this.size > this.maxEvents)) {
@@ -465,18 +505,7 @@ export class WatchFanout {
   private publish(envelope: EventEnvelope): void {
     const targets: WatchStream[] = [];
     for (const stream of this.streams) if (stream.filter.matches(envelope.event)) targets.push(stream);
-    const encode = (position: number) =>
-      Buffer.from(
-        WatchResponse.encode({
-          sequence: 0,
-          time: new Date(envelope.time),
-          originSidecarId: envelope.origin,
-          resumeToken: { incarnation: this.deps.sidecarId, position },
-          event: eventToProto(envelope.event),
-        }).finish(),
-      );
-    // Every event is numbered; it is encoded now only if someone may want it (a stream now, or a resume later).
-    const logged = this.ring.maxBytes > 0 || targets.length > 0 ? this.ring.append(envelope, encode) : this.ring.append(envelope, () => EMPTY);
+    const logged = this.ring.append(envelope, this.deps.sidecarId);
     if (targets.length === 0) return;
     this.enqueue({ logged, coherent: false, targets, next: 0 });
   }
@@ -522,4 +551,3 @@ export class WatchFanout {
   }
 }
 
-const EMPTY = Buffer.alloc(0);
