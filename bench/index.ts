@@ -15,13 +15,14 @@ import { l1Get } from './l1-get';
 import { l1Memory } from './l1-memory';
 import { formatReport, type Bench, type BenchReport } from './lib';
 import { locks } from './locks';
+import { nearCache } from './near-cache';
 import { steady, steadySoak } from './steady';
 import { tokens } from './tokens';
 import { watchMemory } from './watch-memory';
 
 const RESULTS = join(__dirname, '..', 'bench-results');
 
-const BENCHES: Bench[] = [l1Get, distributed, cluster, clusterBus, compression, context, tokens, locks, l1Memory, watchMemory, steady];
+const BENCHES: Bench[] = [l1Get, distributed, nearCache, cluster, clusterBus, compression, context, tokens, locks, l1Memory, watchMemory, steady];
 /** Run only when named: `npm run bench -- steady-soak` (five minutes). */
 const ON_REQUEST: Bench[] = [steadySoak];
 

@@ -184,3 +184,4 @@ export async function runCleanup(steps: (() => Promise<unknown> | unknown)[]): P
     }
   }
 }
+

@@ -56,7 +56,7 @@ async function measure(streams: number, writes: number, reading: boolean): Promi
   const client = new ContextCacheClient(sidecar.address);
   try {
     const idleRss = await settledRss(() => sidecar.rss());
-    const request = grpcFrame(WatchRequest.encode({ keyPrefixes: [], tags: [], sessionIds: [] }).finish());
+    const request = grpcFrame(WatchRequest.encode(WatchRequest.fromPartial({})).finish());
     let started = 0;
     for (let i = 0; i < streams; i++) {
       if (i % 100 === 0) sessions.push(connect(`http://${sidecar.address}`));

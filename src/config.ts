@@ -73,6 +73,8 @@ export interface Config {
   /** Bytes buffered across all Watch streams of the sidecar. */
   watchTotalBufferBytes: number;
   watchMaxStreams: number;
+  /** Bytes of recent events kept for Watch streams that resume (0: none). */
+  watchResumeBufferBytes: number;
   leaseTtlMs: number;
   /** The tokenizer of a BuildContext that names none (CONTEXT_CACHE_TOKENIZER). */
   tokenizer: TokenizerName;
@@ -144,6 +146,7 @@ export const CONFIG_VARIABLES = {
   CONTEXT_CACHE_WATCH_BUFFER: { default: '256KiB', help: 'Bytes buffered per Watch stream for a reader that falls behind; past it the stream drops events and gets a Resync (STREAM_OVERFLOW) once it has caught up.' },
   CONTEXT_CACHE_WATCH_TOTAL_BUFFER: { default: '64MiB', help: 'Bytes buffered across all Watch streams; a stream whose event would exceed it is treated as past its own buffer. 1,000 streams that never read cost at most this.' },
   CONTEXT_CACHE_WATCH_MAX_STREAMS: { default: '5000', help: 'Open Watch streams at most; more are refused with RESOURCE_EXHAUSTED.' },
+  CONTEXT_CACHE_WATCH_RESUME_BUFFER: { default: '8MiB', help: 'Bytes of recent events kept (at most 100,000 events) so that a Watch stream that was cut can resume (WatchRequest.resume_after) without a gap; a resume from further back gets a Resync (RESUME_GAP). 0 keeps none.' },
   CONTEXT_CACHE_LEASE_TTL: { default: '10s', help: 'Default lifetime of a fill lease granted on a miss (lease_ttl overrides it per call).' },
   CONTEXT_CACHE_TOKENIZER: {
     default: 'o200k_base',
@@ -514,6 +517,7 @@ export function loadConfig(env: Env = process.env): Config {
     watchBufferBytes: parseSize(env, 'CONTEXT_CACHE_WATCH_BUFFER', 256 * 1024, 4 * 1024, 1024 * MiB),
     watchTotalBufferBytes: parseSize(env, 'CONTEXT_CACHE_WATCH_TOTAL_BUFFER', 64 * MiB, 64 * 1024, 64 * 1024 * MiB),
     watchMaxStreams: parseInteger(env, 'CONTEXT_CACHE_WATCH_MAX_STREAMS', 5000, 1, 1_000_000),
+    watchResumeBufferBytes: parseSize(env, 'CONTEXT_CACHE_WATCH_RESUME_BUFFER', 8 * MiB, 0, 1024 * MiB),
     leaseTtlMs: parseDuration(env, 'CONTEXT_CACHE_LEASE_TTL', 10_000, 100, 600_000),
     tokenizer,
     logLevel,

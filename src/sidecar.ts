@@ -136,13 +136,16 @@ export class Sidecar {
       validate,
       sidecarId: this.sidecarId,
       subscribed: () => this.tiers.mode === 'coherent',
+      coherent: () => this.tiers.mode === 'coherent' || this.tiers.mode === 'l1-only',
       bufferBytes: config.watchBufferBytes,
       totalBufferBytes: config.watchTotalBufferBytes,
       maxStreams: config.watchMaxStreams,
+      resumeBufferBytes: config.watchResumeBufferBytes,
       counters: this.watchCounters,
       onError: (error) => log.error({ err: error }, 'delivering a Watch event failed'),
     }));
     this.sessions.nodeWanted = (sessionId) => watch.wantsSession(sessionId);
+    this.tiers.onModeChange(() => watch.coherenceChanged());
     const service = contextCacheService({
       calls: this.calls,
       cache: cacheHandlers({ entries: this.entries, validate, calls: this.calls }),

@@ -18,6 +18,8 @@ export interface EventBus {
   onEvents(listener: (envelopes: readonly RemoteEnvelope[]) => void): void;
   /** Every (re)subscription; `restored`: there was one before (events may have been missed in between). */
   onSubscribed(listener: (restored: boolean) => void): void;
+  /** Told whenever `subscribed` changes (either way). */
+  onChange(listener: () => void): void;
 }
 
 /** A fill lease on the shared tier: one holder per subject across all sidecars. */

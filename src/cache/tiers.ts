@@ -159,6 +159,9 @@ export class Tiers {
    */
   private unusableSince: number | undefined;
   private closed = false;
+  private readonly modeListeners: ((mode: CoherenceMode) => void)[] = [];
+  /** The mode the listeners were last told of. */
+  private reportedMode: CoherenceMode | undefined;
   /**
    * Bumped on every flush, every (re)subscription and every tag
    * invalidation: a read that began before any of them may not fill L1 (its
@@ -184,7 +187,9 @@ export class Tiers {
       // and so is any read still in flight from before.
       this.epoch++;
       if (restored || this.l1.entries > 0) this.resync('subscription-restored');
+      this.noteMode();
     });
+    shared?.bus.onChange(() => this.noteMode());
     shared?.onDataLost(() => this.resync('redis-data-lost'));
     shared?.onConnected(() => {
       if (this.pending.empty) this.unusableSince = undefined;
@@ -193,8 +198,30 @@ export class Tiers {
         (us) => this.redisClock.observe(us),
         () => undefined,
       );
+      this.noteMode();
     });
-    shared?.onDisconnected(() => (this.unusableSince ??= Date.now()));
+    shared?.onDisconnected(() => {
+      this.unusableSince ??= Date.now();
+      this.noteMode();
+    });
+  }
+
+  /**
+   * Told of every change of `mode`, after the events it caused (a resync on
+   * re-subscription) were announced: Watch streams tell their clients
+   * whether to trust their own copies.
+   */
+  onModeChange(listener: (mode: CoherenceMode) => void): void {
+    this.modeListeners.push(listener);
+    this.reportedMode ??= this.mode;
+  }
+
+  private noteMode(): void {
+    if (this.modeListeners.length === 0) return;
+    const mode = this.mode;
+    if (mode === this.reportedMode) return;
+    this.reportedMode = mode;
+    for (const listener of this.modeListeners) listener(mode);
   }
 
   /**
@@ -316,6 +343,7 @@ export class Tiers {
   private recordPending(touches: readonly Touched[]): void {
     this.unusableSince ??= Date.now();
     for (const { kind, name } of touches) this.pending.add(kind, name);
+    this.noteMode();
     if (this.shared!.connected) this.scheduleReplay(0);
   }
 
@@ -381,6 +409,7 @@ export class Tiers {
       if (shared.connected) this.scheduleReplay(ceiling / 2 + Math.random() * (ceiling / 2));
     } finally {
       this.replaying = false;
+      this.noteMode();
     }
     // Writes that stayed local while the last batch was in flight.
     if (!this.pending.empty && shared.connected && this.replayFailures === 0) this.scheduleReplay(0);

@@ -6,7 +6,7 @@
  */
 import type { NodeRecord } from './node';
 
-export type ResyncReason = 'subscription-restored' | 'redis-data-lost' | 'stream-overflow' | 'namespace-flushed';
+export type ResyncReason = 'subscription-restored' | 'redis-data-lost' | 'stream-overflow' | 'namespace-flushed' | 'resume-gap';
 
 export type CacheEvent =
   | { kind: 'key'; key: string; change: 'set' | 'deleted'; version: number; tags: readonly string[] }

@@ -154,6 +154,7 @@ const RESYNC_REASON: Record<ResyncReason, ProtoResyncReason> = {
   'redis-data-lost': ProtoResyncReason.RESYNC_REASON_REDIS_DATA_LOST,
   'stream-overflow': ProtoResyncReason.RESYNC_REASON_STREAM_OVERFLOW,
   'namespace-flushed': ProtoResyncReason.RESYNC_REASON_NAMESPACE_FLUSHED,
+  'resume-gap': ProtoResyncReason.RESYNC_REASON_RESUME_GAP,
 };
 
 /** A core event as WatchResponse's `event` oneof. */

@@ -1,8 +1,9 @@
 import type { ServerWritableStream } from '@grpc/grpc-js';
 import type { EventHub } from '../cache/event-hub';
-import { WatchResponse, type WatchRequest } from '../gen/contextcache/v1/context_cache';
-import { tooLarge } from '../errors';
+import { WatchResponse, type WatchRequest, type WatchResumeToken } from '../gen/contextcache/v1/context_cache';
+import { invalidArgument, tooLarge } from '../errors';
 import type { CacheEvent, EventEnvelope } from '../model/events';
+import { nodeSize } from '../model/node';
 import { onCallEnd, type CallContext } from './calls';
 import { eventToProto } from './mapping';
 import type { RequestValidator } from './validation';
@@ -67,20 +68,59 @@ export class WatchFilter {
 }
 
 /**
- * One event goes to every matching stream; only the stream's sequence
- * number differs. The rest is encoded once per event (a protobuf message
- * may be split into concatenated fields), so fan-out to 1,000 streams costs
- * 1,000 small copies, not 1,000 encodings.
+ * One event as this sidecar numbered it: its position in the sidecar's
+ * sequence of events (the resume token), and its WatchResponse encoded once
+ * without a sequence number. Only the stream's sequence number differs per
+ * stream (a protobuf message may be split into concatenated fields), so
+ * fan-out to 1,000 streams costs 1,000 small copies, not 1,000 encodings.
+ * The encoding waits until a stream wants the event: a sidecar without
+ * Watch streams numbers and keeps its events, and encodes none.
  */
-const encodedBodies = new WeakMap<EventEnvelope, Buffer>();
+class LoggedEvent {
+  private encoded: Buffer | undefined;
 
-function encodedBody(envelope: EventEnvelope): Buffer {
-  let body = encodedBodies.get(envelope);
-  if (body === undefined) {
-    body = Buffer.from(WatchResponse.encode({ sequence: 0, time: new Date(envelope.time), originSidecarId: envelope.origin, event: eventToProto(envelope.event) }).finish());
-    encodedBodies.set(envelope, body);
+  constructor(
+    readonly position: number,
+    readonly envelope: EventEnvelope,
+    /** What the ring counts it as (estimated from the event, before any encoding). */
+    readonly bytes: number,
+    private readonly incarnation: string,
+  ) {}
+
+  get body(): Buffer {
+    this.encoded ??= Buffer.from(
+      WatchResponse.encode({
+        sequence: 0,
+        time: new Date(this.envelope.time),
+        originSidecarId: this.envelope.origin,
+        resumeToken: { incarnation: this.incarnation, position: this.position },
+        event: eventToProto(this.envelope.event),
+      }).finish(),
+    );
+    return this.encoded;
   }
-  return body;
+}
+
+/**
+ * What a kept event costs, estimated without encoding it: its strings
+ * (two bytes per UTF-16 unit, counted once for the event and once for the
+ * encoding a stream may make of it), an appended node as L1 counts one, and
+ * the objects around them.
+ */
+function loggedBytes(event: CacheEvent): number {
+  const strings = (values: readonly string[]) => values.reduce((sum, value) => sum + 16 + 4 * value.length, 0);
+  switch (event.kind) {
+    case 'key':
+      return LOGGED_EVENT_OVERHEAD_BYTES + strings([event.key, ...event.tags]);
+    case 'tags':
+      return LOGGED_EVENT_OVERHEAD_BYTES + strings([...event.tags, ...event.keys]);
+    case 'session':
+      return LOGGED_EVENT_OVERHEAD_BYTES + strings([event.sessionId]);
+    case 'node':
+      return LOGGED_EVENT_OVERHEAD_BYTES + 2 * nodeSize(event.node);
+    case 'resync':
+      return LOGGED_EVENT_OVERHEAD_BYTES;
+  }
 }
 
 /**
@@ -102,6 +142,68 @@ export function frame(sequence: number, body: Buffer): Buffer {
   out[at++] = rest;
   body.copy(out, at);
   return out;
+}
+
+/** Most events the resume ring keeps, whatever their size: the count bound beside the byte bound. */
+export const MAX_RESUME_EVENTS = 100_000;
+/** What a logged event costs beyond its encoded body: the envelope, the event object and the ring's bookkeeping. */
+const LOGGED_EVENT_OVERHEAD_BYTES = 256;
+
+/**
+ * The recent events of this sidecar, bounded in bytes and in count, oldest
+ * first: what a stream that resumes (WatchRequest.resume_after) missed.
+ * Positions are contiguous, so finding one is arithmetic.
+ */
+export class EventRing {
+  private readonly events: (LoggedEvent | undefined)[] = [];
+  private start = 0;
+  /** Position of the oldest event kept (one past the newest when empty). */
+  private firstPosition = 1;
+  private lastPosition = 0;
+  bytes = 0;
+
+  constructor(
+    readonly maxBytes: number,
+    readonly maxEvents = MAX_RESUME_EVENTS,
+  ) {}
+
+  get size(): number {
+    return this.events.length - this.start;
+  }
+
+  /** The newest position numbered (0 before the first event). */
+  get head(): number {
+    return this.lastPosition;
+  }
+
+  /** Numbers the next event; keeps it while it fits. */
+  append(envelope: EventEnvelope, incarnation: string): LoggedEvent {
+    const logged = new LoggedEvent(++this.lastPosition, envelope, loggedBytes(envelope.event), incarnation);
+    this.events.push(logged);
+    this.bytes += logged.bytes;
+    while (this.size > 0 && (this.bytes > this.maxBytes || this.size > this.maxEvents)) {
+      this.bytes -= this.events[this.start]!.bytes;
+      this.events[this.start++] = undefined;
+      this.firstPosition++;
+    }
+    // Compacts now and then, so that dropping the oldest is O(1) amortized.
+    if (this.start > 1024 && this.start * 2 > this.events.length) {
+      this.events.splice(0, this.start);
+      this.start = 0;
+    }
+    return logged;
+  }
+
+  /** Whether every event after `position` is still kept. */
+  covers(position: number): boolean {
+    return position >= this.firstPosition - 1 && position <= this.lastPosition;
+  }
+
+  /** The event at `position`, if kept. */
+  at(position: number): LoggedEvent | undefined {
+    if (position < this.firstPosition || position > this.lastPosition) return undefined;
+    return this.events[this.start + (position - this.firstPosition)];
+  }
 }
 
 export interface WatchCounters {
@@ -141,12 +243,23 @@ const OBJECT_MESSAGE_BYTES = 128;
  */
 const QUEUED_MESSAGE_OVERHEAD = 512;
 
+/** What a queued event is charged to the buffers. */
+const queuedBytes = (logged: LoggedEvent) => logged.body.length + 11 + QUEUED_MESSAGE_OVERHEAD;
+
 /** One open Watch stream. */
 class WatchStream {
   private sequence = 0;
   private overflowed = false;
   /** Bytes written and not yet taken by the transport. */
   private queued = 0;
+  /**
+   * The position of the newest event this stream has been sent, or has
+   * skipped (not matching, or dropped and covered by a Resync): its resume
+   * token. Live deliveries at or below it are ignored.
+   */
+  private lastPosition: number;
+  /** While replaying a resume from the ring, live deliveries wait: the replay reaches them. */
+  private replaying = false;
   ended = false;
 
   constructor(
@@ -156,37 +269,72 @@ class WatchStream {
     private readonly bufferBytes: number,
     private readonly budget: BufferBudget,
     private readonly counters: WatchCounters,
-  ) {}
+    startPosition: number,
+  ) {
+    this.lastPosition = startPosition;
+  }
 
   send(origin: string, time: number, event: WatchResponse['event']): void {
     if (this.ended) return;
     this.charge(OBJECT_MESSAGE_BYTES);
-    this.call.write({ sequence: ++this.sequence, time: new Date(time), originSidecarId: origin, event }, () => this.release(OBJECT_MESSAGE_BYTES));
+    const resumeToken: WatchResumeToken = { incarnation: this.sidecarId, position: this.lastPosition };
+    this.call.write({ sequence: ++this.sequence, time: new Date(time), originSidecarId: origin, resumeToken, event }, () => this.release(OBJECT_MESSAGE_BYTES));
   }
 
-  deliver(envelope: EventEnvelope): void {
-    if (this.ended) return;
-    const body = encodedBody(envelope);
-    const bytes = body.length + 11 + QUEUED_MESSAGE_OVERHEAD;
-    // A stream (and the sidecar) always takes one message, however large (an 8 MiB node): the bound is
-    // the buffer or one message, whichever is larger, never "this event can never be delivered".
-    const over = (used: number, limit: number) => used > 0 && used + bytes > limit;
-    if (this.overflowed || over(this.queued, this.bufferBytes) || over(this.budget.used, this.budget.limit)) {
-      this.overflow();
+  deliver(logged: LoggedEvent): void {
+    if (this.ended || this.replaying || logged.position <= this.lastPosition) return;
+    if (this.overflowed || this.full(logged)) {
+      this.overflow(logged.position);
       return;
     }
-    this.counters.delivered++;
-    this.charge(bytes);
-    // Pre-encoded: the service definition passes Buffers through (encoding.ts).
-    (this.call as unknown as ServerWritableStream<WatchRequest, Buffer>).write(frame(++this.sequence, body), () => this.release(bytes));
+    this.write(logged);
+  }
+
+  /**
+   * Sends what the client missed since the stream it resumes, from the ring,
+   * then hands over to live delivery. Paced by the buffers like live events:
+   * when they are full it continues once the transport has taken some; if
+   * the ring drops an event before the replay reaches it, the stream gets a
+   * Resync (STREAM_OVERFLOW), as a slow live reader would.
+   */
+  replay(ring: EventRing): void {
+    if (this.ended) return;
+    this.replaying = true;
+    while (this.lastPosition < ring.head) {
+      const logged = ring.at(this.lastPosition + 1);
+      if (logged === undefined) {
+        this.replaying = false;
+        this.overflow(ring.head);
+        return;
+      }
+      if (!this.filter.matches(logged.envelope.event)) {
+        this.lastPosition = logged.position;
+        continue;
+      }
+      if (this.full(logged)) {
+        const resume = () => this.replay(ring);
+        if (this.call.writableNeedDrain) this.call.once('drain', resume);
+        else setImmediate(resume);
+        return;
+      }
+      this.write(logged);
+    }
+    this.replaying = false;
+  }
+
+  /** The sidecar started or stopped hearing every change. */
+  coherenceChanged(coherent: boolean): void {
+    this.send(this.sidecarId, Date.now(), { $case: 'coherenceChanged', value: { coherent } });
   }
 
   /**
    * Past its buffer the stream stops buffering and counts what it drops;
-   * once the client has caught up it gets one Resync (STREAM_OVERFLOW).
+   * once the client has caught up it gets one Resync (STREAM_OVERFLOW),
+   * whose token covers what was dropped.
    */
-  overflow(): void {
+  overflow(position: number): void {
     this.counters.dropped++;
+    this.lastPosition = Math.max(this.lastPosition, position);
     if (this.overflowed) return;
     this.overflowed = true;
     const resume = () => {
@@ -204,6 +352,26 @@ class WatchStream {
     this.queued = 0;
   }
 
+  /**
+   * A stream (and the sidecar) always takes one message, however large (an
+   * 8 MiB node): the bound is the buffer or one message, whichever is
+   * larger, never "this event can never be delivered".
+   */
+  private full(logged: LoggedEvent): boolean {
+    const bytes = queuedBytes(logged);
+    const over = (used: number, limit: number) => used > 0 && used + bytes > limit;
+    return over(this.queued, this.bufferBytes) || over(this.budget.used, this.budget.limit);
+  }
+
+  private write(logged: LoggedEvent): void {
+    const bytes = queuedBytes(logged);
+    this.counters.delivered++;
+    this.charge(bytes);
+    this.lastPosition = logged.position;
+    // Pre-encoded: the service definition passes Buffers through (encoding.ts).
+    (this.call as unknown as ServerWritableStream<WatchRequest, Buffer>).write(frame(++this.sequence, logged.body), () => this.release(bytes));
+  }
+
   private charge(bytes: number): void {
     this.queued += bytes;
     this.budget.used += bytes;
@@ -216,16 +384,26 @@ class WatchStream {
   }
 }
 
+/** A fan-out job: an event for the streams it matched, or a coherence change for every stream. */
+interface FanoutJob {
+  logged: LoggedEvent | undefined;
+  coherent: boolean;
+  targets: WatchStream[];
+  next: number;
+}
+
 /**
- * Fan-out of events to Watch streams. Each event goes to the streams whose
- * filter matches, in event order per stream, at most DELIVERIES_PER_TURN per
- * event-loop turn, so a fan-out to 1,000 streams never stalls the other
- * RPCs of this sidecar for its whole duration.
+ * Fan-out of events to Watch streams. Each event is numbered and kept in
+ * the resume ring, then goes to the streams whose filter matches, in event
+ * order per stream, at most DELIVERIES_PER_TURN per event-loop turn, so a
+ * fan-out to 1,000 streams never stalls the other RPCs of this sidecar for
+ * its whole duration.
  */
 export class WatchFanout {
   private readonly streams = new Set<WatchStream>();
   private readonly budget: BufferBudget;
-  private readonly pending: { envelope: EventEnvelope; targets: WatchStream[]; next: number }[] = [];
+  private readonly ring: EventRing;
+  private readonly pending: FanoutJob[] = [];
   private scheduled = false;
   private pendingDeliveries = 0;
 
@@ -235,21 +413,31 @@ export class WatchFanout {
       validate: RequestValidator;
       sidecarId: string;
       subscribed: () => boolean;
+      /** Whether the events cover every change to what this sidecar serves (WatchStarted.coherent). */
+      coherent: () => boolean;
       /** Bytes buffered per stream, across all streams, and how many streams may be open. */
       bufferBytes: number;
       totalBufferBytes: number;
       maxStreams: number;
+      /** Bytes of recent events kept for streams that resume. */
+      resumeBufferBytes: number;
       counters: WatchCounters;
       onError: (error: unknown) => void;
     },
   ) {
     this.budget = new BufferBudget(deps.totalBufferBytes);
+    this.ring = new EventRing(deps.resumeBufferBytes);
     hub.subscribe((envelope) => this.publish(envelope));
   }
 
   /** Bytes buffered across every stream right now. */
   get bufferedBytes(): number {
     return this.budget.used;
+  }
+
+  /** Bytes and events kept for streams that resume. */
+  get resumeBuffer(): { bytes: number; events: number } {
+    return { bytes: this.ring.bytes, events: this.ring.size };
   }
 
   /** Whether some open stream wants the nodes appended to the session (another sidecar's appends are then fetched). */
@@ -261,12 +449,15 @@ export class WatchFanout {
   /** Serves one Watch call until it ends. */
   serve(call: ServerWritableStream<WatchRequest, WatchResponse>, context: CallContext): void {
     const { request } = call;
-    const { validate, counters } = this.deps;
+    const { validate, counters, sidecarId } = this.deps;
     const filter = new WatchFilter(...validate.watchFilters(request.keyPrefixes, request.tags, request.sessionIds));
+    const resumeAfter = this.resumePoint(request.resumeAfter);
     if (this.streams.size >= this.deps.maxStreams) {
       throw tooLarge(`this sidecar has ${this.streams.size} Watch streams open, its limit (CONTEXT_CACHE_WATCH_MAX_STREAMS); share a stream per process, or retry later`);
     }
-    const stream = new WatchStream(call, filter, this.deps.sidecarId, this.deps.bufferBytes, this.budget, counters);
+    const head = this.ring.head;
+    const resumed = resumeAfter !== undefined && this.ring.covers(resumeAfter);
+    const stream = new WatchStream(call, filter, sidecarId, this.deps.bufferBytes, this.budget, counters, resumed ? resumeAfter : head);
     this.streams.add(stream);
     counters.open++;
     const end = () => {
@@ -276,19 +467,60 @@ export class WatchFanout {
       this.streams.delete(stream);
     };
     onCallEnd(context, end);
-    stream.send(this.deps.sidecarId, Date.now(), { $case: 'started', value: { sidecarId: this.deps.sidecarId, subscribed: this.deps.subscribed() } });
+    const replayedEvents = resumed ? this.matchingSince(resumeAfter, filter) : 0;
+    const started = { sidecarId, subscribed: this.deps.subscribed(), resumed, replayedEvents, coherent: this.deps.coherent() };
+    stream.send(sidecarId, Date.now(), { $case: 'started', value: started });
+    if (resumed) stream.replay(this.ring);
+    else if (request.resumeAfter !== undefined) stream.send(sidecarId, Date.now(), eventToProto({ kind: 'resync', reason: 'resume-gap' }));
+  }
+
+  /** Tells every stream, in order with the events before it, that WatchStarted.coherent changed. */
+  coherenceChanged(): void {
+    if (this.streams.size === 0) return;
+    this.enqueue({ logged: undefined, coherent: this.deps.coherent(), targets: [...this.streams], next: 0 });
+  }
+
+  /**
+   * The position a stream resumes after, when it can: undefined for a new
+   * stream and for a token of another sidecar process (which the caller
+   * answers with a Resync).
+   */
+  private resumePoint(token: WatchResumeToken | undefined): number | undefined {
+    if (token === undefined) return undefined;
+    if (token.incarnation === '') throw invalidArgument('resume_after.incarnation is empty; pass the resume_token of the last message the stream delivered');
+    if (token.incarnation !== this.deps.sidecarId) return undefined;
+    if (token.position > this.ring.head) {
+      throw invalidArgument(`resume_after.position ${token.position} is past this sidecar's last event (${this.ring.head}); pass a resume_token this sidecar sent`);
+    }
+    return token.position;
+  }
+
+  /** How many kept events after `position` the filter matches: what a resumed stream replays first. */
+  private matchingSince(position: number, filter: WatchFilter): number {
+    let count = 0;
+    for (let p = position + 1; p <= this.ring.head; p++) if (filter.matches(this.ring.at(p)!.envelope.event)) count++;
+    return count;
   }
 
   private publish(envelope: EventEnvelope): void {
     const targets: WatchStream[] = [];
     for (const stream of this.streams) if (stream.filter.matches(envelope.event)) targets.push(stream);
+    const logged = this.ring.append(envelope, this.deps.sidecarId);
     if (targets.length === 0) return;
-    if (this.pending.length >= MAX_PENDING_EVENTS || this.pendingDeliveries + targets.length > MAX_PENDING_DELIVERIES) {
-      for (const stream of targets) stream.overflow();
+    this.enqueue({ logged, coherent: false, targets, next: 0 });
+  }
+
+  private enqueue(job: FanoutJob): void {
+    if (this.pending.length >= MAX_PENDING_EVENTS || this.pendingDeliveries + job.targets.length > MAX_PENDING_DELIVERIES) {
+      // A coherence change is never dropped: the Resync of an overflow does not carry it.
+      for (const stream of job.targets) {
+        if (job.logged !== undefined) stream.overflow(job.logged.position);
+        else stream.coherenceChanged(job.coherent);
+      }
       return;
     }
-    this.pendingDeliveries += targets.length;
-    this.pending.push({ envelope, targets, next: 0 });
+    this.pendingDeliveries += job.targets.length;
+    this.pending.push(job);
     if (!this.scheduled) this.drain();
   }
 
@@ -300,11 +532,12 @@ export class WatchFanout {
       while (budget > 0 && job.next < job.targets.length) {
         const stream = job.targets[job.next++]!;
         try {
-          stream.deliver(job.envelope);
+          if (job.logged !== undefined) stream.deliver(job.logged);
+          else stream.coherenceChanged(job.coherent);
         } catch (error) {
           // Runs from setImmediate: a throw would be uncaught. The stream gets a resync instead.
           this.deps.onError(error);
-          stream.overflow();
+          stream.overflow(job.logged?.position ?? 0);
         }
         budget--;
         this.pendingDeliveries--;
@@ -317,3 +550,4 @@ export class WatchFanout {
     }
   }
 }
+

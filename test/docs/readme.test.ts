@@ -1,9 +1,11 @@
 import { execFile, spawn } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CONFIG_VARIABLES } from '../../src/config';
+import { sidecarsOnRedis } from '../helpers/fixtures';
 import { ReflectionStream } from '../helpers/reflection';
 import { startRedis, type TestRedis } from '../helpers/redis';
 import { closeAllSidecars, startSidecar, type TestSidecar } from '../helpers/sidecar';
@@ -42,6 +44,32 @@ describe('README', () => {
       expect(row.default, row.name).toBe(documented.default);
       expect(row.help, row.name).toBe(documented.help);
     }
+  });
+
+  describe('the client example runs as written', () => {
+    const fixture = sidecarsOnRedis(1, { CONTEXT_CACHE_NAMESPACE: 'readme-client' });
+
+    it('is ten lines, and prints the loaded value, a near-cache hit, and one hit', async () => {
+      const marker = readme.indexOf('<!-- client-example');
+      expect(marker).toBeGreaterThan(0);
+      const example = /```ts\n([\s\S]*?)```/.exec(readme.slice(marker))![1]!;
+      expect(example.trimEnd().split('\n').length).toBeLessThanOrEqual(10);
+      expect(example).toContain("from 'context-cache/client'");
+      // The same program, pointed at this test's sidecar and at the client's source.
+      const sc = fixture.sidecars[0]!;
+      const program = example.replace("'context-cache/client'", JSON.stringify(join(root, 'src', 'client', 'index.ts'))).replace("'127.0.0.1:50051'", JSON.stringify(sc.address));
+      const dir = mkdtempSync(join(tmpdir(), 'readme-client-'));
+      try {
+        writeFileSync(join(dir, 'example.mts'), program);
+        const { stdout } = await run(process.execPath, ['--import', 'tsx', join(dir, 'example.mts')], { cwd: root, timeout: 30_000 });
+        expect(stdout.trim()).toBe('{"id":"42","name":"Ada"} true 1');
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
+      }
+      // The example filled the cache through the sidecar, and its tag invalidation reached it.
+      expect(sc.sidecar.tiers.counters.published).toBeGreaterThanOrEqual(2);
+      expect((await sc.client.get({ key: 'profile:42' })).found).toBe(false);
+    });
   });
 
   describe('the grpcurl walk-through works as written', () => {

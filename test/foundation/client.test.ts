@@ -13,7 +13,7 @@ describe('the TypeScript client', () => {
 
   it('exports by name what an app needs, and not the generated module', () => {
     expect(Object.keys(client).sort()).toEqual(
-      ['ContextCacheClient', 'ContextCacheError', 'InclusionReason', 'KeyChange', 'LinkState', 'RedisMode', 'RedisNodeRole', 'ResyncReason', 'Role', 'SessionChange', 'Source', 'Status', 'WriteScope'].sort(),
+      ['ContextCacheClient', 'ContextCacheError', 'InclusionReason', 'KeyChange', 'LinkState', 'RedisMode', 'RedisNodeRole', 'ResumingWatch', 'ResyncReason', 'Role', 'SessionChange', 'Source', 'Status', 'WriteScope'].sort(),
     );
   });
 

@@ -344,6 +344,7 @@ export class FakeBus implements EventBus {
   private everSubscribed = false;
   private readonly eventListeners: ((envelopes: readonly RemoteEnvelope[]) => void)[] = [];
   private readonly subscribedListeners: ((restored: boolean) => void)[] = [];
+  private readonly changeListeners: (() => void)[] = [];
 
   onEvents(listener: (envelopes: readonly RemoteEnvelope[]) => void): void {
     this.eventListeners.push(listener);
@@ -353,16 +354,22 @@ export class FakeBus implements EventBus {
     this.subscribedListeners.push(listener);
   }
 
+  onChange(listener: () => void): void {
+    this.changeListeners.push(listener);
+  }
+
   /** Subscribes and tells the listeners; `restored` defaults to "there was a subscription before", as the real bus reports it. */
   subscribe(restored = this.everSubscribed): void {
     this.everSubscribed = true;
     this.subscribed = true;
     for (const listener of this.subscribedListeners) listener(restored);
+    for (const listener of this.changeListeners) listener();
   }
 
   /** The subscription dropped: events published from now on are lost for this sidecar. */
   unsubscribe(): void {
     this.subscribed = false;
+    for (const listener of this.changeListeners) listener();
   }
 
   /** Events of other sidecars, as the bus hands them over (whatever `subscribed` says: the test decides). */

@@ -340,6 +340,11 @@ export enum ResyncReason {
    * the whole namespace was invalidated in Redis and in every sidecar.
    */
   RESYNC_REASON_NAMESPACE_FLUSHED = 4,
+  /**
+   * RESYNC_REASON_RESUME_GAP - WatchRequest.resume_after could not be honoured: the events after it
+   * are no longer kept, or the token is from another sidecar process.
+   */
+  RESYNC_REASON_RESUME_GAP = 5,
   UNRECOGNIZED = -1,
 }
 
@@ -360,6 +365,9 @@ export function resyncReasonFromJSON(object: any): ResyncReason {
     case 4:
     case "RESYNC_REASON_NAMESPACE_FLUSHED":
       return ResyncReason.RESYNC_REASON_NAMESPACE_FLUSHED;
+    case 5:
+    case "RESYNC_REASON_RESUME_GAP":
+      return ResyncReason.RESYNC_REASON_RESUME_GAP;
     case -1:
     case "UNRECOGNIZED":
     default:
@@ -379,6 +387,8 @@ export function resyncReasonToJSON(object: ResyncReason): string {
       return "RESYNC_REASON_STREAM_OVERFLOW";
     case ResyncReason.RESYNC_REASON_NAMESPACE_FLUSHED:
       return "RESYNC_REASON_NAMESPACE_FLUSHED";
+    case ResyncReason.RESYNC_REASON_RESUME_GAP:
+      return "RESYNC_REASON_RESUME_GAP";
     case ResyncReason.UNRECOGNIZED:
     default:
       return "UNRECOGNIZED";
@@ -1131,6 +1141,36 @@ export interface WatchRequest {
   tags: string[];
   /** Events of these sessions (appends, invalidations, fills). */
   sessionIds: string[];
+  /**
+   * Continue a stream that was cut: the resume_token of the last message the
+   * client processed. The new stream's `started` says resumed = true and is
+   * followed by the matching events the client missed, oldest first (kept by
+   * the sidecar in a ring of CONTEXT_CACHE_WATCH_RESUME_BUFFER bytes), then
+   * by live events: no gap and no Resync. When the events after the token
+   * are no longer all kept, or the token is from another sidecar process
+   * (the sidecar restarted, or the client reached another one), `started`
+   * says resumed = false and a Resync (RESUME_GAP) follows. Filters apply
+   * as usual; send the same filters as the stream being resumed. Unset: a
+   * new stream.
+   */
+  resumeAfter: WatchResumeToken | undefined;
+}
+
+/**
+ * WatchResumeToken names a point in one sidecar process's sequence of
+ * events, so that a new stream can continue where a cut one stopped.
+ */
+export interface WatchResumeToken {
+  /**
+   * The sidecar process that numbered the events (its sidecar ID, new on
+   * every start).
+   */
+  incarnation: string;
+  /**
+   * Position in that process's sequence of events: every event of the
+   * sidecar gets the next number, whether or not a stream matches it.
+   */
+  position: number;
 }
 
 /** KeyInvalidated: a key's cached value changed or vanished. */
@@ -1199,6 +1239,36 @@ export interface WatchStarted {
    * when it runs L1-only, or while its Pub/Sub subscription is down).
    */
   subscribed: boolean;
+  /**
+   * True when WatchRequest.resume_after was honoured: the stream continues
+   * right after it, starting with the `replayed_events` events the client
+   * missed. False for a new stream, and for a resume that could not be
+   * honoured (a Resync with RESUME_GAP follows).
+   */
+  resumed: boolean;
+  /**
+   * How many of the messages right after this one are events replayed from
+   * before the stream started (resumed streams only). A client that must
+   * not act on stale state (a near cache) waits until it has applied them.
+   */
+  replayedEvents: number;
+  /**
+   * Whether this stream's events cover every change to what the sidecar
+   * serves right now: subscribed to the other sidecars' events with Redis
+   * usable, or L1-only (no other sidecar to hear from). While false, a
+   * client must not trust its own copies (CoherenceChanged reports changes).
+   */
+  coherent: boolean;
+}
+
+/**
+ * CoherenceChanged: WatchStarted.coherent changed. When it turns false
+ * (Redis or the Pub/Sub subscription was lost), events from other sidecars
+ * may be missed until it turns true again; a Resync follows when any were.
+ */
+export interface CoherenceChanged {
+  /** The new value of WatchStarted.coherent. */
+  coherent: boolean;
 }
 
 /** WatchResponse is one event. */
@@ -1211,6 +1281,13 @@ export interface WatchResponse {
     | undefined;
   /** The ID of the sidecar where the event happened. */
   originSidecarId: string;
+  /**
+   * Where the stream stands after this message; pass the token of the last
+   * message processed as WatchRequest.resume_after to continue after it.
+   */
+  resumeToken:
+    | WatchResumeToken
+    | undefined;
   /** The event. */
   event:
     | //
@@ -1231,6 +1308,12 @@ export interface WatchResponse {
     | //
     /** Events may have been lost; resynchronize. */
     { $case: "resync"; value: Resync }
+    | //
+    /**
+     * The sidecar started or stopped hearing every change (see
+     * WatchStarted.coherent).
+     */
+    { $case: "coherenceChanged"; value: CoherenceChanged }
     | undefined;
 }
 
@@ -5657,7 +5740,7 @@ export const HoldLockResponse: MessageFns<HoldLockResponse> = {
 };
 
 function createBaseWatchRequest(): WatchRequest {
-  return { keyPrefixes: [], tags: [], sessionIds: [] };
+  return { keyPrefixes: [], tags: [], sessionIds: [], resumeAfter: undefined };
 }
 
 export const WatchRequest: MessageFns<WatchRequest> = {
@@ -5670,6 +5753,9 @@ export const WatchRequest: MessageFns<WatchRequest> = {
     }
     for (const v of message.sessionIds) {
       writer.uint32(26).string(v!);
+    }
+    if (message.resumeAfter !== undefined) {
+      WatchResumeToken.encode(message.resumeAfter, writer.uint32(34).fork()).join();
     }
     return writer;
   },
@@ -5711,6 +5797,14 @@ export const WatchRequest: MessageFns<WatchRequest> = {
             message.sessionIds.push(reader.string());
             continue;
           }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.resumeAfter = WatchResumeToken.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -5736,6 +5830,11 @@ export const WatchRequest: MessageFns<WatchRequest> = {
         : globalThis.Array.isArray(object?.session_ids)
         ? object.session_ids.map((e: any) => globalThis.String(e))
         : [],
+      resumeAfter: isSet(object.resumeAfter)
+        ? WatchResumeToken.fromJSON(object.resumeAfter)
+        : isSet(object.resume_after)
+        ? WatchResumeToken.fromJSON(object.resume_after)
+        : undefined,
     };
   },
 
@@ -5750,6 +5849,9 @@ export const WatchRequest: MessageFns<WatchRequest> = {
     if (message.sessionIds?.length) {
       obj.sessionIds = message.sessionIds;
     }
+    if (message.resumeAfter !== undefined) {
+      obj.resumeAfter = WatchResumeToken.toJSON(message.resumeAfter);
+    }
     return obj;
   },
 
@@ -5761,6 +5863,94 @@ export const WatchRequest: MessageFns<WatchRequest> = {
     message.keyPrefixes = object.keyPrefixes?.map((e) => e) || [];
     message.tags = object.tags?.map((e) => e) || [];
     message.sessionIds = object.sessionIds?.map((e) => e) || [];
+    message.resumeAfter = (object.resumeAfter !== undefined && object.resumeAfter !== null)
+      ? WatchResumeToken.fromPartial(object.resumeAfter)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseWatchResumeToken(): WatchResumeToken {
+  return { incarnation: "", position: 0 };
+}
+
+export const WatchResumeToken: MessageFns<WatchResumeToken> = {
+  encode(message: WatchResumeToken, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.incarnation !== "") {
+      writer.uint32(10).string(message.incarnation);
+    }
+    if (message.position !== 0) {
+      writer.uint32(16).uint64(message.position);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): WatchResumeToken {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseWatchResumeToken();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.incarnation = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.position = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): WatchResumeToken {
+    return {
+      incarnation: isSet(object.incarnation) ? globalThis.String(object.incarnation) : "",
+      position: isSet(object.position) ? globalThis.Number(object.position) : 0,
+    };
+  },
+
+  toJSON(message: WatchResumeToken): unknown {
+    const obj: any = {};
+    if (message.incarnation !== "") {
+      obj.incarnation = message.incarnation;
+    }
+    if (message.position !== 0) {
+      obj.position = Math.round(message.position);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<WatchResumeToken>, I>>(base?: I): WatchResumeToken {
+    return WatchResumeToken.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<WatchResumeToken>, I>>(object: I): WatchResumeToken {
+    const message = createBaseWatchResumeToken();
+    message.incarnation = object.incarnation ?? "";
+    message.position = object.position ?? 0;
     return message;
   },
 };
@@ -6229,7 +6419,7 @@ export const Resync: MessageFns<Resync> = {
 };
 
 function createBaseWatchStarted(): WatchStarted {
-  return { sidecarId: "", subscribed: false };
+  return { sidecarId: "", subscribed: false, resumed: false, replayedEvents: 0, coherent: false };
 }
 
 export const WatchStarted: MessageFns<WatchStarted> = {
@@ -6239,6 +6429,15 @@ export const WatchStarted: MessageFns<WatchStarted> = {
     }
     if (message.subscribed !== false) {
       writer.uint32(16).bool(message.subscribed);
+    }
+    if (message.resumed !== false) {
+      writer.uint32(24).bool(message.resumed);
+    }
+    if (message.replayedEvents !== 0) {
+      writer.uint32(32).uint64(message.replayedEvents);
+    }
+    if (message.coherent !== false) {
+      writer.uint32(40).bool(message.coherent);
     }
     return writer;
   },
@@ -6272,6 +6471,30 @@ export const WatchStarted: MessageFns<WatchStarted> = {
             message.subscribed = reader.bool();
             continue;
           }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.resumed = reader.bool();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.replayedEvents = longToNumber(reader.uint64());
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.coherent = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -6292,6 +6515,13 @@ export const WatchStarted: MessageFns<WatchStarted> = {
         ? globalThis.String(object.sidecar_id)
         : "",
       subscribed: isSet(object.subscribed) ? globalThis.Boolean(object.subscribed) : false,
+      resumed: isSet(object.resumed) ? globalThis.Boolean(object.resumed) : false,
+      replayedEvents: isSet(object.replayedEvents)
+        ? globalThis.Number(object.replayedEvents)
+        : isSet(object.replayed_events)
+        ? globalThis.Number(object.replayed_events)
+        : 0,
+      coherent: isSet(object.coherent) ? globalThis.Boolean(object.coherent) : false,
     };
   },
 
@@ -6303,6 +6533,15 @@ export const WatchStarted: MessageFns<WatchStarted> = {
     if (message.subscribed !== false) {
       obj.subscribed = message.subscribed;
     }
+    if (message.resumed !== false) {
+      obj.resumed = message.resumed;
+    }
+    if (message.replayedEvents !== 0) {
+      obj.replayedEvents = Math.round(message.replayedEvents);
+    }
+    if (message.coherent !== false) {
+      obj.coherent = message.coherent;
+    }
     return obj;
   },
 
@@ -6313,12 +6552,82 @@ export const WatchStarted: MessageFns<WatchStarted> = {
     const message = createBaseWatchStarted();
     message.sidecarId = object.sidecarId ?? "";
     message.subscribed = object.subscribed ?? false;
+    message.resumed = object.resumed ?? false;
+    message.replayedEvents = object.replayedEvents ?? 0;
+    message.coherent = object.coherent ?? false;
+    return message;
+  },
+};
+
+function createBaseCoherenceChanged(): CoherenceChanged {
+  return { coherent: false };
+}
+
+export const CoherenceChanged: MessageFns<CoherenceChanged> = {
+  encode(message: CoherenceChanged, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.coherent !== false) {
+      writer.uint32(8).bool(message.coherent);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CoherenceChanged {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCoherenceChanged();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.coherent = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CoherenceChanged {
+    return { coherent: isSet(object.coherent) ? globalThis.Boolean(object.coherent) : false };
+  },
+
+  toJSON(message: CoherenceChanged): unknown {
+    const obj: any = {};
+    if (message.coherent !== false) {
+      obj.coherent = message.coherent;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<CoherenceChanged>, I>>(base?: I): CoherenceChanged {
+    return CoherenceChanged.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<CoherenceChanged>, I>>(object: I): CoherenceChanged {
+    const message = createBaseCoherenceChanged();
+    message.coherent = object.coherent ?? false;
     return message;
   },
 };
 
 function createBaseWatchResponse(): WatchResponse {
-  return { sequence: 0, time: undefined, originSidecarId: "", event: undefined };
+  return { sequence: 0, time: undefined, originSidecarId: "", resumeToken: undefined, event: undefined };
 }
 
 export const WatchResponse: MessageFns<WatchResponse> = {
@@ -6331,6 +6640,9 @@ export const WatchResponse: MessageFns<WatchResponse> = {
     }
     if (message.originSidecarId !== "") {
       writer.uint32(26).string(message.originSidecarId);
+    }
+    if (message.resumeToken !== undefined) {
+      WatchResumeToken.encode(message.resumeToken, writer.uint32(34).fork()).join();
     }
     switch (message.event?.$case) {
       case "started":
@@ -6350,6 +6662,9 @@ export const WatchResponse: MessageFns<WatchResponse> = {
         break;
       case "resync":
         Resync.encode(message.event.value, writer.uint32(122).fork()).join();
+        break;
+      case "coherenceChanged":
+        CoherenceChanged.encode(message.event.value, writer.uint32(130).fork()).join();
         break;
     }
     return writer;
@@ -6390,6 +6705,14 @@ export const WatchResponse: MessageFns<WatchResponse> = {
             }
 
             message.originSidecarId = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.resumeToken = WatchResumeToken.decode(reader, reader.uint32());
             continue;
           }
           case 10: {
@@ -6440,6 +6763,14 @@ export const WatchResponse: MessageFns<WatchResponse> = {
             message.event = { $case: "resync", value: Resync.decode(reader, reader.uint32()) };
             continue;
           }
+          case 16: {
+            if (tag !== 130) {
+              break;
+            }
+
+            message.event = { $case: "coherenceChanged", value: CoherenceChanged.decode(reader, reader.uint32()) };
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -6461,6 +6792,11 @@ export const WatchResponse: MessageFns<WatchResponse> = {
         : isSet(object.origin_sidecar_id)
         ? globalThis.String(object.origin_sidecar_id)
         : "",
+      resumeToken: isSet(object.resumeToken)
+        ? WatchResumeToken.fromJSON(object.resumeToken)
+        : isSet(object.resume_token)
+        ? WatchResumeToken.fromJSON(object.resume_token)
+        : undefined,
       event: isSet(object.started)
         ? { $case: "started", value: WatchStarted.fromJSON(object.started) }
         : isSet(object.keyInvalidated)
@@ -6481,6 +6817,10 @@ export const WatchResponse: MessageFns<WatchResponse> = {
         ? { $case: "nodeAppended", value: NodeAppended.fromJSON(object.node_appended) }
         : isSet(object.resync)
         ? { $case: "resync", value: Resync.fromJSON(object.resync) }
+        : isSet(object.coherenceChanged)
+        ? { $case: "coherenceChanged", value: CoherenceChanged.fromJSON(object.coherenceChanged) }
+        : isSet(object.coherence_changed)
+        ? { $case: "coherenceChanged", value: CoherenceChanged.fromJSON(object.coherence_changed) }
         : undefined,
     };
   },
@@ -6496,6 +6836,9 @@ export const WatchResponse: MessageFns<WatchResponse> = {
     if (message.originSidecarId !== "") {
       obj.originSidecarId = message.originSidecarId;
     }
+    if (message.resumeToken !== undefined) {
+      obj.resumeToken = WatchResumeToken.toJSON(message.resumeToken);
+    }
     if (message.event?.$case === "started") {
       obj.started = WatchStarted.toJSON(message.event.value);
     } else if (message.event?.$case === "keyInvalidated") {
@@ -6508,6 +6851,8 @@ export const WatchResponse: MessageFns<WatchResponse> = {
       obj.nodeAppended = NodeAppended.toJSON(message.event.value);
     } else if (message.event?.$case === "resync") {
       obj.resync = Resync.toJSON(message.event.value);
+    } else if (message.event?.$case === "coherenceChanged") {
+      obj.coherenceChanged = CoherenceChanged.toJSON(message.event.value);
     }
     return obj;
   },
@@ -6520,6 +6865,9 @@ export const WatchResponse: MessageFns<WatchResponse> = {
     message.sequence = object.sequence ?? 0;
     message.time = object.time ?? undefined;
     message.originSidecarId = object.originSidecarId ?? "";
+    message.resumeToken = (object.resumeToken !== undefined && object.resumeToken !== null)
+      ? WatchResumeToken.fromPartial(object.resumeToken)
+      : undefined;
     switch (object.event?.$case) {
       case "started": {
         if (object.event?.value !== undefined && object.event?.value !== null) {
@@ -6554,6 +6902,12 @@ export const WatchResponse: MessageFns<WatchResponse> = {
       case "resync": {
         if (object.event?.value !== undefined && object.event?.value !== null) {
           message.event = { $case: "resync", value: Resync.fromPartial(object.event.value) };
+        }
+        break;
+      }
+      case "coherenceChanged": {
+        if (object.event?.value !== undefined && object.event?.value !== null) {
+          message.event = { $case: "coherenceChanged", value: CoherenceChanged.fromPartial(object.event.value) };
         }
         break;
       }
@@ -8383,7 +8737,10 @@ export const ContextCacheService = {
    * A client that reads too slowly never grows the sidecar's memory: past
    * CONTEXT_CACHE_WATCH_BUFFER unread messages, events for it are dropped,
    * and once it has caught up it receives one `resync` (STREAM_OVERFLOW);
-   * the stream stays open. Shutdown ends streams with UNAVAILABLE. The
+   * the stream stays open. Every message carries a resume token: a client
+   * whose stream was cut opens a new one with resume_after and misses
+   * nothing (or gets a Resync with RESUME_GAP when the sidecar no longer
+   * has what it missed). Shutdown ends streams with UNAVAILABLE. The
    * server sends HTTP/2 keepalive pings, so idle streams live for hours.
    */
   watch: {
@@ -8501,7 +8858,10 @@ export interface ContextCacheServer extends UntypedServiceImplementation {
    * A client that reads too slowly never grows the sidecar's memory: past
    * CONTEXT_CACHE_WATCH_BUFFER unread messages, events for it are dropped,
    * and once it has caught up it receives one `resync` (STREAM_OVERFLOW);
-   * the stream stays open. Shutdown ends streams with UNAVAILABLE. The
+   * the stream stays open. Every message carries a resume token: a client
+   * whose stream was cut opens a new one with resume_after and misses
+   * nothing (or gets a Resync with RESUME_GAP when the sidecar no longer
+   * has what it missed). Shutdown ends streams with UNAVAILABLE. The
    * server sends HTTP/2 keepalive pings, so idle streams live for hours.
    */
   watch: handleServerStreamingCall<WatchRequest, WatchResponse>;
@@ -8798,7 +9158,10 @@ export interface ContextCacheClient extends Client {
    * A client that reads too slowly never grows the sidecar's memory: past
    * CONTEXT_CACHE_WATCH_BUFFER unread messages, events for it are dropped,
    * and once it has caught up it receives one `resync` (STREAM_OVERFLOW);
-   * the stream stays open. Shutdown ends streams with UNAVAILABLE. The
+   * the stream stays open. Every message carries a resume token: a client
+   * whose stream was cut opens a new one with resume_after and misses
+   * nothing (or gets a Resync with RESUME_GAP when the sidecar no longer
+   * has what it missed). Shutdown ends streams with UNAVAILABLE. The
    * server sends HTTP/2 keepalive pings, so idle streams live for hours.
    */
   watch(request: WatchRequest, options?: Partial<CallOptions>): ClientReadableStream<WatchResponse>;
