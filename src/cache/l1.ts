@@ -1,5 +1,6 @@
 import { LRUCache } from 'lru-cache';
 import type { Entry, L1Value } from '../model/entry';
+import { countBounded } from './bounded';
 
 /**
  * What an entry costs beyond its key and value: the entry object, the LRU
@@ -52,7 +53,7 @@ export class L1Cache {
    * later with an older value must not refill L1 with it. Kept long enough
    * to outlive any read in flight.
    */
-  private readonly floors = new LRUCache<string, number>({ max: 100_000, ttl: 60_000 });
+  private readonly floors = new LRUCache<string, number>({ ...countBounded(100_000), ttl: 60_000 });
 
   constructor(readonly maxBytes: number) {
     this.lru = new LRUCache<string, Entry<L1Value>>({

@@ -4,6 +4,7 @@ import { isCacheError, staleLease, type CacheError } from '../errors';
 import { l1Key, l1KeyOfEvent, type Subject } from '../model/subject';
 import type { EventHub } from './event-hub';
 import type { LeaseStore } from './ports';
+import { countBounded } from './bounded';
 
 /**
  * The longest a fill lease may live (lease_ttl is refused above it). Tag
@@ -100,9 +101,9 @@ export class LeaseManager {
   /** The shared wait of each subject someone waits for, by L1 key. */
   private readonly waits = new Map<string, SharedWait>();
   /** Leases granted from memory; each entry lapses with its lease, and the table is bounded. */
-  private readonly local = new LRUCache<string, LeaseGrant>({ max: 100_000 });
+  private readonly local = new LRUCache<string, LeaseGrant>({ ...countBounded(100_000) });
   /** When each tag was last invalidated here (ms), for fills under memory leases. */
-  private readonly localTagStamps = new LRUCache<string, number>({ max: 100_000, ttl: MAX_LEASE_TTL_MS });
+  private readonly localTagStamps = new LRUCache<string, number>({ ...countBounded(100_000), ttl: MAX_LEASE_TTL_MS });
 
   constructor(
     /** The shared leases when Redis is usable right now; undefined otherwise. */

@@ -116,7 +116,8 @@ const NOT_LIVE: Ticket = -1;
 
 export class NearCache {
   private readonly lru: LRUCache<string, Kept>;
-  private readonly floors = new LRUCache<string, number>({ max: MAX_FLOORS, ttl: FLOOR_TTL_MS });
+  // Counted through maxSize, not max: lru-cache would preallocate its arrays for MAX_FLOORS entries.
+  private readonly floors = new LRUCache<string, number>({ maxSize: MAX_FLOORS, sizeCalculation: () => 1, ttl: FLOOR_TTL_MS });
   private readonly keysByTag = new Map<string, Set<string>>();
   /** Built contexts by the sessions they were built from. */
   private readonly contextsBySession = new Map<string, Set<string>>();

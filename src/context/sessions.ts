@@ -9,6 +9,7 @@ import { l1Key, type Subject } from '../model/subject';
 import type { SessionL2, TokenCounter } from './ports';
 import { appendToSession, buildSession, type SessionState } from './session';
 import { TokenCounts } from './tokens';
+import { countBounded } from '../cache/bounded';
 
 const subject = (sessionId: string): Subject => ({ kind: 'session', id: sessionId });
 const sessionKey = (sessionId: string): string => l1Key('session', sessionId);
@@ -53,7 +54,7 @@ export class SessionStore {
    */
   nodeWanted: (sessionId: string) => boolean = () => false;
   /** short ID → session ID for sessions this sidecar has seen; verified against the session on use. */
-  private readonly shortIdIndex = new LRUCache<string, string>({ max: 200_000 });
+  private readonly shortIdIndex = new LRUCache<string, string>({ ...countBounded(200_000) });
 
   /** Token counts of the nodes, each counted once per tokenizer and kept on the node. */
   readonly tokens: TokenCounts;
