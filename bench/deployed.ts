@@ -7,6 +7,7 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { inspectorCall } from '../test/helpers/inspector';
 import { freePort } from '../test/helpers/redis';
 
 const ROOT = join(__dirname, '..');
@@ -50,22 +51,6 @@ function ensureBuilt(): void {
 export interface DeployedOptions {
   /** Opens the inspector on a free loopback port, for collectGarbage(). */
   inspect?: boolean;
-}
-
-/** Sends one inspector-protocol command over its WebSocket and waits for the answer. */
-async function inspectorCall(url: string, method: string): Promise<void> {
-  const socket = new WebSocket(url);
-  await new Promise<void>((resolve, reject) => {
-    socket.onopen = () => socket.send(JSON.stringify({ id: 1, method }));
-    socket.onmessage = (message) => {
-      const reply = JSON.parse(String(message.data)) as { id?: number; error?: { message: string } };
-      if (reply.id !== 1) return;
-      socket.close();
-      if (reply.error) reject(new Error(`${method}: ${reply.error.message}`));
-      else resolve();
-    };
-    socket.onerror = () => reject(new Error(`the sidecar's inspector at ${url} did not answer`));
-  });
 }
 
 /** utime + stime of a process from /proc/<pid>/stat (fields 14 and 15, in clock ticks of 10 ms). */
