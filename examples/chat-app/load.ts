@@ -213,6 +213,8 @@ class Device {
 }
 
 export interface TurnSample {
+  /** When the turn began, ms after the run began. */
+  atMs: number;
   /** The whole turn (both writes and the context), ms. */
   turnMs: number;
   contextMs: number;
@@ -324,7 +326,7 @@ export async function runWorkload(options: RunOptions): Promise<RunResult> {
     const answer = await app.postMessage({ sessionId, parentId: question.id, role: 'assistant', content: sentence(random, random.int(100, 1200)) }, { onCommitted: (message) => committed(user, message) });
     const t3 = performance.now();
     user.heads.set(sessionId, answer.id);
-    samples.push({ turnMs: t3 - t0, contextMs: t2 - t1, writesMs: t1 - t0 + (t3 - t2), source: context.source, hit: context.hit });
+    samples.push({ atMs: t0 - started, turnMs: t3 - t0, contextMs: t2 - t1, writesMs: t1 - t0 + (t3 - t2), source: context.source, hit: context.hit });
   };
 
   const thinkTime = (random: Random) => random.int(options.thinkMs[0], options.thinkMs[1]);
