@@ -34,9 +34,10 @@ function sizes(): WorkloadOptions {
   const scale = Number(process.env.BENCH_SCALE ?? '1') || 1;
   return {
     users: Math.max(20, Math.round(1000 * scale)),
-    durationMs: Math.round(60_000 * Math.min(1, Math.max(0.25, scale))),
+    durationMs: Math.round(90_000 * Math.min(1, Math.max(0.25, scale))),
     maxTurnsPerUser: 60,
-    thinkMs: [2_000, 8_000],
+    // People read the answer and type the next question: 5-20 s (1,000 users: ~80 turns/s).
+    thinkMs: [5_000, 20_000],
     seed: 16,
     maxChars: MAX_CHARS,
     history: { sessionsPerUser: 2, messages: [10, 80] },
@@ -141,7 +142,7 @@ function report(options: WorkloadOptions, direct: Phase, cached: Phase, faults: 
   const contextMs = (phase: Phase, pick: (s: RunResult['samples'][number]) => boolean = () => true) => phase.samples.filter(pick).map((s) => s.contextMs);
   const reads = (phase: Phase) => sumOf(phase.queries, CONTEXT_READS) / turns(phase);
   const readMs = (phase: Phase) => sumOf(phase.queries, CONTEXT_READS, 'ms') / turns(phase);
-  const allQueries = (phase: Phase) => sumOf(phase.queries, ['context-path', 'context-refs', 'load-session', 'lookup-short-ids', 'write']) / turns(phase);
+  const allQueries = (phase: Phase) => sumOf(phase.queries, ['context-path', 'context-refs', 'load-session', 'lookup-short-ids', 'sync-read', 'write']) / turns(phase);
   const hitRatio = (phase: Phase) => phase.samples.filter((s) => s.hit).length / turns(phase);
   const coldSamples = cached.run.samples.filter((s) => s.atMs < WARMUP_FRACTION * options.durationMs);
   const coldHitRatio = coldSamples.filter((s) => s.hit).length / coldSamples.length;

@@ -27,6 +27,9 @@ export type Mode = 'direct' | 'sidecar';
 /** Why a context in sidecar mode came from PostgreSQL after all. */
 export type FallbackReason = 'unavailable' | 'degraded' | 'incomplete' | 'unrepaired';
 
+/** What a first BuildContext answer lacked: the session, sessions of references, references the cache could not place, a whole path. */
+export type MissReason = 'session' | 'referenced-session' | 'unplaced-reference' | 'gap';
+
 export interface BuiltContext extends PromptContext {
   source: 'postgres' | 'sidecar';
   /** Sidecar mode: the first BuildContext answered it, nothing was loaded from PostgreSQL. */
@@ -55,6 +58,8 @@ export interface ChatAppStats {
   /** Fills refused because the session changed after the lease (the newer state stays). */
   staleFills: number;
   fallbacks: Record<FallbackReason, number>;
+  /** Contexts the sidecar could not answer at once, by what the first answer lacked. */
+  misses: Record<MissReason, number>;
   /** Cached paths with a gap, repaired by invalidating and filling again. */
   repairs: number;
   /** Write-throughs (AppendNode, InvalidateSession) that failed, then repaired by an invalidation. */
@@ -144,6 +149,7 @@ export class ChatApp {
     fills: 0,
     staleFills: 0,
     fallbacks: { unavailable: 0, degraded: 0, incomplete: 0, unrepaired: 0 } as Record<FallbackReason, number>,
+    misses: { session: 0, 'referenced-session': 0, 'unplaced-reference': 0, gap: 0 } as Record<MissReason, number>,
     repairs: 0,
     writeThroughFailures: 0,
     unrepairedWrites: 0,
@@ -210,11 +216,11 @@ export class ChatApp {
       const read = await this.cache.getSessionNodes({ sessionId }, this.call()).catch(() => undefined);
       if (read?.found && !read.info?.degraded) return read.nodes.map(fromNode);
     }
-    return this.store.loadSession(sessionId);
+    return this.store.loadSession(sessionId, 'sync-read');
   }
 
   stats(): ChatAppStats {
-    return { ...this.counters, fallbacks: { ...this.counters.fallbacks }, pendingRepairs: this.pendingRepairs.size };
+    return { ...this.counters, fallbacks: { ...this.counters.fallbacks }, misses: { ...this.counters.misses }, pendingRepairs: this.pendingRepairs.size };
   }
 
   /** Resolves when every failed write-through is repaired (or after `timeoutMs`, false). */
@@ -243,14 +249,19 @@ export class ChatApp {
     const lookedUp = new Set<string>();
     const inDatabase = new Set<string>();
     let repaired = false;
+    let round = 0;
+    const miss = (reason: MissReason) => {
+      if (round === 0) this.counters.misses[reason]++;
+    };
     try {
-      for (let round = 0; round < MAX_ROUNDS; round++) {
+      for (; round < MAX_ROUNDS; round++) {
         let built: BuildContextResponse;
         try {
           built = await cache.buildContext({ sessionId, headNodeId: headId, includeRefs: true, maxChars: this.maxChars }, this.call());
         } catch (error) {
           // The head is not in the cached session: it missed a write-through. Invalidate and fill again, once.
           if (!(error instanceof ContextCacheError && error.code === Status.NOT_FOUND) || repaired) throw error;
+          miss('gap');
           repaired = true;
           this.counters.repairs++;
           await cache.invalidateSession({ sessionId }, this.call());
@@ -258,6 +269,7 @@ export class ChatApp {
           continue;
         }
         if (!built.sessionFound) {
+          miss('session');
           if ((filled.get(sessionId) ?? 0) >= 2) break;
           await fill(sessionId);
           continue;
@@ -266,6 +278,7 @@ export class ChatApp {
         if (built.degraded) return this.fallback('degraded', sessionId, headId);
         const missing = built.missingSessionIds.filter((id) => (filled.get(id) ?? 0) < 2);
         if (missing.length > 0) {
+          miss('referenced-session');
           await Promise.all(missing.map(fill));
           continue;
         }
@@ -277,6 +290,7 @@ export class ChatApp {
           for (const id of owners.keys()) inDatabase.add(id);
           const sessions = [...new Set(owners.values())].filter((id) => (filled.get(id) ?? 0) < 2);
           if (sessions.length > 0) {
+            miss('unplaced-reference');
             await Promise.all(sessions.map(async (id) => (await cache.invalidateSession({ sessionId: id }, this.call()), fill(id))));
             continue;
           }
@@ -286,6 +300,7 @@ export class ChatApp {
         const context = fromResponse(built);
         if (!isWholePath(context, headId)) {
           if (repaired) return this.fallback('incomplete', sessionId, headId);
+          miss('gap');
           repaired = true;
           this.counters.repairs++;
           await cache.invalidateSession({ sessionId }, this.call());

@@ -14,8 +14,8 @@ export function databaseUrl(): string {
   return process.env.DATABASE_URL?.trim() || DEFAULT_DATABASE_URL;
 }
 
-/** What a query is for: reads that build a prompt's context, reads that fill the cache, and writes. */
-export type QueryKind = 'context-path' | 'context-refs' | 'load-session' | 'lookup-short-ids' | 'write' | 'schema';
+/** What a query is for: reads that build a prompt's context or fill the cache for it, another device's reads, writes. */
+export type QueryKind = 'context-path' | 'context-refs' | 'load-session' | 'lookup-short-ids' | 'sync-read' | 'write' | 'schema';
 
 export const CONTEXT_READS: readonly QueryKind[] = ['context-path', 'context-refs', 'load-session', 'lookup-short-ids'];
 
@@ -27,7 +27,7 @@ export interface QueryCounts {
 }
 
 function emptyCounts(): QueryCounts {
-  const zero = () => ({ 'context-path': 0, 'context-refs': 0, 'load-session': 0, 'lookup-short-ids': 0, write: 0, schema: 0 });
+  const zero = () => ({ 'context-path': 0, 'context-refs': 0, 'load-session': 0, 'lookup-short-ids': 0, 'sync-read': 0, write: 0, schema: 0 });
   return { count: zero(), ms: zero() };
 }
 

@@ -181,7 +181,9 @@ class Device {
       const event = message.event;
       if (event?.$case === 'nodeAppended') this.arrived(event.value.node?.id ?? '', 'live');
       // What the stream may have missed (its start, a Resync, an invalidation) comes from a reload.
-      else if (event?.$case === 'started' || event?.$case === 'resync' || (event?.$case === 'sessionInvalidated' && event.value.change === SessionChange.SESSION_CHANGE_INVALIDATED)) void this.reload(sessionId);
+      else if (event?.$case === 'started' || (event?.$case === 'sessionInvalidated' && event.value.change === SessionChange.SESSION_CHANGE_INVALIDATED)) void this.reload(sessionId);
+      // A Resync reaches every device at once: spread their reloads over a second rather than all at the database in the same instant.
+      else if (event?.$case === 'resync') this.reloadTimer = setTimeout(() => void this.reload(sessionId), Math.random() * 1000);
     });
     const lost = () => {
       if (this.stream !== stream || this.closed) return;

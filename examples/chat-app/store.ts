@@ -197,8 +197,8 @@ export class ChatStore {
   }
 
   /** A whole conversation, every branch, in the order it was written (what fills the cache). */
-  async loadSession(sessionId: string): Promise<Message[]> {
-    const rows = await this.db.query<MessageRow>('load-session', `SELECT ${COLUMNS} FROM nodes WHERE session_id = $1 ORDER BY seq`, [sessionId]);
+  async loadSession(sessionId: string, kind: 'load-session' | 'sync-read' = 'load-session'): Promise<Message[]> {
+    const rows = await this.db.query<MessageRow>(kind, `SELECT ${COLUMNS} FROM nodes WHERE session_id = $1 ORDER BY seq`, [sessionId]);
     return rows.map(fromRow);
   }
 
