@@ -11,7 +11,7 @@
  * phase works in a schema of its own, dropped at the end.
  */
 import { ContextCacheClient, type GetStatsResponse } from '../src/client';
-import { ChatApp, type ChatAppStats } from '../examples/chat-app/app';
+import { ChatApp, connectSidecar, type ChatAppStats } from '../examples/chat-app/app';
 import { addTotals, faultsOf, GroundTruth, type CheckTotals } from '../examples/chat-app/checker';
 import { addCounts, CONTEXT_READS, CountingPool, databaseUrl, freshSchemaName, sumOf, type QueryCounts } from '../examples/chat-app/db';
 import { runWorkload, seedHistory, type RunResult, type WorkloadOptions } from '../examples/chat-app/load';
@@ -83,7 +83,7 @@ async function run(): Promise<BenchReport> {
       cleanup.push(() => sidecar.close());
       sidecars.push(sidecar);
     }
-    const clients = sidecars.map((sidecar) => new ContextCacheClient(sidecar.address));
+    const clients = sidecars.map((sidecar) => connectSidecar(sidecar.address));
     const deviceClients = sidecars.map((sidecar) => new ContextCacheClient(sidecar.address));
     cleanup.push(() => [...clients, ...deviceClients].forEach((client) => client.close()));
 

@@ -7,10 +7,10 @@
  *
  *  - write (a message):   INSERT, committed; then AppendNode (write-through).
  *  - branch:              the same; the new message's parent is an older message.
- *  - read (a prompt):     BuildContext; sessions it reports missing are loaded
- *                         from PostgreSQL and filled under a fill lease
- *                         (GetSessionNodes lease_on_miss → SELECT → PutSessionNodes
- *                         with the lease token), then BuildContext again.
+ *  - read (a prompt):     client.buildContext(request, { loadSession }): the sessions
+ *                         the sidecar reports missing are loaded from PostgreSQL and
+ *                         filled under fill leases (one loader per session across
+ *                         all sidecars), then the context is built again.
  *  - delete:              DELETE, committed; then InvalidateSession.
  *
  * And what keeps every prompt complete when parts fail: a write-through
@@ -18,7 +18,7 @@
  * sidecar answers); a context the sidecar marks degraded (Redis away) or one
  * whose path has a gap is built from PostgreSQL instead.
  */
-import { ContextCacheError, InclusionReason, Role, Status, type BuildContextResponse, type ContextCacheClient, type Node } from '../../src/client';
+import { ContextCacheClient, ContextCacheError, InclusionReason, Role, Status, type BuildContextResponse, type Node } from '../../src/client';
 import { orderReferences, referencedShortIds, selectWithinBudget, type PromptContext } from './context';
 import type { ChatStore, Message, MessageRole, NewMessage } from './store';
 
@@ -27,8 +27,8 @@ export type Mode = 'direct' | 'sidecar';
 /** Why a context in sidecar mode came from PostgreSQL after all. */
 export type FallbackReason = 'unavailable' | 'degraded' | 'incomplete' | 'unrepaired';
 
-/** What a first BuildContext answer lacked: the session, sessions of references, references the cache could not place, a whole path. */
-export type MissReason = 'session' | 'referenced-session' | 'unplaced-reference' | 'gap';
+/** Why a context was not a hit: sessions had to be loaded (the session, or those of its references), references the cache could not place, a path with a gap. */
+export type MissReason = 'loaded' | 'unplaced-reference' | 'gap';
 
 export interface BuiltContext extends PromptContext {
   source: 'postgres' | 'sidecar';
@@ -81,11 +81,19 @@ const MAX_PENDING_REPAIRS = 10_000;
 const REPAIR_WAIT_MS = 5_000;
 /** How often failed write-throughs are retried as invalidations in the background. */
 const REPAIR_INTERVAL_MS = 200;
-/** BuildContext rounds (each may fill sessions) before the context is built from PostgreSQL. */
+/** BuildContext rounds (each may fill sessions) before the context is built from PostgreSQL instead. */
 const MAX_ROUNDS = 4;
 
 const ROLE_TO_PROTO: Record<MessageRole, Role> = { system: Role.ROLE_SYSTEM, user: Role.ROLE_USER, assistant: Role.ROLE_ASSISTANT, tool: Role.ROLE_TOOL };
 const ROLE_FROM_PROTO = new Map<Role, MessageRole>(Object.entries(ROLE_TO_PROTO).map(([role, proto]) => [proto, role as MessageRole]));
+
+/** What an app instance's near cache may hold (sessions and complete contexts, kept coherent by its Watch stream). */
+const NEAR_CACHE_BYTES = 64 * 1024 * 1024;
+
+/** The client of an app instance's sidecar, with a near cache in the app's own process. */
+export function connectSidecar(address: string): ContextCacheClient {
+  return new ContextCacheClient(address, { nearCache: { maxBytes: NEAR_CACHE_BYTES } });
+}
 
 /** A message as a cache node: the path depth travels in metadata, so a gap in a cached path shows. */
 export function toNode(message: Message): Partial<Node> {
@@ -146,10 +154,8 @@ export class ChatApp {
   private readonly counters = {
     contexts: 0,
     hits: 0,
-    fills: 0,
-    staleFills: 0,
     fallbacks: { unavailable: 0, degraded: 0, incomplete: 0, unrepaired: 0 } as Record<FallbackReason, number>,
-    misses: { session: 0, 'referenced-session': 0, 'unplaced-reference': 0, gap: 0 } as Record<MissReason, number>,
+    misses: { loaded: 0, 'unplaced-reference': 0, gap: 0 } as Record<MissReason, number>,
     repairs: 0,
     writeThroughFailures: 0,
     unrepairedWrites: 0,
@@ -220,7 +226,15 @@ export class ChatApp {
   }
 
   stats(): ChatAppStats {
-    return { ...this.counters, fallbacks: { ...this.counters.fallbacks }, misses: { ...this.counters.misses }, pendingRepairs: this.pendingRepairs.size };
+    const loads = this.cache?.loadStats();
+    return {
+      ...this.counters,
+      fills: loads?.filled ?? 0,
+      staleFills: loads?.staleFills ?? 0,
+      fallbacks: { ...this.counters.fallbacks },
+      misses: { ...this.counters.misses },
+      pendingRepairs: this.pendingRepairs.size,
+    };
   }
 
   /** Resolves when every failed write-through is repaired (or after `timeoutMs`, false). */
@@ -241,57 +255,50 @@ export class ChatApp {
   }
 
   private async throughSidecar(cache: ContextCacheClient, sessionId: string, headId: string): Promise<BuiltContext> {
-    const filled = new Map<string, number>();
-    const fill = async (id: string) => {
-      filled.set(id, (filled.get(id) ?? 0) + 1);
-      await this.loadThroughCache(cache, id);
+    // Sessions the cache lacks are loaded from PostgreSQL and filled under fill leases by the client (buildContext with loadSession).
+    let loads = 0;
+    const loadSession = async (id: string) => {
+      loads++;
+      return (await this.store.loadSession(id)).map(toNode);
     };
+    const deadline = this.deadlineMs;
+    const build = () => cache.buildContext({ sessionId, headNodeId: headId, includeRefs: true, maxChars: this.maxChars }, { loadSession, deadline });
+    /** Drops a cached session that lacks what PostgreSQL has, and fills it again. */
+    const refill = async (id: string) => {
+      await cache.invalidateSession({ sessionId: id }, this.call());
+      await cache.getOrLoadSession(id, () => loadSession(id), { deadline });
+    };
+    const reasons = new Set<MissReason>();
     const lookedUp = new Set<string>();
     const inDatabase = new Set<string>();
     let repaired = false;
-    let round = 0;
-    const miss = (reason: MissReason) => {
-      if (round === 0) this.counters.misses[reason]++;
-    };
     try {
-      for (; round < MAX_ROUNDS; round++) {
+      for (let round = 0; round < MAX_ROUNDS; round++) {
         let built: BuildContextResponse;
         try {
-          built = await cache.buildContext({ sessionId, headNodeId: headId, includeRefs: true, maxChars: this.maxChars }, this.call());
+          built = await build();
         } catch (error) {
           // The head is not in the cached session: it missed a write-through. Invalidate and fill again, once.
           if (!(error instanceof ContextCacheError && error.code === Status.NOT_FOUND) || repaired) throw error;
-          miss('gap');
+          reasons.add('gap');
           repaired = true;
-          this.counters.repairs++;
-          await cache.invalidateSession({ sessionId }, this.call());
-          await fill(sessionId);
+          await refill(sessionId);
           continue;
         }
-        if (!built.sessionFound) {
-          miss('session');
-          if ((filled.get(sessionId) ?? 0) >= 2) break;
-          await fill(sessionId);
-          continue;
-        }
+        if (loads > 0) reasons.add('loaded');
+        // Loaded and filled, and still not there (a fill refused because the session changed meanwhile): PostgreSQL it is.
+        if (!built.sessionFound || built.missingSessionIds.length > 0) break;
         // Redis is away: this sidecar's copy may lack what was written through other sidecars.
         if (built.degraded) return this.fallback('degraded', sessionId, headId);
-        const missing = built.missingSessionIds.filter((id) => (filled.get(id) ?? 0) < 2);
-        if (missing.length > 0) {
-          miss('referenced-session');
-          await Promise.all(missing.map(fill));
-          continue;
-        }
         // References the cache cannot place (sessions it never held, or its short-ID index lost them): PostgreSQL knows their sessions.
         const unplaced = built.unresolvedShortIds.filter((id) => !lookedUp.has(id));
         if (unplaced.length > 0) {
           const owners = await this.store.sessionsOfShortIds(unplaced);
           unplaced.forEach((id) => lookedUp.add(id));
           for (const id of owners.keys()) inDatabase.add(id);
-          const sessions = [...new Set(owners.values())].filter((id) => (filled.get(id) ?? 0) < 2);
-          if (sessions.length > 0) {
-            miss('unplaced-reference');
-            await Promise.all(sessions.map(async (id) => (await cache.invalidateSession({ sessionId: id }, this.call()), fill(id))));
+          if (owners.size > 0) {
+            reasons.add('unplaced-reference');
+            await Promise.all([...new Set(owners.values())].map(refill));
             continue;
           }
         }
@@ -299,39 +306,23 @@ export class ChatApp {
         if (built.unresolvedShortIds.some((id) => inDatabase.has(id))) break;
         const context = fromResponse(built);
         if (!isWholePath(context, headId)) {
-          if (repaired) return this.fallback('incomplete', sessionId, headId);
-          miss('gap');
+          if (repaired) break;
+          reasons.add('gap');
           repaired = true;
-          this.counters.repairs++;
-          await cache.invalidateSession({ sessionId }, this.call());
-          await fill(sessionId);
+          await refill(sessionId);
           continue;
         }
-        const hit = round === 0;
+        for (const reason of reasons) this.counters.misses[reason]++;
+        if (reasons.has('gap')) this.counters.repairs++;
+        const hit = reasons.size === 0;
         if (hit) this.counters.hits++;
         return { ...context, source: 'sidecar', hit };
       }
     } catch {
       return this.fallback('unavailable', sessionId, headId);
     }
+    for (const reason of reasons) this.counters.misses[reason]++;
     return this.fallback('incomplete', sessionId, headId);
-  }
-
-  /** Cache-aside for one session: the cached nodes, or (holding the fill lease) the database's, filled under the lease. */
-  private async loadThroughCache(cache: ContextCacheClient, sessionId: string): Promise<Message[]> {
-    const read = await cache.getSessionNodes({ sessionId, leaseOnMiss: true }, this.call());
-    if (read.found && !read.info?.degraded) return read.nodes.map(fromNode);
-    const messages = await this.store.loadSession(sessionId);
-    if (read.lease === undefined) return messages;
-    try {
-      await cache.putSessionNodes({ sessionId, nodes: messages.map(toNode), leaseToken: read.lease.token }, this.call());
-      this.counters.fills++;
-    } catch (error) {
-      // ABORTED: the session changed after the lease was granted; the newer state stays, ours is not cached.
-      if (!(error instanceof ContextCacheError && error.code === Status.ABORTED)) throw error;
-      this.counters.staleFills++;
-    }
-    return messages;
   }
 
   private async fallback(reason: FallbackReason, sessionId: string, headId: string): Promise<BuiltContext> {

@@ -11,7 +11,7 @@
  * deployed) and by the test (test/chat-app/: 50 users, in-process sidecars).
  */
 import { randomUUID } from 'node:crypto';
-import { SessionChange, type ContextCacheClient, type WatchResponse } from '../../src/client';
+import { SessionChange, type ContextCacheClient, type ResumingWatch, type WatchResponse } from '../../src/client';
 import type { ChatApp } from './app';
 import { createChecker, GroundTruth, type ContextChecker } from './checker';
 import { newShortId, type ChatStore, type Message, type MessageRole } from './store';
@@ -122,15 +122,14 @@ export interface SyncFigures {
   missing: number;
   /** From the message's commit to its arrival on the device, ms (live and recovered). */
   latenciesMs: number[];
-  /** Streams (re)opened. */
+  /** Conversations followed (a resumable Watch each). */
   streams: number;
 }
 
 class Device {
-  private stream: ReturnType<ContextCacheClient['watch']> | undefined;
+  private watch: ResumingWatch | undefined;
   private sessionId = '';
   private readonly pending = new Map<string, number>();
-  private reopenTimer: NodeJS.Timeout | undefined;
   private reloadTimer: NodeJS.Timeout | undefined;
   private closed = false;
 
@@ -146,7 +145,10 @@ class Device {
     this.figures.messages -= this.pending.size;
     this.sessionId = sessionId;
     this.pending.clear();
-    this.open();
+    this.watch?.close();
+    this.figures.streams++;
+    // A Watch that reconnects after a lost stream and resumes where it was (or says Resync when it cannot).
+    this.watch = this.client.watchResumable({ sessionIds: [sessionId] }, (message) => this.onMessage(sessionId, message));
   }
 
   /** A message was committed: the device must see it if it follows that conversation. */
@@ -162,36 +164,20 @@ class Device {
 
   close(): number {
     this.closed = true;
-    clearTimeout(this.reopenTimer);
     clearTimeout(this.reloadTimer);
-    this.stream?.cancel();
-    this.stream = undefined;
+    this.watch?.close();
+    this.watch = undefined;
     return this.pending.size;
   }
 
-  private open(): void {
-    this.stream?.cancel();
-    clearTimeout(this.reopenTimer);
-    if (this.closed) return;
-    const sessionId = this.sessionId;
-    const stream = (this.stream = this.client.watch({ sessionIds: [sessionId] }));
-    this.figures.streams++;
-    stream.call.on('data', (message: WatchResponse) => {
-      if (this.stream !== stream) return;
-      const event = message.event;
-      if (event?.$case === 'nodeAppended') this.arrived(event.value.node?.id ?? '', 'live');
-      // What the stream may have missed (its start, a Resync, an invalidation) comes from a reload.
-      else if (event?.$case === 'started' || (event?.$case === 'sessionInvalidated' && event.value.change === SessionChange.SESSION_CHANGE_INVALIDATED)) void this.reload(sessionId);
-      // A Resync reaches every device at once: spread their reloads over a second rather than all at the database in the same instant.
-      else if (event?.$case === 'resync') this.reloadTimer = setTimeout(() => void this.reload(sessionId), Math.random() * 1000);
-    });
-    const lost = () => {
-      if (this.stream !== stream || this.closed) return;
-      this.stream = undefined;
-      this.reopenTimer = setTimeout(() => this.open(), 100);
-    };
-    stream.call.on('error', lost);
-    stream.call.on('end', lost);
+  private onMessage(sessionId: string, message: WatchResponse): void {
+    if (sessionId !== this.sessionId) return;
+    const event = message.event;
+    if (event?.$case === 'nodeAppended') this.arrived(event.value.node?.id ?? '', 'live');
+    // What the stream cannot have told (what came before it started, an invalidated session) comes from a reload.
+    else if (event?.$case === 'started' || (event?.$case === 'sessionInvalidated' && event.value.change === SessionChange.SESSION_CHANGE_INVALIDATED)) void this.reload(sessionId);
+    // A Resync reaches every device at once: spread their reloads over a second rather than all at the database in the same instant.
+    else if (event?.$case === 'resync') this.reloadTimer = setTimeout(() => void this.reload(sessionId), Math.random() * 1000);
   }
 
   private async reload(sessionId: string): Promise<void> {

@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ContextCacheClient } from '../../src/client';
-import { ChatApp } from '../../examples/chat-app/app';
+import type { ContextCacheClient } from '../../src/client';
+import { ChatApp, connectSidecar } from '../../examples/chat-app/app';
 import { createChecker, faultsOf, GroundTruth } from '../../examples/chat-app/checker';
 import { CONTEXT_READS, CountingPool, freshSchemaName, sumOf } from '../../examples/chat-app/db';
 import { runWorkload, seedHistory, type WorkloadOptions } from '../../examples/chat-app/load';
@@ -67,7 +67,7 @@ beforeAll(async () => {
     const sidecar = new RestartableSidecar(`127.0.0.1:${await freePort()}`, { REDIS_URL: redis.url });
     await sidecar.start();
     sidecars.push(sidecar);
-    clients.push(new ContextCacheClient(sidecar.address));
+    clients.push(connectSidecar(sidecar.address));
   }
 });
 
