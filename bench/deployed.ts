@@ -27,6 +27,8 @@ export interface DeployedSidecar {
    * `inspect: true`): separates garbage not yet collected from what it holds.
    */
   collectGarbage(): Promise<void>;
+  /** A crash and a restart: SIGKILL, then the same command on the same ports (its clients find it again where they look). */
+  restart(): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -70,39 +72,48 @@ export async function startDeployedSidecar(env: Record<string, string>, options:
   ensureBuilt();
   const [grpcPort, adminPort] = [await freePort(), await freePort()];
   const args = options.inspect ? [`--inspect=127.0.0.1:${await freePort()}`, join(ROOT, 'dist', 'main.js')] : [join(ROOT, 'dist', 'main.js')];
-  const child: ChildProcess = spawn(process.execPath, args, {
-    cwd: ROOT,
-    env: {
-      PATH: process.env.PATH ?? '',
-      CONTEXT_CACHE_LISTEN: `127.0.0.1:${grpcPort}`,
-      CONTEXT_CACHE_ADMIN_LISTEN: `127.0.0.1:${adminPort}`,
-      CONTEXT_CACHE_LOG_LEVEL: 'warn',
-      ...imageRuntimeEnv(),
-      ...env,
-    },
-    stdio: ['ignore', 'inherit', options.inspect ? 'pipe' : 'inherit'],
-  });
+  let child: ChildProcess;
+  let exited: Promise<void>;
   let inspector: string | undefined;
-  child.stderr?.on('data', (chunk: Buffer) => {
-    const text = chunk.toString();
-    inspector ??= /ws:\/\/[^\s]+/.exec(text)?.[0];
-    // The inspector's banner is ours; anything else the sidecar says goes on to our stderr.
-    if (!/Debugger (listening|attached)|For help, see/.test(text)) process.stderr.write(chunk);
-  });
-  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
-  const deadline = Date.now() + 20_000;
-  for (;;) {
-    if (child.exitCode !== null) throw new Error(`the sidecar exited at start-up with code ${child.exitCode}`);
-    const ready = await fetch(`http://127.0.0.1:${adminPort}/readyz`).then((r) => r.ok, () => false);
-    if (ready) break;
-    if (Date.now() > deadline) {
-      child.kill('SIGKILL');
-      throw new Error('the sidecar was not ready within 20 s');
+  const launch = async () => {
+    child = spawn(process.execPath, args, {
+      cwd: ROOT,
+      env: {
+        PATH: process.env.PATH ?? '',
+        CONTEXT_CACHE_LISTEN: `127.0.0.1:${grpcPort}`,
+        CONTEXT_CACHE_ADMIN_LISTEN: `127.0.0.1:${adminPort}`,
+        CONTEXT_CACHE_LOG_LEVEL: 'warn',
+        ...imageRuntimeEnv(),
+        ...env,
+      },
+      stdio: ['ignore', 'inherit', options.inspect ? 'pipe' : 'inherit'],
+    });
+    const started = child;
+    inspector = undefined;
+    child.stderr?.on('data', (chunk: Buffer) => {
+      const text = chunk.toString();
+      inspector ??= /ws:\/\/[^\s]+/.exec(text)?.[0];
+      // The inspector's banner is ours; anything else the sidecar says goes on to our stderr.
+      if (!/Debugger (listening|attached)|For help, see/.test(text)) process.stderr.write(chunk);
+    });
+    exited = new Promise<void>((resolve) => started.once('exit', () => resolve()));
+    const deadline = Date.now() + 20_000;
+    for (;;) {
+      if (started.exitCode !== null) throw new Error(`the sidecar exited at start-up with code ${started.exitCode}`);
+      const ready = await fetch(`http://127.0.0.1:${adminPort}/readyz`).then((r) => r.ok, () => false);
+      if (ready) break;
+      if (Date.now() > deadline) {
+        started.kill('SIGKILL');
+        throw new Error('the sidecar was not ready within 20 s');
+      }
+      await new Promise((resolve) => setTimeout(resolve, 50));
     }
-    await new Promise((resolve) => setTimeout(resolve, 50));
-  }
+  };
+  await launch();
   return {
-    pid: child.pid!,
+    get pid() {
+      return child.pid!;
+    },
     address: env.CONTEXT_CACHE_LISTEN ?? `127.0.0.1:${grpcPort}`,
     rss() {
       return processRss(child.pid!);
@@ -120,8 +131,13 @@ export async function startDeployedSidecar(env: Record<string, string>, options:
       if (inspector === undefined) throw new Error('collectGarbage needs startDeployedSidecar(env, { inspect: true })');
       await inspectorCall(inspector, 'HeapProfiler.collectGarbage');
     },
+    async restart() {
+      if (child.exitCode === null) child.kill('SIGKILL');
+      await exited;
+      await launch();
+    },
     async close() {
-      if (child.exitCode === null) child.kill('SIGTERM');
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');
       await exited;
     },
   };

@@ -6,6 +6,7 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { cpus } from 'node:os';
 import { join } from 'node:path';
+import { chatApp } from './chat-app';
 import { cluster } from './cluster';
 import { clusterBus } from './cluster-bus';
 import { compression } from './compression';
@@ -22,7 +23,7 @@ import { watchMemory } from './watch-memory';
 
 const RESULTS = join(__dirname, '..', 'bench-results');
 
-const BENCHES: Bench[] = [l1Get, distributed, nearCache, cluster, clusterBus, compression, context, tokens, locks, l1Memory, watchMemory, steady];
+const BENCHES: Bench[] = [l1Get, distributed, nearCache, cluster, clusterBus, compression, context, tokens, locks, l1Memory, watchMemory, steady, chatApp];
 /** Run only when named: `npm run bench -- steady-soak` (five minutes). */
 const ON_REQUEST: Bench[] = [steadySoak];
 

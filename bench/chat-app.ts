@@ -1,0 +1,263 @@
+/**
+ * The seed's headline, end to end: the chat app of examples/chat-app on
+ * PostgreSQL, its prompt contexts built straight from PostgreSQL (direct)
+ * and through 3 sidecars as deployed (own processes) on 1 Redis, the same
+ * workload in the same run: 1,000 users by default, each turn's context
+ * checked against what was written. A third phase adds a second device per
+ * user (Watch) and takes Redis and one sidecar away mid-run.
+ *
+ * BENCH_SCALE scales users and phase length. DATABASE_URL overrides the
+ * PostgreSQL of this machine kind (127.0.0.1:5432, database test); every
+ * phase works in a schema of its own, dropped at the end.
+ */
+import { ContextCacheClient, type GetStatsResponse } from '../src/client';
+import { ChatApp, connectSidecar, type ChatAppStats } from '../examples/chat-app/app';
+import { addTotals, faultsOf, GroundTruth, type CheckTotals } from '../examples/chat-app/checker';
+import { addCounts, CONTEXT_READS, CountingPool, databaseUrl, freshSchemaName, sumOf, type QueryCounts } from '../examples/chat-app/db';
+import { runWorkload, seedHistory, type RunResult, type WorkloadOptions } from '../examples/chat-app/load';
+import { ChatStore } from '../examples/chat-app/store';
+import { startRedis, type TestRedis } from '../test/helpers/redis';
+import { startDeployedSidecar, type DeployedSidecar } from './deployed';
+import { formatTable, percentile, runCleanup, summarize, type Bench, type BenchReport, type BenchResult, type LatencyStats } from './lib';
+
+const SIDECARS = 3;
+/**
+ * The first third of the direct and sidecar phases warms up (every user's
+ * first reads of its conversations are misses however good the cache): it
+ * is checked like the rest, but the latency, hit and load figures are of the
+ * two thirds after it. The cold third's hit ratio is reported on its own.
+ */
+const WARMUP_FRACTION = 1 / 3;
+const MAX_CHARS = 12_000;
+
+function sizes(): WorkloadOptions {
+  const scale = Number(process.env.BENCH_SCALE ?? '1') || 1;
+  return {
+    users: Math.max(20, Math.round(1000 * scale)),
+    durationMs: Math.round(90_000 * Math.min(1, Math.max(0.25, scale))),
+    maxTurnsPerUser: 60,
+    // People read the answer and type the next question: 5-20 s (1,000 users: ~80 turns/s).
+    thinkMs: [5_000, 20_000],
+    seed: 16,
+    maxChars: MAX_CHARS,
+    history: { sessionsPerUser: 2, messages: [10, 80] },
+  };
+}
+
+interface Phase {
+  name: string;
+  run: RunResult;
+  /** Turns begun after the warm-up (all of them for the faults phase). */
+  samples: RunResult['samples'];
+  /** Queries sent after the warm-up. */
+  queries: QueryCounts;
+  apps: ChatAppStats[];
+  redisCommands: number;
+  sidecarStats: GetStatsResponse[];
+}
+
+function latency(samplesMs: readonly number[]): LatencyStats {
+  return summarize(Float64Array.from(samplesMs, (ms) => ms * 1e6));
+}
+
+function row(name: string, samplesMs: readonly number[], phase: Phase, users: number): BenchResult {
+  return { name, latency: latency(samplesMs), throughput: { calls: phase.samples.length, concurrency: users, seconds: phase.run.seconds, callsPerSecond: phase.samples.length / phase.run.seconds } };
+}
+
+async function redisCommandsProcessed(redis: TestRedis): Promise<number> {
+  const info = String(await redis.command('INFO', 'stats'));
+  return Number(/total_commands_processed:(\d+)/.exec(info)?.[1] ?? Number.NaN);
+}
+
+const ms = (values: readonly number[], p: number) => percentile([...values].sort((a, b) => a - b), p);
+
+async function run(): Promise<BenchReport> {
+  const options = sizes();
+  const cleanup: (() => Promise<unknown> | unknown)[] = [];
+  try {
+    const redis = await startRedis();
+    cleanup.push(() => redis.stop());
+    const sidecars: DeployedSidecar[] = [];
+    for (let i = 0; i < SIDECARS; i++) {
+      const sidecar = await startDeployedSidecar({ REDIS_URL: redis.url });
+      cleanup.push(() => sidecar.close());
+      sidecars.push(sidecar);
+    }
+    const clients = sidecars.map((sidecar) => connectSidecar(sidecar.address));
+    const deviceClients = sidecars.map((sidecar) => new ContextCacheClient(sidecar.address));
+    cleanup.push(() => [...clients, ...deviceClients].forEach((client) => client.close()));
+
+    const phase = async (name: string, mode: 'direct' | 'sidecar', extra: { devices?: boolean; faults?: boolean } = {}): Promise<Phase> => {
+      // One pool per app instance (pod), each in the phase's own schema.
+      const schema = freshSchemaName(`bench_${name.replace(/\W/g, '_')}`);
+      const pools = Array.from({ length: SIDECARS }, () => new CountingPool({ schema, maxConnections: 8 }));
+      cleanup.push(() => Promise.all(pools.map((pool) => pool.close())));
+      const stores = pools.map((pool) => new ChatStore(pool));
+      await stores[0]!.createSchema();
+      cleanup.push(() => stores[0]!.dropSchema());
+      const truth = new GroundTruth();
+      const sessionsOf = await seedHistory(stores[0]!, truth, options);
+      pools.forEach((pool) => pool.resetCounts());
+      const apps = stores.map((store, i) => new ChatApp({ store, mode, cache: mode === 'sidecar' ? clients[i] : undefined, maxChars: MAX_CHARS }));
+      const warmup = extra.faults ? 0 : WARMUP_FRACTION;
+      let commandsBefore = await redisCommandsProcessed(redis);
+      const events = extra.faults
+        ? [
+            { at: 1 / 3, run: () => redis.restart() },
+            { at: 2 / 3, run: () => sidecars[1]!.restart() },
+          ]
+        : [
+            {
+              at: warmup,
+              run: async () => {
+                pools.forEach((pool) => pool.resetCounts());
+                commandsBefore = await redisCommandsProcessed(redis);
+              },
+            },
+          ];
+      const result = await runWorkload({ ...options, apps, truth, sessionsOf, deviceClients: extra.devices ? deviceClients : undefined, events });
+      // A restarted Redis counts from zero.
+      const redisCommands = (await redisCommandsProcessed(redis)) - (extra.faults ? 0 : commandsBefore);
+      apps.forEach((app) => app.close());
+      const sidecarStats = mode === 'sidecar' ? await Promise.all(clients.map((client) => client.getStats())) : [];
+      const samples = result.samples.filter((sample) => sample.atMs >= warmup * options.durationMs);
+      return { name, run: result, samples, queries: addCounts(pools.map((pool) => pool.snapshot())), apps: apps.map((app) => app.stats()), redisCommands, sidecarStats };
+    };
+
+    const direct = await phase('direct', 'direct');
+    const cached = await phase('sidecar', 'sidecar');
+    const faults = await phase('sidecar, devices, faults', 'sidecar', { devices: true, faults: true });
+    return report(options, direct, cached, faults);
+  } finally {
+    await runCleanup(cleanup);
+  }
+}
+
+function totalsOf(phase: Phase): CheckTotals {
+  return phase.run.checker.totals;
+}
+
+function report(options: WorkloadOptions, direct: Phase, cached: Phase, faults: Phase): BenchReport {
+  const turns = (phase: Phase) => phase.samples.length;
+  const contextMs = (phase: Phase, pick: (s: RunResult['samples'][number]) => boolean = () => true) => phase.samples.filter(pick).map((s) => s.contextMs);
+  const reads = (phase: Phase) => sumOf(phase.queries, CONTEXT_READS) / turns(phase);
+  const readMs = (phase: Phase) => sumOf(phase.queries, CONTEXT_READS, 'ms') / turns(phase);
+  const allQueries = (phase: Phase) => sumOf(phase.queries, ['context-path', 'context-refs', 'load-session', 'lookup-short-ids', 'sync-read', 'write']) / turns(phase);
+  const hitRatio = (phase: Phase) => phase.samples.filter((s) => s.hit).length / turns(phase);
+  const coldSamples = cached.run.samples.filter((s) => s.atMs < WARMUP_FRACTION * options.durationMs);
+  const coldHitRatio = coldSamples.filter((s) => s.hit).length / coldSamples.length;
+  /** The sidecars' own L1 hit ratio (GetStats), over every read they served. */
+  const sidecarL1HitRatio = (phase: Phase) => {
+    const hits = phase.sidecarStats.reduce((sum, stats) => sum + Number(stats.l1?.reads?.hits ?? 0), 0);
+    const reads = phase.sidecarStats.reduce((sum, stats) => sum + Number(stats.l1?.reads?.hits ?? 0) + Number(stats.l1?.reads?.misses ?? 0), 0);
+    return reads === 0 ? Number.NaN : hits / reads;
+  };
+  const totals = addTotals(addTotals(totalsOf(direct), totalsOf(cached)), totalsOf(faults));
+  const sync = faults.run.sync!;
+  const fallbacks = (phase: Phase) => phase.apps.reduce((sum, app) => sum + Object.values(app.fallbacks).reduce((a, b) => a + b, 0), 0);
+  const errors = direct.run.errors + cached.run.errors + faults.run.errors;
+
+  const directContext = ms(contextMs(direct), 50);
+  const cachedContext = ms(contextMs(cached), 50);
+  const figures: Record<string, number> = {
+    users: options.users,
+    phase_seconds: options.durationMs / 1000,
+    direct_turns: turns(direct),
+    sidecar_turns: turns(cached),
+    faults_turns: turns(faults),
+    direct_turn_p50_ms: ms(direct.samples.map((s) => s.turnMs), 50),
+    direct_turn_p99_ms: ms(direct.samples.map((s) => s.turnMs), 99),
+    direct_context_p50_ms: directContext,
+    direct_context_p99_ms: ms(contextMs(direct), 99),
+    sidecar_turn_p50_ms: ms(cached.samples.map((s) => s.turnMs), 50),
+    sidecar_turn_p99_ms: ms(cached.samples.map((s) => s.turnMs), 99),
+    sidecar_context_p50_ms: cachedContext,
+    sidecar_context_p99_ms: ms(contextMs(cached), 99),
+    sidecar_context_hit_p50_ms: ms(contextMs(cached, (s) => s.hit), 50),
+    sidecar_context_hit_p99_ms: ms(contextMs(cached, (s) => s.hit), 99),
+    sidecar_context_miss_p50_ms: ms(contextMs(cached, (s) => !s.hit), 50),
+    sidecar_context_miss_p99_ms: ms(contextMs(cached, (s) => !s.hit), 99),
+    context_p50_ratio: cachedContext / directContext,
+    hit_ratio: hitRatio(cached),
+    warmup_hit_ratio: coldHitRatio,
+    sidecar_l1_hit_ratio: sidecarL1HitRatio(cached),
+    direct_db_context_queries_per_turn: reads(direct),
+    sidecar_db_context_queries_per_turn: reads(cached),
+    db_load_reduction: 1 - reads(cached) / reads(direct),
+    db_context_time_reduction: 1 - readMs(cached) / readMs(direct),
+    direct_db_queries_per_turn: allQueries(direct),
+    sidecar_db_queries_per_turn: allQueries(cached),
+    db_total_query_reduction: 1 - allQueries(cached) / allQueries(direct),
+    redis_commands_per_turn: cached.redisCommands / turns(cached),
+    turns_checked: totals.turns,
+    messages_checked: totals.messagesExpected,
+    missing_messages: totals.missingMessages,
+    missing_references: totals.missingReferences,
+    out_of_order_messages: totals.outOfOrder,
+    unexpected_messages: totals.unexpected,
+    wrong_content_messages: totals.wrongContent,
+    turn_errors: errors,
+    faults_missing_messages: totalsOf(faults).missingMessages,
+    faults_out_of_order_messages: totalsOf(faults).outOfOrder,
+    faults_hit_ratio: hitRatio(faults),
+    faults_fallback_contexts: fallbacks(faults),
+    faults_failed_write_throughs: faults.apps.reduce((sum, app) => sum + app.writeThroughFailures, 0),
+    redis_restarts: 1,
+    sidecar_restarts: 1,
+    sync_messages: sync.messages,
+    sync_live: sync.live,
+    sync_recovered: sync.recovered,
+    sync_missing_messages: sync.missing,
+    sync_latency_p50_ms: ms(sync.latenciesMs, 50),
+    sync_latency_p99_ms: ms(sync.latenciesMs, 99),
+  };
+
+  const f = (n: number, digits = 2) => (Number.isFinite(n) ? n.toFixed(digits) : '-');
+  const pct = (n: number) => (Number.isFinite(n) ? `${(n * 100).toFixed(1)} %` : '-');
+  const comparison = formatTable(
+    ['', 'the seed claims', 'direct PostgreSQL', 'through the sidecar', 'issue 16 goal'],
+    [
+      ['context build p50', '309 → 162 ms', `${f(directContext)} ms`, `${f(cachedContext)} ms (${f(directContext / cachedContext, 1)}x faster)`, '≤ 1/20 of direct'],
+      ['context build p99', '', `${f(figures.direct_context_p99_ms!)} ms`, `${f(figures.sidecar_context_p99_ms!)} ms`, '≤ 10 ms'],
+      ['context build on a hit', '< 10 ms', '', `p50 ${f(figures.sidecar_context_hit_p50_ms!)} ms, p99 ${f(figures.sidecar_context_hit_p99_ms!)} ms`, ''],
+      ['cache hit ratio', '≥ 90 %', '', pct(figures.hit_ratio!), '≥ 95 %'],
+      ['DB load (context reads/turn)', '80 % less', f(reads(direct)), `${f(reads(cached), 3)} (${pct(figures.db_load_reduction!)} less)`, '≥ 90 % less'],
+      ['DB queries/turn, writes included', '', f(allQueries(direct)), `${f(allQueries(cached))} (${pct(figures.db_total_query_reduction!)} less)`, ''],
+      ['turn p50 / p99', '', `${f(figures.direct_turn_p50_ms!)} / ${f(figures.direct_turn_p99_ms!)} ms`, `${f(figures.sidecar_turn_p50_ms!)} / ${f(figures.sidecar_turn_p99_ms!)} ms`, ''],
+      ['concurrent users', '1,000', String(options.users), String(options.users), '1,000'],
+      ['multi-device sync', 'yes', '', `p50 ${f(figures.sync_latency_p50_ms!)} ms, p99 ${f(figures.sync_latency_p99_ms!)} ms; ${sync.missing} of ${sync.messages} missed`, 'every message'],
+      ['missing / out of order', '', `${totalsOf(direct).missingMessages + totalsOf(direct).missingReferences} / ${totalsOf(direct).outOfOrder}`, `${totalsOf(cached).missingMessages + totalsOf(cached).missingReferences + totalsOf(faults).missingMessages + totalsOf(faults).missingReferences} / ${totalsOf(cached).outOfOrder + totalsOf(faults).outOfOrder} (faults phase included)`, '0 / 0'],
+    ],
+  );
+  const failures = [direct, cached, faults].flatMap((phase) => phase.run.checker.failures.slice(0, 5));
+  const firstErrors = [direct, cached, faults].flatMap((phase) => phase.run.firstErrors.slice(0, 3));
+  const notes = [
+    '',
+    comparison,
+    '',
+    `${options.users} users, ${options.durationMs / 1000} s per phase (at most ${options.maxTurnsPerUser} turns each), think time ${options.thinkMs[0] / 1000}-${options.thinkMs[1] / 1000} s, ${options.history.sessionsPerUser} earlier conversations each of ${options.history.messages[0]}-${options.history.messages[1]} messages, budget ${MAX_CHARS} chars; PostgreSQL ${new URL(databaseUrl()).host}, 3 sidecars (dist/main.js) + 1 Redis child; users hop between the 3 app instances at random each turn.`,
+    `Latency, hit and load figures: the turns begun after the first ${Math.round(WARMUP_FRACTION * options.durationMs / 1000)} s of each phase (every user's first reads of its conversations are cold); hit ratio in that warm-up: ${pct(coldHitRatio)}. The faults phase is counted whole.`,
+    `Every turn checked: ${totals.turns} contexts, ${totals.messagesExpected} messages: ${totals.missingMessages} missing, ${totals.missingReferences} references missing, ${totals.outOfOrder} out of order, ${totals.unexpected} unexpected, ${totals.wrongContent} with wrong content; ${errors} turns failed outright.`,
+    `Faults phase (a second device per user watching its conversation; Redis killed and restarted empty at 1/3, one sidecar SIGKILLed and restarted at 2/3): ${turns(faults)} turns, ${faultsOf(totalsOf(faults))} faults, hit ratio ${pct(figures.faults_hit_ratio!)}, ${figures.faults_fallback_contexts} contexts from PostgreSQL instead, ${figures.faults_failed_write_throughs} failed write-throughs repaired; sync: ${sync.live} live, ${sync.recovered} recovered after a resync or a lost stream, ${sync.missing} missed.`,
+    `Redis commands per turn (sidecar phase): ${f(figures.redis_commands_per_turn!, 1)}. Sidecar L1 hit ratio (GetStats): ${pct(figures.sidecar_l1_hit_ratio!)}. DB time for context reads per turn: direct ${f(readMs(direct))} ms, sidecar ${f(readMs(cached), 3)} ms (${pct(figures.db_context_time_reduction!)} less).`,
+    ...(failures.length > 0 ? ['First faults:', ...failures] : []),
+    ...(firstErrors.length > 0 ? ['First errors:', ...firstErrors] : []),
+  ];
+  return {
+    title: 'chat-app: a chat app on PostgreSQL, direct vs through 3 sidecars on Redis (examples/chat-app)',
+    results: [
+      row('direct: turn (2 writes + context)', direct.samples.map((s) => s.turnMs), direct, options.users),
+      row('direct: context build', contextMs(direct), direct, options.users),
+      row('sidecar: turn (2 writes + context)', cached.samples.map((s) => s.turnMs), cached, options.users),
+      row('sidecar: context build', contextMs(cached), cached, options.users),
+      row('sidecar: context build, hit', contextMs(cached, (s) => s.hit), cached, options.users),
+      row('sidecar: context build, miss', contextMs(cached, (s) => !s.hit), cached, options.users),
+      row('faults: context build', contextMs(faults), faults, options.users),
+      row('sync: commit → second device', sync.latenciesMs, faults, options.users),
+    ],
+    notes,
+    figures,
+  };
+}
+
+export const chatApp: Bench = { name: 'chat-app', run };
