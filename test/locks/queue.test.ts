@@ -109,3 +109,23 @@ for (const masters of [1, 3]) {
     });
   });
 }
+
+describe('lock queues from Redis are untrusted', () => {
+  it('queue keys of another Redis type are removed, and the lock works', async () => {
+    const redis = await startRedis();
+    try {
+      const sidecar = await startSidecar({ REDIS_URL: redis.url, CONTEXT_CACHE_NAMESPACE: 'planted' });
+      await waitFor(() => sidecar.sidecar.locks.ready, 'the sidecar connected');
+      await redis.command('SET', 'cc:planted:lockq:r', 'not a queue');
+      await redis.command('RPUSH', 'cc:planted:lockw:r', 'not a hash');
+      const lock = await sidecar.client.acquireLock({ resource: 'r', ttl: ms(1000) });
+      const waiting = sidecar.client.acquireLock({ resource: 'r', ttl: ms(1000), waitTimeout: ms(5000) });
+      await waitFor(async () => Number(await redis.command('ZCARD', 'cc:planted:lockq:r')) === 1, 'the waiter in a repaired queue');
+      await sidecar.client.releaseLock({ resource: 'r', token: lock.token });
+      await sidecar.client.releaseLock({ resource: 'r', token: (await waiting).token });
+    } finally {
+      await closeAllSidecars();
+      await redis.stop();
+    }
+  });
+});

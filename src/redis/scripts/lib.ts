@@ -45,12 +45,21 @@ end
  * pushes on. A waiter that stops asking (its sidecar died) is dropped once
  * its deadline passes, so it delays the others by at most its lease.
  * `queue_head` drops such waiters from the front (a bounded number per
- * call) and returns the first live one, or nil. `now_ms` is Redis's clock.
+ * call) and returns the first live one, or nil. Every script calls
+ * `queue_repair` first: queue keys of another Redis type are removed (a
+ * deadline that is not a number counts as passed). `now_ms` is Redis's clock.
  */
 export const LOCK_QUEUE_LUA = `
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), string.format('%.0f', tonumber(t[1]) * 1000000 + tonumber(t[2]))
+end
+-- Untrusted like any value in Redis: a queue key of another type is not ours, and would stop the lock for good.
+local function queue_repair(queue, deadlines)
+  local queue_type = redis.call('TYPE', queue)['ok']
+  if queue_type ~= 'zset' and queue_type ~= 'none' then redis.call('DEL', queue) end
+  local deadlines_type = redis.call('TYPE', deadlines)['ok']
+  if deadlines_type ~= 'hash' and deadlines_type ~= 'none' then redis.call('DEL', deadlines) end
 end
 local function queue_head(queue, deadlines, now)
   for _ = 1, 64 do

@@ -24,6 +24,7 @@ import { defineScript } from './script';
  * the fencing counter is not a number (nothing was taken).
  */
 const LUA = `${PUBLISH_EVENT_LUA}${LOCK_QUEUE_LUA}
+queue_repair(KEYS[2], KEYS[3])
 local now, now_us = now_ms()
 local waiter = ARGV[3]
 local head = queue_head(KEYS[2], KEYS[3], now)

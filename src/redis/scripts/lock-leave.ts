@@ -12,6 +12,7 @@ import { defineScript } from './script';
  * Reply: the waiter woken, or ''.
  */
 const LUA = `${PUBLISH_EVENT_LUA}${LOCK_QUEUE_LUA}
+queue_repair(KEYS[2], KEYS[3])
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('HDEL', KEYS[3], ARGV[1])
 if redis.call('EXISTS', KEYS[1]) == 1 then return '' end

@@ -16,6 +16,7 @@ import { defineScript } from './script';
  * token does not hold the key.
  */
 const LUA = `${PUBLISH_EVENT_LUA}${LOCK_QUEUE_LUA}
+queue_repair(KEYS[2], KEYS[3])
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {0, ''} end
 redis.call('DEL', KEYS[1])
 local now = now_ms()
