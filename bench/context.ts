@@ -6,11 +6,12 @@
  * show how the cost grows.
  */
 import Redis from 'ioredis';
-import { Source, type ContextCacheClient, type DeepPartial, type Node } from '../src/client';
+import { ContextCacheClient, Source, type DeepPartial, type Node } from '../src/client';
 import type { NodeRecord } from '../src/model/node';
 import { chatSession, englishParagraphs } from './compression';
+import { startDeployedSidecar, TRANSPORTS, type DeployedSidecar } from './deployed';
 import { startBenchSidecar, scaled } from './harness';
-import { measureLatency, ratio, startBenchRedis, type Bench, type BenchReport, type LatencyStats } from './lib';
+import { measureLatency, ratio, runCleanup, startBenchRedis, type Bench, type BenchReport, type LatencyStats } from './lib';
 
 export const REFS = 10;
 
@@ -77,6 +78,70 @@ async function assembleDirectly(redis: Redis, sessionId: string): Promise<number
   return referenced.length + nodes.length;
 }
 
+/** The 200- and 2,000-node measurements through sidecars `a` (writer, hot) and `b` (cold reader); `tag` names the figures. */
+async function measureSizes(a: ContextCacheClient, b: ContextCacheClient, direct: Redis, paragraphs: string[], tag: string, label: string) {
+  const results: { name: string; latency: LatencyStats }[] = [];
+  const notes: string[] = [];
+  const figures: Record<string, number> = {};
+  for (const [nodes, coldSessions, iterations] of [
+    [200, scaled(300, 40), scaled(3000)],
+    [2000, scaled(30, 10), scaled(300)],
+  ] as const) {
+    // Warm: one session, read on A again and again (L1 after the first call).
+    const hot = fixture(`hot${nodes}`, nodes, paragraphs, 0);
+    await load(a, direct, hot);
+    const request = { sessionId: hot.main[0]!.sessionId, includeRefs: true };
+    const check = await a.buildContext(request);
+    if (check.nodes.length !== nodes + REFS) throw new Error(`expected ${nodes + REFS} nodes, got ${check.nodes.length}`);
+    const l1 = await measureLatency(() => a.buildContext(request), { warmup: Math.min(200, iterations), iterations });
+
+    // Cold: many sessions B has never seen, one BuildContext each (main and referenced sessions from Redis).
+    const warmup = 10;
+    const cold = Array.from({ length: coldSessions + warmup }, (_, i) => fixture(`cold${nodes}x${i}`, nodes, paragraphs, (i + 1) * 53));
+    for (const f of cold) await load(a, direct, f);
+    let next = 0;
+    const l2 = await measureLatency(
+      async () => {
+        const built = await b.buildContext({ sessionId: cold[next++]!.main[0]!.sessionId, includeRefs: true });
+        if (built.source !== Source.SOURCE_L2 || built.nodes.length !== nodes + REFS) throw new Error('expected a full context from L2');
+      },
+      { warmup, iterations: coldSessions },
+    );
+    // The usual case of a sidecar that has run a while: the referenced sessions are hot in L1,
+    // the conversation itself comes from Redis. Each call a session B has not read, citing `hot`'s refs.
+    const citing = Array.from({ length: coldSessions + warmup }, (_, i) => {
+      const main = chatSession(`cite${nodes}x${i}`, nodes, paragraphs, (i + 7) * 41);
+      hot.refSessions.forEach((session, r) => (main[main.length - 1 - r * 3]!.refs = [session[r % session.length]!.shortId]));
+      return main;
+    });
+    for (const main of citing) await a.putSessionNodes({ sessionId: main[0]!.sessionId, nodes: main.map(toProto) });
+    await b.buildContext(request); // B now holds hot's referenced sessions in L1
+    let nextCiting = 0;
+    const l2Warm = await measureLatency(
+      async () => {
+        const built = await b.buildContext({ sessionId: citing[nextCiting++]![0]!.sessionId, includeRefs: true });
+        if (built.source !== Source.SOURCE_L2 || built.nodes.length !== nodes + REFS) throw new Error('expected a full context, the session from L2');
+      },
+      { warmup, iterations: coldSessions },
+    );
+    const directStats = await measureLatency(() => assembleDirectly(direct, hot.main[0]!.sessionId), { warmup: Math.min(200, iterations), iterations });
+    results.push(
+      { name: `${label}BuildContext ${nodes} nodes + ${REFS} refs, L1`, latency: l1 },
+      { name: `${label}BuildContext ${nodes} nodes + ${REFS} refs, L2`, latency: l2 },
+      { name: `${label}  same, referenced sessions in L1`, latency: l2Warm },
+      { name: `${label}direct Redis assembly, ${nodes} nodes`, latency: directStats },
+    );
+    const measuredFigures = { l1P50Us: l1.p50Us, l1P99Us: l1.p99Us, l2P50Us: l2.p50Us, l2P99Us: l2.p99Us, l2WarmP50Us: l2Warm.p50Us, directP50Us: directStats.p50Us, l2OverDirectP50: l2.p50Us / directStats.p50Us };
+    for (const [name, value] of Object.entries(measuredFigures)) figures[`${tag}.${nodes}.${name}`] = value;
+    notes.push(
+      `${label}${nodes} nodes: L1 p50 ${(l1.p50Us / 1000).toFixed(2)} ms / p99 ${(l1.p99Us / 1000).toFixed(2)} ms; ` +
+        `L2 p50 ${(l2.p50Us / 1000).toFixed(2)} ms / p99 ${(l2.p99Us / 1000).toFixed(2)} ms (refs in L1: p50 ${(l2Warm.p50Us / 1000).toFixed(2)} ms); ` +
+        `direct p50 ${(directStats.p50Us / 1000).toFixed(2)} ms. L1/direct p50 ${ratio(l1.p50Us, directStats.p50Us)}, L2/direct p50 ${ratio(l2.p50Us, directStats.p50Us)}`,
+    );
+  }
+  return { results, notes, figures };
+}
+
 export const context: Bench = {
   name: 'context',
   async run(): Promise<BenchReport> {
@@ -87,61 +152,33 @@ export const context: Bench = {
     const direct = new Redis(redis.url, { lazyConnect: true });
     await direct.connect();
     const paragraphs = englishParagraphs();
+    const cleanup: (() => Promise<void> | void)[] = [];
     try {
-      const results: { name: string; latency: LatencyStats }[] = [];
-      const notes: string[] = [];
-      for (const [nodes, coldSessions, iterations] of [
-        [200, scaled(300, 40), scaled(3000)],
-        [2000, scaled(30, 10), scaled(300)],
-      ] as const) {
-        // Warm: one session, read on A again and again (L1 after the first call).
-        const hot = fixture(`hot${nodes}`, nodes, paragraphs, 0);
-        await load(a.client, direct, hot);
-        const request = { sessionId: hot.main[0]!.sessionId, includeRefs: true };
-        const check = await a.client.buildContext(request);
-        if (check.nodes.length !== nodes + REFS) throw new Error(`expected ${nodes + REFS} nodes, got ${check.nodes.length}`);
-        const l1 = await measureLatency(() => a.client.buildContext(request), { warmup: Math.min(200, iterations), iterations });
-
-        // Cold: many sessions B has never seen, one BuildContext each (main and referenced sessions from Redis).
-        const warmup = 10;
-        const cold = Array.from({ length: coldSessions + warmup }, (_, i) => fixture(`cold${nodes}x${i}`, nodes, paragraphs, (i + 1) * 53));
-        for (const f of cold) await load(a.client, direct, f);
-        let next = 0;
-        const l2 = await measureLatency(
-          async () => {
-            const built = await b.client.buildContext({ sessionId: cold[next++]!.main[0]!.sessionId, includeRefs: true });
-            if (built.source !== Source.SOURCE_L2 || built.nodes.length !== nodes + REFS) throw new Error('expected a full context from L2');
-          },
-          { warmup, iterations: coldSessions },
-        );
-        // The usual case of a sidecar that has run a while: the referenced sessions are hot in L1,
-        // the conversation itself comes from Redis. Each call a session B has not read, citing `hot`'s refs.
-        const citing = Array.from({ length: coldSessions + warmup }, (_, i) => {
-          const main = chatSession(`cite${nodes}x${i}`, nodes, paragraphs, (i + 7) * 41);
-          hot.refSessions.forEach((session, r) => (main[main.length - 1 - r * 3]!.refs = [session[r % session.length]!.shortId]));
-          return main;
+      const measured = [await measureSizes(a.client, b.client, direct, paragraphs, 'inProcess', '')];
+      // As deployed: two sidecars (dist/main.js) in processes of their own, per transport; the direct assembly stays in this process.
+      for (const transport of TRANSPORTS) {
+        const deployed: DeployedSidecar[] = [];
+        for (let i = 0; i < 2; i++) {
+          const sidecar = await startDeployedSidecar({ ...env, CONTEXT_CACHE_NAMESPACE: `bench-ctx-${transport}` }, { transport });
+          cleanup.push(() => sidecar.close());
+          deployed.push(sidecar);
+        }
+        const [da, db] = deployed.map((sidecar) => new ContextCacheClient(sidecar.address));
+        cleanup.push(() => {
+          da!.close();
+          db!.close();
         });
-        for (const main of citing) await a.client.putSessionNodes({ sessionId: main[0]!.sessionId, nodes: main.map(toProto) });
-        await b.client.buildContext(request); // B now holds hot's referenced sessions in L1
-        let nextCiting = 0;
-        const l2Warm = await measureLatency(
-          async () => {
-            const built = await b.client.buildContext({ sessionId: citing[nextCiting++]![0]!.sessionId, includeRefs: true });
-            if (built.source !== Source.SOURCE_L2 || built.nodes.length !== nodes + REFS) throw new Error('expected a full context, the session from L2');
-          },
-          { warmup, iterations: coldSessions },
-        );
-        const directStats = await measureLatency(() => assembleDirectly(direct, hot.main[0]!.sessionId), { warmup: Math.min(200, iterations), iterations });
-        results.push(
-          { name: `BuildContext ${nodes} nodes + ${REFS} refs, L1`, latency: l1 },
-          { name: `BuildContext ${nodes} nodes + ${REFS} refs, L2`, latency: l2 },
-          { name: `  same, referenced sessions in L1`, latency: l2Warm },
-          { name: `direct Redis assembly, ${nodes} nodes`, latency: directStats },
-        );
+        measured.push(await measureSizes(da!, db!, direct, paragraphs, transport, `as deployed (${transport}): `));
+      }
+      const results = measured.flatMap((m) => m.results);
+      const notes = measured.flatMap((m) => m.notes);
+      const figures: Record<string, number> = Object.assign({}, ...measured.map((m) => m.figures));
+      for (const tag of ['inProcess', ...TRANSPORTS]) {
+        figures[`${tag}.growth2000over200P50`] = figures[`${tag}.2000.l1P50Us`]! / figures[`${tag}.200.l1P50Us`]!;
+        figures[`${tag}.growth2000over200P99`] = figures[`${tag}.2000.l1P99Us`]! / figures[`${tag}.200.l1P99Us`]!;
         notes.push(
-          `${nodes} nodes: L1 p50 ${(l1.p50Us / 1000).toFixed(2)} ms / p99 ${(l1.p99Us / 1000).toFixed(2)} ms; ` +
-            `L2 p50 ${(l2.p50Us / 1000).toFixed(2)} ms / p99 ${(l2.p99Us / 1000).toFixed(2)} ms (refs in L1: p50 ${(l2Warm.p50Us / 1000).toFixed(2)} ms); ` +
-            `direct p50 ${(directStats.p50Us / 1000).toFixed(2)} ms. L1/direct p50 ${ratio(l1.p50Us, directStats.p50Us)}, L2/direct p50 ${ratio(l2.p50Us, directStats.p50Us)}`,
+          `${tag}: goals — L2 p50 / direct ${figures[`${tag}.200.l2OverDirectP50`]!.toFixed(2)}x [<= 1.5x]; L1 p99 ${(figures[`${tag}.200.l1P99Us`]! / 1000).toFixed(2)} ms [<= 3 ms]; ` +
+            `2,000 / 200 nodes from L1: p50 ${figures[`${tag}.growth2000over200P50`]!.toFixed(1)}x, p99 ${figures[`${tag}.growth2000over200P99`]!.toFixed(1)}x [<= 10x]`,
         );
       }
       notes.push(
@@ -152,8 +189,10 @@ export const context: Bench = {
         title: 'BuildContext: a session plus 10 cross-session references, sidecar (L1, L2) vs direct Redis assembly',
         results: results.map((r) => ({ ...r, throughput: { calls: 0, concurrency: 1, seconds: 0, callsPerSecond: Number.NaN } })),
         notes,
+        figures,
       };
     } finally {
+      await runCleanup(cleanup);
       direct.disconnect();
       await a.close();
       await b.close();

@@ -5,16 +5,30 @@
  * operator would.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { inspectorCall } from '../test/helpers/inspector';
 import { freePort } from '../test/helpers/redis';
 
 const ROOT = join(__dirname, '..');
 
+/** How a client reaches a sidecar as deployed: loopback TCP, or a Unix socket (`unix:`). */
+export type Transport = 'tcp' | 'unix';
+export const TRANSPORTS: readonly Transport[] = ['tcp', 'unix'];
+
+/** A fresh gRPC address for a process of this benchmark run: a free loopback port, or a socket path in the temp dir. */
+export async function benchAddress(transport: Transport): Promise<{ address: string; remove(): void }> {
+  const port = await freePort();
+  if (transport === 'tcp') return { address: `127.0.0.1:${port}`, remove: () => undefined };
+  const path = join(tmpdir(), `cc-bench-${process.pid}-${port}.sock`);
+  rmSync(path, { force: true });
+  return { address: `unix:${path}`, remove: () => rmSync(path, { force: true }) };
+}
+
 export interface DeployedSidecar {
   readonly pid: number;
-  /** host:port of the gRPC API. */
+  /** The gRPC API: host:port, or unix:/path for the Unix-socket transport. */
   readonly address: string;
   /** Resident set size now, from /proc. */
   rss(): number;
@@ -53,6 +67,8 @@ function ensureBuilt(): void {
 export interface DeployedOptions {
   /** Opens the inspector on a free loopback port, for collectGarbage(). */
   inspect?: boolean;
+  /** The API on loopback TCP (default) or on a Unix socket. */
+  transport?: Transport;
 }
 
 /** utime + stime of a process from /proc/<pid>/stat (fields 14 and 15, in clock ticks of 10 ms). */
@@ -70,7 +86,8 @@ export function processRss(pid: number): number {
 
 export async function startDeployedSidecar(env: Record<string, string>, options: DeployedOptions = {}): Promise<DeployedSidecar> {
   ensureBuilt();
-  const [grpcPort, adminPort] = [await freePort(), await freePort()];
+  const listen = await benchAddress(options.transport ?? 'tcp');
+  const adminPort = await freePort();
   const args = options.inspect ? [`--inspect=127.0.0.1:${await freePort()}`, join(ROOT, 'dist', 'main.js')] : [join(ROOT, 'dist', 'main.js')];
   let child: ChildProcess;
   let exited: Promise<void>;
@@ -80,7 +97,7 @@ export async function startDeployedSidecar(env: Record<string, string>, options:
       cwd: ROOT,
       env: {
         PATH: process.env.PATH ?? '',
-        CONTEXT_CACHE_LISTEN: `127.0.0.1:${grpcPort}`,
+        CONTEXT_CACHE_LISTEN: listen.address,
         CONTEXT_CACHE_ADMIN_LISTEN: `127.0.0.1:${adminPort}`,
         CONTEXT_CACHE_LOG_LEVEL: 'warn',
         ...imageRuntimeEnv(),
@@ -114,7 +131,7 @@ export async function startDeployedSidecar(env: Record<string, string>, options:
     get pid() {
       return child.pid!;
     },
-    address: env.CONTEXT_CACHE_LISTEN ?? `127.0.0.1:${grpcPort}`,
+    address: env.CONTEXT_CACHE_LISTEN ?? listen.address,
     rss() {
       return processRss(child.pid!);
     },
@@ -139,6 +156,7 @@ export async function startDeployedSidecar(env: Record<string, string>, options:
     async close() {
       if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');
       await exited;
+      listen.remove();
     },
   };
 }

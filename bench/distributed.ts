@@ -6,9 +6,10 @@
 import { spawn } from 'node:child_process';
 import { join } from 'node:path';
 import Redis from 'ioredis';
-import { Source, type ContextCacheClient, type WatchResponse } from '../src/client';
+import { ContextCacheClient, Source, type WatchResponse } from '../src/client';
+import { startDeployedSidecar, TRANSPORTS, type Transport } from './deployed';
 import { startBenchSidecar, scaled } from './harness';
-import { measureLatency, ratio, startBenchRedis, summarize, type Bench, type BenchReport, type LatencyStats } from './lib';
+import { measureLatency, ratio, runCleanup, startBenchRedis, summarize, type Bench, type BenchReport, type LatencyStats } from './lib';
 
 const VALUE = Buffer.alloc(1024, 'x');
 
@@ -132,6 +133,29 @@ export const distributed: Bench = {
       watch.cancel();
 
       const row = (name: string, latency: LatencyStats) => ({ name, latency, throughput: noThroughput() });
+      const figures: Record<string, number> = {
+        'inProcess.l2OverDirectP50': l2.p50Us / redisGet.p50Us,
+        'inProcess.l2P50Us': l2.p50Us,
+        'inProcess.propagationP50Us': alone.fromCall.p50Us,
+        'inProcess.propagationP99Us': alone.fromCall.p99Us,
+      };
+      const deployedRows = [];
+      const deployedNotes: string[] = [];
+      for (const transport of TRANSPORTS) {
+        const measured = await deployedShared(redis.url, transport, direct);
+        deployedRows.push(row(`as deployed (${transport}): Get, L2 hit`, measured.l2), row(`as deployed (${transport}): direct ioredis GET`, measured.redisGet), row(`as deployed (${transport}): propagation A→B`, measured.propagation));
+        Object.assign(figures, {
+          [`${transport}.l2OverDirectP50`]: measured.l2.p50Us / measured.redisGet.p50Us,
+          [`${transport}.l2OverDirectP99`]: measured.l2.p99Us / measured.redisGet.p99Us,
+          [`${transport}.l2P50Us`]: measured.l2.p50Us,
+          [`${transport}.propagationP50Us`]: measured.propagation.p50Us,
+          [`${transport}.propagationP99Us`]: measured.propagation.p99Us,
+        });
+        deployedNotes.push(
+          `as deployed (${transport}): L2-hit Get / direct ioredis GET p50 ${ratio(measured.l2.p50Us, measured.redisGet.p50Us)}, p99 ${ratio(measured.l2.p99Us, measured.redisGet.p99Us)}; ` +
+            `propagation p50 ${measured.propagation.p50Us.toFixed(0)} µs / p99 ${measured.propagation.p99Us.toFixed(0)} µs`,
+        );
+      }
       return {
         title: 'Shared tier: L2-hit Get vs direct ioredis, and Set→Watch propagation between two sidecars (1 KiB values)',
         results: [
@@ -143,7 +167,9 @@ export const distributed: Bench = {
           row('propagation A→B, 1,000 streams open', crowded.fromCall),
           row('  of which after Set reply', crowded.fromReply),
           row('fan-out to 1,000: first stream', fanned.fromCall),
+          ...deployedRows,
         ],
+        figures,
         notes: [
           `L2-hit Get / direct ioredis GET: p50 ${ratio(l2.p50Us, redisGet.p50Us)}, p99 ${ratio(l2.p99Us, redisGet.p99Us)}`,
           `propagation p50 ${alone.fromCall.p50Us.toFixed(0)} µs / p99 ${alone.fromCall.p99Us.toFixed(0)} µs (1 stream); ` +
@@ -151,7 +177,8 @@ export const distributed: Bench = {
           `fan-out of each write to 1,000 matching streams (one write every 20 ms), over the 999 streams read by another process: ` +
             `${all.deliveries} deliveries, ${all.missing} missing, p50 ${all.p50Us.toFixed(0)} µs, p90 ${all.p90Us.toFixed(0)} µs, p99 ${all.p99Us.toFixed(0)} µs, max ${all.maxUs.toFixed(0)} µs`,
           'Propagation is measured from the start of the Set call on A to the event at the client of B: it includes the Set RPC, the Lua write+PUBLISH, Pub/Sub delivery, and the Watch stream.',
-          `Redis: ${redis.describe}; sidecars, clients and benchmark share one process and the machine's cores.`,
+          ...deployedNotes,
+          `Redis: ${redis.describe}; the first rows: sidecars, clients and benchmark share one process; "as deployed": each sidecar is dist/main.js in its own process, the direct GET is ioredis from the clients' process, measured right after.`,
         ],
       };
     } finally {
@@ -162,3 +189,38 @@ export const distributed: Bench = {
     }
   },
 };
+
+/** L2-hit Get and propagation with two sidecars as deployed (dist/main.js, own processes) on one transport, and the direct GET measured right after from this process. */
+async function deployedShared(redisUrl: string, transport: Transport, direct: Redis): Promise<{ l2: LatencyStats; redisGet: LatencyStats; propagation: LatencyStats }> {
+  const cleanup: (() => Promise<void> | void)[] = [];
+  try {
+    const env = { REDIS_URL: redisUrl, CONTEXT_CACHE_NAMESPACE: `bench-dist-${transport}` };
+    const [a, b] = await Promise.all([startDeployedSidecar(env, { transport }), startDeployedSidecar(env, { transport })]);
+    cleanup.push(() => a!.close(), () => b!.close());
+    const [writer, reader] = [new ContextCacheClient(a!.address), new ContextCacheClient(b!.address)];
+    cleanup.push(() => writer.close(), () => reader.close());
+    const keys = scaled(5_000);
+    const writes: Promise<unknown>[] = [];
+    for (let i = 0; i < keys + 500; i++) writes.push(writer.set({ key: `l2/${i}`, value: VALUE }));
+    await Promise.all(writes);
+    let next = 0;
+    const l2 = await measureLatency(
+      async () => {
+        const read = await reader.get({ key: `l2/${next++}` });
+        if (read.info?.source !== Source.SOURCE_L2) throw new Error('expected an L2 hit');
+      },
+      { warmup: 500, iterations: keys },
+    );
+    const redisGet = await measureLatency(() => direct.getBuffer('bench:direct:1k'), { warmup: 500, iterations: keys });
+    const watch = reader.watch({ keyPrefixes: ['p/'] });
+    const events = watch[Symbol.asyncIterator]();
+    await events.next(); // started
+    await propagation(writer, events, 200, 'p/warm/');
+    const measured = await propagation(writer, events, scaled(2_000), 'p/alone/');
+    watch.call.on('error', () => undefined);
+    watch.cancel();
+    return { l2, redisGet, propagation: measured.fromCall };
+  } finally {
+    await runCleanup(cleanup);
+  }
+}

@@ -4,18 +4,12 @@
  * gRPC itself in Node) and a direct ioredis GET (what an application would
  * pay going to Redis without the sidecar). Same process, same run.
  */
-import {
-  credentials,
-  Client,
-  Server,
-  ServerCredentials,
-  type ServiceDefinition,
-  type UntypedServiceImplementation,
-} from '@grpc/grpc-js';
 import Redis from 'ioredis';
-import { Source } from '../src/client';
+import { ContextCacheClient, Source } from '../src/client';
+import { startDeployedSidecar, TRANSPORTS, type Transport } from './deployed';
+import { echoClient, startDeployedEcho, startEcho } from './echo';
 import { startBenchSidecar } from './harness';
-import { measureLatency, measureThroughput, ratio, startBenchRedis, type Bench, type BenchReport, type BenchResult, type LatencyOptions, type ThroughputOptions, runCleanup } from './lib';
+import { interleaved, measureLatency, measureThroughput, ratio, startBenchRedis, type Bench, type BenchReport, type BenchResult, type LatencyOptions, type ThroughputOptions, runCleanup } from './lib';
 
 const VALUE_BYTES = 1024;
 const KEY = 'bench/l1-get/1k';
@@ -27,33 +21,6 @@ function plan(): { latency: LatencyOptions; throughput: ThroughputOptions } {
   return {
     latency: { warmup: n(2_000), iterations: n(20_000), maxMs: 8_000 },
     throughput: { concurrency: 64, calls: n(40_000), warmup: n(2_000) },
-  };
-}
-
-const passthrough = (buffer: Buffer) => buffer;
-
-/** A hand-written unary service with raw Buffer (de)serializers: no proto, no codec work. */
-const ECHO_SERVICE: ServiceDefinition<UntypedServiceImplementation> = {
-  echo: {
-    path: '/bench.Echo/Echo',
-    requestStream: false,
-    responseStream: false,
-    requestSerialize: passthrough,
-    requestDeserialize: passthrough,
-    responseSerialize: passthrough,
-    responseDeserialize: passthrough,
-  },
-};
-
-async function startEcho(payload: Buffer): Promise<{ address: string; stop(): Promise<void> }> {
-  const server = new Server();
-  server.addService(ECHO_SERVICE, { echo: (_call: unknown, callback: (error: null, response: Buffer) => void) => callback(null, payload) });
-  const port = await new Promise<number>((resolve, reject) =>
-    server.bindAsync('127.0.0.1:0', ServerCredentials.createInsecure(), (error, bound) => (error ? reject(error) : resolve(bound))),
-  );
-  return {
-    address: `127.0.0.1:${port}`,
-    stop: () => new Promise<void>((resolve) => server.tryShutdown(() => resolve())),
   };
 }
 
@@ -88,15 +55,10 @@ export const l1Get: Bench = {
       // (2) A bare grpc-js echo of the same payload.
       const echo = await startEcho(payload);
       cleanup.push(() => echo.stop());
-      const echoClient = new Client(echo.address, credentials.createInsecure());
-      cleanup.push(() => echoClient.close());
       const request = Buffer.from(KEY);
-      const echoCall = () =>
-        new Promise<Buffer>((resolve, reject) =>
-          echoClient.makeUnaryRequest<Buffer, Buffer>(ECHO_SERVICE.echo!.path, passthrough, passthrough, request, (error, response) =>
-            error ? reject(error) : resolve(response!),
-          ),
-        );
+      const inProcessEcho = echoClient(echo.address, request);
+      cleanup.push(() => inProcessEcho.close());
+      const echoCall = inProcessEcho.call;
       expectValue(await echoCall(), 'echo');
 
       // (3) ioredis straight to Redis.
@@ -114,18 +76,72 @@ export const l1Get: Bench = {
       const echoResult = await measure('grpc-js echo (1 KiB)', echoCall);
       const redisResult = await measure('ioredis GET (1 KiB)', () => redis.getBuffer(KEY));
 
+      // (4) As deployed: the sidecar (dist/main.js) and the echo each in a process of their own, over TCP and a Unix socket.
+      const figures: Record<string, number> = {};
+      const deployedRows: BenchResult[] = [];
+      const deployedNotes: string[] = [];
+      for (const transport of TRANSPORTS) {
+        const [deployed, echoRow] = await deployedPair(transport, payload, cleanup);
+        deployedRows.push(deployed, echoRow);
+        const p50 = deployed.latency.p50Us / echoRow.latency.p50Us;
+        const p99 = deployed.latency.p99Us / echoRow.latency.p99Us;
+        const throughput = deployed.throughput.callsPerSecond / echoRow.throughput.callsPerSecond;
+        Object.assign(figures, {
+          [`${transport}.sidecarP50Us`]: deployed.latency.p50Us,
+          [`${transport}.sidecarP99Us`]: deployed.latency.p99Us,
+          [`${transport}.sidecarCallsPerSecond`]: deployed.throughput.callsPerSecond,
+          [`${transport}.echoP50Us`]: echoRow.latency.p50Us,
+          [`${transport}.echoP99Us`]: echoRow.latency.p99Us,
+          [`${transport}.echoCallsPerSecond`]: echoRow.throughput.callsPerSecond,
+          [`${transport}.p50Ratio`]: p50,
+          [`${transport}.p99Ratio`]: p99,
+          [`${transport}.throughputRatio`]: throughput,
+        });
+        deployedNotes.push(
+          `as deployed (${transport}), sidecar / cross-process echo: p50 ${p50.toFixed(2)}x, p99 ${p99.toFixed(2)}x, throughput (64 in flight) ${throughput.toFixed(2)}x  [goal: p50 <= 1.10x, throughput >= 0.90x]`,
+        );
+      }
+
       const s = sidecarResult;
+      Object.assign(figures, {
+        'inProcess.p50Ratio': s.latency.p50Us / echoResult.latency.p50Us,
+        'inProcess.throughputRatio': s.throughput.callsPerSecond / echoResult.throughput.callsPerSecond,
+      });
       return {
-        title: `Get of a ${VALUE_BYTES}-byte value over loopback (Node ${process.version}; Redis: ${redisServer.describe})`,
-        results: [sidecarResult, echoResult, redisResult],
+        title: `Get of a ${VALUE_BYTES}-byte value (Node ${process.version}; Redis: ${redisServer.describe})`,
+        results: [sidecarResult, echoResult, redisResult, ...deployedRows],
         notes: [
-          `sidecar / echo:    p50 ${ratio(s.latency.p50Us, echoResult.latency.p50Us)}, p99 ${ratio(s.latency.p99Us, echoResult.latency.p99Us)}, throughput ${ratio(s.throughput.callsPerSecond, echoResult.throughput.callsPerSecond)}`,
+          `in one process, sidecar / echo: p50 ${ratio(s.latency.p50Us, echoResult.latency.p50Us)}, p99 ${ratio(s.latency.p99Us, echoResult.latency.p99Us)}, throughput ${ratio(s.throughput.callsPerSecond, echoResult.throughput.callsPerSecond)}`,
           `sidecar / ioredis: p50 ${ratio(s.latency.p50Us, redisResult.latency.p50Us)}, p99 ${ratio(s.latency.p99Us, redisResult.latency.p99Us)}, throughput ${ratio(s.throughput.callsPerSecond, redisResult.throughput.callsPerSecond)}`,
+          ...deployedNotes,
+          `deployed rows: the medians of ${process.env.BENCH_ROUNDS ?? 3} interleaved rounds (sidecar, echo, sidecar, …); each server in its own process, the client in this one`,
           '(latency ratios above 1 mean the sidecar is slower; throughput ratios below 1 mean it does fewer calls/s)',
         ],
+        figures,
       };
     } finally {
       await runCleanup(cleanup);
     }
   },
 };
+
+/** The sidecar as deployed (L1 only) and the echo in its own process, on one transport, measured in interleaved rounds. */
+async function deployedPair(transport: Transport, payload: Buffer, cleanup: (() => Promise<void> | void)[]): Promise<BenchResult[]> {
+  const sidecar = await startDeployedSidecar({ CONTEXT_CACHE_LOG_LEVEL: 'error' }, { transport });
+  cleanup.push(() => sidecar.close());
+  const client = new ContextCacheClient(sidecar.address);
+  cleanup.push(() => client.close());
+  await client.set({ key: KEY, value: payload, ttl: { seconds: 3600 } });
+  const first = await client.get({ key: KEY });
+  expectValue(first.value, `deployed sidecar Get (${transport})`);
+  if (first.info?.source !== Source.SOURCE_L1) throw new Error('the deployed sidecar did not answer from L1');
+  const echo = await startDeployedEcho(VALUE_BYTES, transport);
+  cleanup.push(() => echo.stop());
+  const echoing = echoClient(echo.address, Buffer.from(KEY));
+  cleanup.push(() => echoing.close());
+  expectValue(await echoing.call(), `cross-process echo (${transport})`);
+  return interleaved([
+    { name: `as deployed (${transport}): sidecar Get (L1)`, measure: () => measure('', () => client.get({ key: KEY })) },
+    { name: `as deployed (${transport}): grpc-js echo`, measure: () => measure('', echoing.call) },
+  ]);
+}

@@ -185,3 +185,40 @@ export async function runCleanup(steps: (() => Promise<unknown> | unknown)[]): P
   }
 }
 
+/** Rounds of an interleaved comparison (BENCH_ROUNDS, default 3): on a shared machine one round's noise is not a result. */
+export function rounds(): number {
+  return Math.max(1, Math.round(Number(process.env.BENCH_ROUNDS ?? '3') || 3));
+}
+
+function median(values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  const middle = sorted.length >> 1;
+  return sorted.length % 2 === 1 ? sorted[middle]! : (sorted[middle - 1]! + sorted[middle]!) / 2;
+}
+
+/** One row from several rounds of the same target: the median of each figure. */
+export function medianResult(name: string, results: readonly BenchResult[]): BenchResult {
+  const pick = <T extends object>(get: (r: BenchResult) => T): T => {
+    const first = get(results[0]!);
+    return Object.fromEntries(Object.keys(first).map((field) => [field, median(results.map((r) => (get(r) as Record<string, number>)[field]!))])) as T;
+  };
+  return { name, latency: pick((r) => r.latency), throughput: pick((r) => r.throughput) };
+}
+
+/**
+ * Measures targets in interleaved rounds (a, b, a, b, …) and keeps the
+ * median of each figure, so that a burst of load from elsewhere on the
+ * machine hits both sides of a ratio alike.
+ */
+export async function interleaved(targets: readonly { name: string; measure: () => Promise<BenchResult> }[]): Promise<BenchResult[]> {
+  const runs = targets.map(() => [] as BenchResult[]);
+  for (let round = 0; round < rounds(); round++) {
+    for (const [index, target] of targets.entries()) runs[index]!.push(await target.measure());
+  }
+  return targets.map((target, index) => medianResult(target.name, runs[index]!));
+}
+
+/** Latency-only row (no throughput measured). */
+export function latencyRow(name: string, latency: LatencyStats): BenchResult {
+  return { name, latency, throughput: { calls: 0, concurrency: 1, seconds: 0, callsPerSecond: Number.NaN } };
+}

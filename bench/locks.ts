@@ -7,9 +7,11 @@
  * process, same Redis, same run.
  */
 import Redis from 'ioredis';
+import { ContextCacheClient } from '../src/client';
 import { FencingCounter } from '../src/redis/fencing';
 import { KeySpace } from '../src/redis/keys';
 import { Mutex } from '../src/redis/mutex';
+import { startDeployedSidecar, TRANSPORTS, type DeployedSidecar } from './deployed';
 import { scaled, startBenchSidecar } from './harness';
 import { measureLatency, measureThroughput, ratio, startBenchRedis, summarize, type Bench, type BenchReport, type BenchResult, type LatencyOptions, type ThroughputStats, runCleanup } from './lib';
 
@@ -90,9 +92,9 @@ export const locks: Bench = {
       const fencing = new FencingCounter([direct[0]!], new KeySpace('bench'));
       const [client, mutex] = [clients[0]!, mutexes[0]!];
 
-      const viaGrpc = async (resource: string) => {
-        const lock = await client.acquireLock({ resource, ttl: TTL });
-        await client.releaseLock({ resource, token: lock.token });
+      const viaGrpc = (via: ContextCacheClient) => async (resource: string) => {
+        const lock = await via.acquireLock({ resource, ttl: TTL });
+        await via.releaseLock({ resource, token: lock.token });
       };
       const viaMutex = async (key: string) => {
         const hold = await mutex.tryAcquire(key, TTL_MS);
@@ -120,7 +122,7 @@ export const locks: Bench = {
         }, sizes.uncontended);
         return { name, latency, throughput };
       };
-      const grpc = await uncontended('sidecar AcquireLock+ReleaseLock (gRPC)', 'grpc', viaGrpc);
+      const grpc = await uncontended('sidecar AcquireLock+ReleaseLock (gRPC)', 'grpc', viaGrpc(client));
       const bare = await uncontended('Mutex tryAcquire+release (ioredis)', 'bench:mutex', viaMutex);
       const fenced = await uncontended('Mutex + fencing counter (ioredis)', 'bench:fenced', viaMutexAndFence);
 
@@ -130,13 +132,21 @@ export const locks: Bench = {
         const value = Number((await counter.get(key)) ?? '0');
         await counter.set(key, String(value + 1));
       };
-      await counter.del('bench:counter:grpc', 'bench:counter:direct');
-      const grpcContended = await contended(async (worker) => {
-        const via = clients[worker % 2]!;
-        const lock = await via.acquireLock({ resource: 'contended', ttl: TTL, waitTimeout: { seconds: 60, nanos: 0 } });
-        await increment('bench:counter:grpc');
-        await via.releaseLock({ resource: 'contended', token: lock.token });
-      }, sizes.contended);
+      const grpcLocks = async (via: readonly ContextCacheClient[], label: string) => {
+        const counterKey = `bench:counter:${label}`;
+        await counter.del(counterKey);
+        const result = await contended(async (worker) => {
+          const sidecar = via[worker % 2]!;
+          const lock = await sidecar.acquireLock({ resource: `contended-${label}`, ttl: TTL, waitTimeout: { seconds: 60, nanos: 0 } });
+          await increment(counterKey);
+          await sidecar.releaseLock({ resource: `contended-${label}`, token: lock.token });
+        }, sizes.contended);
+        const final = Number(await counter.get(counterKey));
+        if (final !== sizes.contended) throw new Error(`lost updates under the lock: ${counterKey} is ${final}, expected ${sizes.contended}`);
+        return result;
+      };
+      await counter.del('bench:counter:direct');
+      const grpcContended = await grpcLocks(clients, 'grpc');
       const directContended = await contended(async (worker) => {
         const via = mutexes[worker % 2]!;
         const hold = await via.acquire('bench:mutex:contended', TTL_MS, 60_000);
@@ -144,10 +154,51 @@ export const locks: Bench = {
         await increment('bench:counter:direct');
         await via.release('bench:mutex:contended', hold.token);
       }, sizes.contended);
-      for (const key of ['bench:counter:grpc', 'bench:counter:direct']) {
+      for (const key of ['bench:counter:direct']) {
         const final = Number(await counter.get(key));
         if (final !== sizes.contended) throw new Error(`lost updates under the lock: ${key} is ${final}, expected ${sizes.contended}`);
       }
+      // As deployed: two sidecars (dist/main.js) in processes of their own, per transport; the baselines above are ioredis from this process.
+      const deployedRows: BenchResult[] = [];
+      const figures: Record<string, number> = {};
+      const goalNotes: string[] = [];
+      const judge = (label: string, uncontendedRow: BenchResult, contendedRow: BenchResult) => {
+        const waits = contendedRow.latency;
+        const values = {
+          uncontendedVsFencedP50: uncontendedRow.latency.p50Us / fenced.latency.p50Us,
+          contendedThroughputRatio: contendedRow.throughput.callsPerSecond / directContended.throughput.callsPerSecond,
+          contendedLocksPerSecond: contendedRow.throughput.callsPerSecond,
+          waitP50Us: waits.p50Us,
+          waitP99Us: waits.p99Us,
+          waitMaxUs: waits.maxUs,
+          waitMaxOverMedian: waits.maxUs / waits.p50Us,
+        };
+        for (const [name, value] of Object.entries(values)) figures[`${label}.${name}`] = value;
+        goalNotes.push(
+          `${label}: uncontended / Mutex+fencing p50 ${values.uncontendedVsFencedP50.toFixed(2)}x [goal <= 2x]; contended ${values.contendedLocksPerSecond.toFixed(0)} locks/s = ` +
+            `${values.contendedThroughputRatio.toFixed(2)}x direct [goal >= 0.6x]; waits p99 ${(waits.p99Us / 1000).toFixed(1)} ms [goal <= 50 ms], max ${values.waitMaxOverMedian.toFixed(1)}x the median [goal <= 10x]`,
+        );
+      };
+      judge('inProcess', grpc, { name: '', ...grpcContended });
+      for (const transport of TRANSPORTS) {
+        const deployed: DeployedSidecar[] = [];
+        for (let i = 0; i < 2; i++) {
+          const sidecar = await startDeployedSidecar({ CONTEXT_CACHE_NAMESPACE: 'bench', REDIS_URL: redisServer.url }, { transport });
+          cleanup.push(() => sidecar.close());
+          deployed.push(sidecar);
+        }
+        const remote = deployed.map((sidecar) => new ContextCacheClient(sidecar.address));
+        cleanup.push(() => remote.forEach((c) => c.close()));
+        const row = await uncontended(`as deployed (${transport}): AcquireLock+ReleaseLock`, `grpc-${transport}`, viaGrpc(remote[0]!));
+        const contendedRow: BenchResult = { name: `as deployed (${transport}): contended, ${WORKERS} workers, 2 sidecars`, ...(await grpcLocks(remote, transport)) };
+        deployedRows.push(row, contendedRow);
+        judge(transport, row, contendedRow);
+      }
+
+      // Lease waiters: one sidecar, one key whose lease is held; the Redis commands per second while 1, then 1,000 callers wait for its fill.
+      const leases = await leaseWaitCost(redisServer.url, counter, cleanup);
+      Object.assign(figures, leases);
+
       // Leave nothing behind (REDIS_URL may be a shared Redis): the counters and the fencing counters have no TTL.
       for (const pattern of ['bench:*', 'cc:bench:*']) {
         const stream = counter.scanStream({ match: pattern, count: 500 });
@@ -159,7 +210,8 @@ export const locks: Bench = {
       const lat = (a: BenchResult, b: BenchResult) => `p50 ${ratio(a.latency.p50Us, b.latency.p50Us)}, p99 ${ratio(a.latency.p99Us, b.latency.p99Us)}`;
       return {
         title: `Distributed locks on one Redis (Node ${process.version}; Redis: ${redisServer.describe}; ttl ${TTL_MS / 1000} s)`,
-        results: [grpc, bare, fenced, contendedGrpc, contendedDirect],
+        results: [grpc, bare, fenced, contendedGrpc, contendedDirect, ...deployedRows],
+        figures,
         notes: [
           `uncontended rows: latency of one acquire+release pair at a time; throughput with ${sizes.uncontended.concurrency} pairs in flight on distinct resources`,
           `contended rows: ${sizes.contended} critical sections (GET+SET of a counter) on one resource, ${WORKERS} at a time; latency includes the wait; the counter came out exact`,
@@ -167,8 +219,10 @@ export const locks: Bench = {
           `gRPC / Mutex+fencing:    ${lat(grpc, fenced)}, throughput ${ratio(grpc.throughput.callsPerSecond, fenced.throughput.callsPerSecond)}`,
           `Mutex+fencing / Mutex:   ${lat(fenced, bare)} (the fencing token's two extra round trips)`,
           `contended gRPC / direct: ${contendedGrpc.throughput.callsPerSecond.toFixed(0)} vs ${contendedDirect.throughput.callsPerSecond.toFixed(0)} locks/s = ${ratio(contendedGrpc.throughput.callsPerSecond, contendedDirect.throughput.callsPerSecond)}`,
-          '(no queue: the worker that releases usually takes the lock again at once while the others poll every 25 to 75 ms, so contended',
-          ' throughput is mostly that worker\'s round trips, and the p99 / p99.9 latencies are the waiters\' starvation)',
+          ...goalNotes,
+          `lease waiters: ${leases['leases.oneWaiterCommandsPerSecond'].toFixed(0)} Redis commands/s with 1 caller waiting for a fill, ${leases['leases.thousandWaitersCommandsPerSecond'].toFixed(0)} with 1,000 = ${leases['leases.ratio'].toFixed(2)}x [goal <= 2x]`,
+          '(the sidecars queue waiters in arrival order and a release wakes the next one; the direct Mutex polls, and its releasing worker',
+          ' usually takes the lock again at once: its throughput is one worker\'s round trips, unfair to the other workers)',
         ],
       };
     } finally {
@@ -176,3 +230,54 @@ export const locks: Bench = {
     }
   },
 };
+
+/** Redis commands per second (INFO total_commands_processed) over `ms`, as counted by the server; includes the INFO calls themselves. */
+async function commandsPerSecond(redis: Redis, ms: number): Promise<number> {
+  const count = async () => Number(/total_commands_processed:(\d+)/.exec(await redis.info('stats'))![1]);
+  const before = await count();
+  const started = performance.now();
+  await new Promise((resolve) => setTimeout(resolve, ms));
+  const after = await count();
+  return ((after - before) * 1000) / (performance.now() - started);
+}
+
+/**
+ * What waiting for a fill costs Redis: a sidecar as deployed, a key whose
+ * fill lease is held (and never filled), then `waiters` Gets with
+ * lease_on_miss waiting for it; Redis's command rate while they wait, for
+ * 1 and for 1,000 waiters. The sidecar's callers share one wait per key.
+ */
+async function leaseWaitCost(redisUrl: string, redis: Redis, cleanup: (() => Promise<void> | void)[]): Promise<Record<string, number>> {
+  const sidecar = await startDeployedSidecar({ CONTEXT_CACHE_NAMESPACE: 'bench-leases', REDIS_URL: redisUrl });
+  cleanup.push(() => sidecar.close());
+  const clients = Array.from({ length: 4 }, () => new ContextCacheClient(sidecar.address));
+  cleanup.push(() => clients.forEach((c) => c.close()));
+  const idle = await commandsPerSecond(redis, 1500);
+  const rate = async (waiters: number, key: string) => {
+    const holder = await clients[0]!.get({ key, leaseOnMiss: true, leaseTtl: { seconds: 30, nanos: 0 } });
+    if (holder.lease === undefined) throw new Error('the first Get was granted no lease');
+    const waitsBefore = Number((await clients[0]!.getStats({})).leases?.waits ?? 0);
+    const waiting = Array.from({ length: waiters }, (_, i) =>
+      clients[i % clients.length]!.get({ key, leaseOnMiss: true, leaseTtl: { seconds: 30, nanos: 0 }, leaseWait: { seconds: 30, nanos: 0 } }),
+    );
+    // Measured once every caller is waiting (their first read and lease attempt are one-off costs of arriving).
+    const deadline = Date.now() + 20_000;
+    while (Number((await clients[0]!.getStats({})).leases?.waits ?? 0) < waitsBefore + waiters) {
+      if (Date.now() > deadline) throw new Error(`not all ${waiters} lease waiters arrived within 20 s`);
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+    const measured = await commandsPerSecond(redis, 3000);
+    await clients[0]!.set({ key, value: Buffer.from('filled'), leaseToken: holder.lease.token });
+    const answers = await Promise.all(waiting);
+    if (answers.some((answer) => answer.value === undefined || answer.value.byteLength === 0)) throw new Error('a lease waiter did not get the fill');
+    return measured;
+  };
+  const one = await rate(1, 'lease-one');
+  const thousand = await rate(1000, 'lease-thousand');
+  return {
+    'leases.idleCommandsPerSecond': idle,
+    'leases.oneWaiterCommandsPerSecond': one,
+    'leases.thousandWaitersCommandsPerSecond': thousand,
+    'leases.ratio': thousand / one,
+  };
+}

@@ -102,7 +102,7 @@ export class Sidecar {
     this.entries = new EntryCache(this.tiers, this.redis?.entries);
     this.sessions = new SessionStore(this.tiers, this.redis?.sessions, config.defaultTtlMs, this.tokenCounter);
     this.events.onListenerError = (error) => log.error({ err: error }, 'an event listener failed; the event was still delivered to the others');
-    const lockMasters = parts.lockMasters?.createLockMasters(config, this.redis?.link, keys, log);
+    const lockMasters = parts.lockMasters?.createLockMasters(config, this.redis, keys, this.sidecarId, log);
     this.locks = new DistributedLocks(lockMasters, log);
 
     this.calls = new CallTracker(log);

@@ -172,7 +172,7 @@ export class DistributedLocks {
       }
       let fence: number;
       try {
-        fence = await masters.nextFence(resource);
+        fence = hold.fence ?? (await masters.nextFence(resource));
       } catch (error) {
         await this.releaseQuietly(masters, resource, hold.token);
         const raced = isCacheError(error, 'E_LOCK_BUSY');

@@ -9,6 +9,8 @@ export interface MasterHold {
   token: string;
   /** Epoch ms on this sidecar's clock after which the hold may have lapsed (clock drift already subtracted). */
   expiresAt: number;
+  /** The grant's fencing token when the masters issued it with the grant (one master); else nextFence() gives it. */
+  fence?: number;
 }
 
 export interface LockMasters {
@@ -21,7 +23,11 @@ export interface LockMasters {
   /** Starts the connections this owns (dedicated lock masters); idempotent close. */
   start(): void;
   close(): Promise<void>;
-  /** Tries until free or `waitMs` passed (0: once); undefined when still busy. Stops early when `signal` aborts. */
+  /**
+   * Tries until free or `waitMs` passed (0: once); undefined when still busy.
+   * Stops early when `signal` aborts. Waiters are granted the lock in the
+   * order they asked, across sidecars; trying once never overtakes a waiter.
+   */
   acquire(resource: string, ttlMs: number, waitMs: number, signal: AbortSignal): Promise<MasterHold | undefined>;
   extend(resource: string, token: string, ttlMs: number): Promise<MasterHold | 'not-held'>;
   release(resource: string, token: string): Promise<'released' | 'not-held'>;

@@ -16,15 +16,17 @@ export interface BusMessage {
   o: string;
   /** When it happened: epoch milliseconds as a string (Redis TIME or the origin's clock). */
   t?: string;
-  /** k: keys, g: tags, s: session, n: node appended, f: the whole namespace was invalidated. */
-  e: 'k' | 'g' | 's' | 'n' | 'f';
+  /** k: keys, g: tags, s: session, n: node appended, f: the whole namespace was invalidated; w: a lock waiter's turn (on the lock channel only). */
+  e: 'k' | 'g' | 's' | 'n' | 'f' | 'w';
   c?: 'set' | 'del' | 'inv' | 'fill';
   k?: string[];
   v?: string[] | string;
   g?: string[];
   s?: string;
-  /** Node events: the appended node's ID. */
+  /** Node events: the appended node's ID. Lock wake-ups: the waiter woken. */
   i?: string;
+  /** Lock wake-ups: the lock's resource. */
+  r?: string;
   /** Node events: the session's version before the append. */
   p?: string;
 }
@@ -112,4 +114,30 @@ export function decodeBusMessage(raw: string, receivedAt: number): RemoteEnvelop
     default:
       throw new MalformedMessage(`unknown event type ${String(message.e)}`);
   }
+}
+
+/** A lock wake-up is a resource (at most max-key-bytes) and a waiter ID: anything much larger is not one. */
+export const MAX_LOCK_WAKE_BYTES = 16 * 1024;
+
+/** A waiter's turn on a lock: its ID and the lock's resource. */
+export interface LockWake {
+  resource: string;
+  waiter: string;
+}
+
+/**
+ * The one reader of lock wake-ups (`e: 'w'`, written by the lock scripts
+ * through publish_event on the lock channel). Undefined for anything else:
+ * a wake-up only makes a waiter try once more, so a bad one is dropped.
+ */
+export function decodeLockWake(raw: string): LockWake | undefined {
+  if (raw.length > MAX_LOCK_WAKE_BYTES) return undefined;
+  let message: BusMessage;
+  try {
+    message = JSON.parse(raw) as BusMessage;
+  } catch {
+    return undefined;
+  }
+  if (message === null || typeof message !== 'object' || message.e !== 'w' || !isString(message.r) || !isString(message.i)) return undefined;
+  return { resource: message.r, waiter: message.i };
 }

@@ -14,10 +14,13 @@ import type { Subject } from '../model/subject';
  *   cc:<ns>:s:{<sid>}:a      the last node appended (version, node JSON), kept a minute
  *   cc:<ns>:i:<short id>     short-ID index: the session that holds the node
  *   cc:<ns>:lock:<resource>  a distributed lock (a Mutex key on every lock master)
+ *   cc:<ns>:lockq:<resource> sorted set: the lock's waiters by arrival (µs), on every lock master
+ *   cc:<ns>:lockw:<resource> hash: each waiter's deadline (Redis ms); both expire with the last waiter
  *   cc:<ns>:fence:<resource> the fencing counter of a lock's resource, no TTL
  *   cc:<ns>:epoch            written once; missing after a reconnect means Redis lost its data
  *   cc:<ns>:recovery:<id>    taken by the sidecar that flushes the namespace after a failover (10 min)
  *   cc:<ns>:events           the Pub/Sub channel of invalidations and context events
+ *   cc:<ns>:locks            the Pub/Sub channel of lock wake-ups, on every lock master
  *
  * On a Redis Cluster every script must touch one slot. All keys of one
  * session share the hash tag `{<sid>}`. Generic entries are spread over
@@ -25,8 +28,8 @@ import type { Subject } from '../model/subject';
  * and the tag sets and stamps of its bucket sit in one slot, so a Set with
  * tags is one atomic script, and a tag invalidation is one script per bucket
  * (`cc:<ns>:e:{b<n>}:<key>`, `tz:{b<n>}:<tag>`, `ts:{b<n>}:<tag>`,
- * `l:{b<n>}:<key>`, `epoch:{b<n>}`). Locks and fencing counters carry
- * `{<resource>}`, so a lock and its counter live on the same shard. On one
+ * `l:{b<n>}:<key>`, `epoch:{b<n>}`). Locks, their queues and fencing
+ * counters carry `{<resource>}`, so they live on the same shard. On one
  * server (or Sentinel) there is a single bucket and the layout above holds
  * as written. Everything a script touches is named in its KEYS or is in the
  * slot of a key that is.
@@ -48,6 +51,8 @@ export function bucketOf(key: string, buckets: number): number {
 export class KeySpace {
   readonly prefix: string;
   readonly channel: string;
+  /** Lock wake-ups (lock-release, lock-leave), published on the lock master that holds the queue. */
+  readonly lockChannel: string;
   /** Bucket numbers, 0 to buckets - 1. */
   readonly bucketList: readonly number[];
 
@@ -58,6 +63,7 @@ export class KeySpace {
   ) {
     this.prefix = `cc:${namespace}:`;
     this.channel = `${this.prefix}events`;
+    this.lockChannel = `${this.prefix}locks`;
     this.bucketList = Array.from({ length: buckets }, (_, bucket) => bucket);
   }
 
@@ -130,6 +136,16 @@ export class KeySpace {
   /** A distributed lock (a Mutex key on every lock master: its value is the holder's token). */
   lock(resource: string): string {
     return this.buckets === 1 ? `${this.prefix}lock:${resource}` : `${this.prefix}lock:{${resource}}`;
+  }
+
+  /** The waiters of a lock, by arrival (a sorted set beside the lock key, in its slot). */
+  lockQueue(resource: string): string {
+    return this.buckets === 1 ? `${this.prefix}lockq:${resource}` : `${this.prefix}lockq:{${resource}}`;
+  }
+
+  /** Each waiter's deadline (a hash beside the lock key): a waiter that stops asking is dropped from the queue after it. */
+  lockWaiters(resource: string): string {
+    return this.buckets === 1 ? `${this.prefix}lockw:${resource}` : `${this.prefix}lockw:{${resource}}`;
   }
 
   /** The fencing counter of a lock's resource, on every lock master; kept without TTL. */
