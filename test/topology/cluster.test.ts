@@ -151,6 +151,14 @@ describe('on a Redis Cluster', () => {
     await coherent(a, b);
     // The promoted replica is another process: one sidecar flushed the namespace (the data may be older than what was answered).
     await waitFor(() => a.sidecar.redis!.recoveries.flushed + b.sidecar.redis!.recoveries.flushed > recoveriesBefore, 'a recovery flush');
+    // Recovered also means each sidecar's slot map has moved off the dead primary (ioredis refreshes it
+    // on errors and every 5 s; until then that shard's keys are misses there, never stale values).
+    await waitFor(
+      async () =>
+        (await Promise.all([a, b].map((s) => s.client.getStats()))).every(({ l2 }) => l2!.topology!.allSlotsServed && !l2!.topology!.nodes.some((n) => n.address === victim.address && n.role === RedisNodeRole.REDIS_NODE_ROLE_PRIMARY)),
+      'both sidecars to see every slot served by a live primary',
+      30_000,
+    );
     await coherent(a, b);
     expect(await load.staleReads()).toEqual([]);
     expect(await load.disagreements()).toEqual([]);

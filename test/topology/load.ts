@@ -66,15 +66,28 @@ export class TopologyLoad {
   }
 
 
-  /** Fills every key from the database (under a lease, through the first sidecar), then reads it through all: the keys on which they disagree. */
+  /**
+   * Fills every key from the database (under a lease, through the first
+   * sidecar), then reads it through all, until they agree or 10 s pass (a
+   * sidecar that just reconnected may answer its first writes LOCAL, and
+   * converge once they are replayed): the keys on which they still disagree.
+   */
   async disagreements(): Promise<string[]> {
     const [first] = this.clients;
     const disagree: string[] = [];
     for (const key of this.keys) {
-      const read = await first!.get({ key, leaseOnMiss: true });
-      if (!read.found && read.lease?.token) await first!.set({ key, value: Buffer.from(this.db.get(key)!), leaseToken: read.lease.token });
-      const values = await Promise.all(this.clients.map((client) => client.get({ key }).then((r) => (r.found ? r.value.toString() : '(miss)'))));
-      if (values.some((value) => value !== this.db.get(key))) disagree.push(`${key}: ${values.join(' / ')} vs ${this.db.get(key)}`);
+      const deadline = Date.now() + 10_000;
+      for (;;) {
+        const read = await first!.get({ key, leaseOnMiss: true });
+        if (!read.found && read.lease?.token) await first!.set({ key, value: Buffer.from(this.db.get(key)!), leaseToken: read.lease.token }).catch(() => undefined);
+        const values = await Promise.all(this.clients.map((client) => client.get({ key }).then((r) => (r.found ? r.value.toString() : '(miss)'))));
+        if (values.every((value) => value === this.db.get(key))) break;
+        if (Date.now() > deadline) {
+          disagree.push(`${key}: ${values.join(' / ')} vs ${this.db.get(key)}`);
+          break;
+        }
+        await pause(50);
+      }
     }
     return disagree;
   }
