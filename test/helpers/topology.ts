@@ -758,7 +758,7 @@ export async function startSentinel({ masterName = 'cc-master' }: { masterName?:
     return true;
   };
 
-  const waitUntilHealthy = (timeoutMs = 20_000) => waitFor(checkHealthy, 'the sentinel setup to be healthy', timeoutMs, 20).then(() => undefined);
+  const waitUntilHealthy = (timeoutMs = 45_000) => waitFor(checkHealthy, 'the sentinel setup to be healthy', timeoutMs, 20).then(() => undefined);
 
   try {
     await data[0]!.server.launch();
