@@ -97,9 +97,10 @@ describe('chat app on PostgreSQL', () => {
       expect(run.firstErrors).toEqual([]);
       expect(run.checker.failures).toEqual([]);
       expect(faultsOf(run.checker.totals)).toBe(0);
-      // Enough checked turns even on a loaded machine (~300 on a quiet one).
-      expect(run.checker.totals.turns).toBeGreaterThan(30);
-      expect(run.checker.totals.messagesExpected).toBeGreaterThan(run.checker.totals.turns);
+      // Enough checked turns even on a loaded machine (the run is bounded in time: ~300 turns on a quiet one).
+      expect(run.checker.totals.turns).toBeGreaterThan(10);
+      // Every context holds at least the message of its turn.
+      expect(run.checker.totals.messagesExpected).toBeGreaterThanOrEqual(run.checker.totals.turns);
     }
     expect(cached.run.samples.filter((sample) => sample.hit).length).toBeGreaterThan(cached.run.samples.length / 3);
     expect(cached.readsPerTurn).toBeLessThan(direct.readsPerTurn);
