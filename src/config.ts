@@ -92,6 +92,37 @@ export interface Config {
    * every call is accepted.
    */
   auth: AuthConfig | undefined;
+  /** OpenTelemetry tracing from the standard OTEL_* variables; `undefined`: off (the default). */
+  tracing: TracingConfig | undefined;
+}
+
+/** OTLP over HTTP with protobuf or JSON bodies, or over gRPC. */
+export type OtlpProtocol = 'http/protobuf' | 'http/json' | 'grpc';
+
+export const TRACE_SAMPLERS = ['parentbased_always_on', 'parentbased_always_off', 'parentbased_traceidratio', 'always_on', 'always_off', 'traceidratio'] as const;
+export type TraceSampler = (typeof TRACE_SAMPLERS)[number];
+
+/**
+ * Where and how spans are exported (`ops/tracing.ts` hands these values to
+ * the OpenTelemetry SDK explicitly). The headers are not enumerable: they
+ * often carry a collector's API key, and the configuration is logged.
+ */
+export interface TracingConfig {
+  protocol: OtlpProtocol;
+  /** The full URL spans are sent to (HTTP: …/v1/traces; gRPC: the collector's address). */
+  endpoint: string;
+  readonly headers: Readonly<Record<string, string>>;
+  timeoutMs: number;
+  /** PEM certificates to trust for an https endpoint (OTEL_EXPORTER_OTLP_CERTIFICATE); undefined: the system's CAs. */
+  certificate: Buffer | undefined;
+  sampler: TraceSampler;
+  /** The ratio of the traceidratio samplers, 0 to 1. */
+  samplerRatio: number;
+  serviceName: string;
+  /** OTEL_RESOURCE_ATTRIBUTES, decoded. */
+  resourceAttributes: Readonly<Record<string, string>>;
+  /** CONTEXT_CACHE_TRACE_KEYS: spans carry the keys, session IDs and lock resources of a call. */
+  traceKeys: boolean;
 }
 
 /**
@@ -170,6 +201,22 @@ export const CONFIG_VARIABLES = {
     default: '(off)',
     help: 'File holding the bearer token (at least 16 visible ASCII characters; e.g. a mounted Secret) that every call of the cache API and of reflection must send as metadata "authorization: Bearer TOKEN"; grpc.health.v1 stays open. Reread when the file changes. Unset: no authentication.',
   },
+  OTEL_SDK_DISABLED: { default: 'false', help: 'true turns tracing off, whatever the other OTEL_* variables say.' },
+  OTEL_TRACES_EXPORTER: { default: '(otlp if an endpoint is set)', help: 'otlp: export traces over OTLP; none: no tracing. Tracing is off unless this is otlp or an OTLP endpoint is set.' },
+  OTEL_EXPORTER_OTLP_ENDPOINT: { default: '(unset)', help: 'Base URL of the OTLP collector (http://otel-collector:4318; with grpc http://otel-collector:4317); setting it turns tracing on. Spans go to /v1/traces under it over HTTP.' },
+  OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: { default: '(unset)', help: 'Full URL for spans, used as is; wins over OTEL_EXPORTER_OTLP_ENDPOINT and turns tracing on too.' },
+  OTEL_EXPORTER_OTLP_PROTOCOL: { default: 'http/protobuf', help: 'http/protobuf, http/json or grpc.' },
+  OTEL_EXPORTER_OTLP_TRACES_PROTOCOL: { default: '(OTEL_EXPORTER_OTLP_PROTOCOL)', help: 'The protocol for spans, where it differs.' },
+  OTEL_EXPORTER_OTLP_HEADERS: { default: '(none)', help: 'Headers (gRPC: metadata) sent with every export: key=value pairs separated by commas, values URL-encoded; never logged.' },
+  OTEL_EXPORTER_OTLP_TRACES_HEADERS: { default: '(none)', help: 'Headers for span exports only, added to OTEL_EXPORTER_OTLP_HEADERS (the same key: this one wins).' },
+  OTEL_EXPORTER_OTLP_TIMEOUT: { default: '10000', help: 'Milliseconds one export may take before it is abandoned.' },
+  OTEL_EXPORTER_OTLP_TRACES_TIMEOUT: { default: '(OTEL_EXPORTER_OTLP_TIMEOUT)', help: 'The export timeout for spans, where it differs.' },
+  OTEL_EXPORTER_OTLP_CERTIFICATE: { default: '(system CAs)', help: 'PEM file of CA certificates to trust for an https:// collector.' },
+  OTEL_TRACES_SAMPLER: { default: 'parentbased_always_on', help: 'parentbased_always_on, parentbased_always_off, parentbased_traceidratio, always_on, always_off or traceidratio. parentbased_*: a call that carries a traceparent follows the caller\'s sampling decision.' },
+  OTEL_TRACES_SAMPLER_ARG: { default: '1', help: 'The ratio (0 to 1) of the traceidratio samplers.' },
+  OTEL_SERVICE_NAME: { default: 'context-cache', help: 'service.name of the spans (wins over a service.name in OTEL_RESOURCE_ATTRIBUTES).' },
+  OTEL_RESOURCE_ATTRIBUTES: { default: '(none)', help: 'More resource attributes: key=value pairs separated by commas, values URL-encoded (k8s.pod.name=...,k8s.namespace.name=...). service.instance.id is the sidecar ID, service.version the package version.' },
+  CONTEXT_CACHE_TRACE_KEYS: { default: 'false', help: 'true: spans also carry the keys, session IDs and lock resources of a call (at most 16 per span). Off, spans say only counts, tiers and outcomes; values are never traced.' },
   CONTEXT_CACHE_LOCK_REDIS_URLS: {
     default: '(the main Redis)',
     help: 'Comma-separated redis:// or rediss:// URLs of independent Redis masters for distributed locks; a majority must agree (use 1, 3 or 5). User, password and database default to REDIS_USERNAME, REDIS_PASSWORD and REDIS_DB.',
@@ -474,6 +521,100 @@ function parseSentinel(env: Env, raw: string, masterName: string | undefined): R
   };
 }
 
+/** key=value,key=value with URL-encoded values: the format of OTEL_EXPORTER_OTLP_HEADERS and OTEL_RESOURCE_ATTRIBUTES. */
+function parseKeyValues(env: Env, name: ConfigVariable, what: string): Record<string, string> {
+  const raw = read(env, name);
+  const pairs: Record<string, string> = {};
+  if (raw === undefined) return pairs;
+  raw.split(',').forEach((item, index) => {
+    const separator = item.indexOf('=');
+    const key = item.slice(0, separator).trim();
+    if (separator <= 0 || key === '') throw new ConfigError(name, `item ${index + 1} is not key=value; give ${what} as key=value pairs separated by commas`);
+    try {
+      pairs[key] = decodeURIComponent(item.slice(separator + 1).trim());
+    } catch {
+      throw new ConfigError(name, `the value of item ${index + 1} (${key}) is not URL-encoded correctly; encode %, commas and spaces as %25, %2C, %20`);
+    }
+  });
+  return pairs;
+}
+
+function parseOtlpProtocol(env: Env, name: ConfigVariable, fallback: OtlpProtocol): OtlpProtocol {
+  const raw = read(env, name) ?? fallback;
+  if (raw !== 'http/protobuf' && raw !== 'http/json' && raw !== 'grpc') throw new ConfigError(name, `"${raw}" is not supported; use http/protobuf, http/json or grpc`);
+  return raw;
+}
+
+function parseOtlpUrl(name: ConfigVariable, raw: string): URL {
+  let url: URL;
+  try {
+    url = new URL(raw);
+  } catch {
+    throw new ConfigError(name, `"${raw}" is not a URL; use e.g. http://otel-collector:4318`);
+  }
+  if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new ConfigError(name, `scheme "${url.protocol}" is not supported; use http:// or https://`);
+  return url;
+}
+
+/**
+ * The OTEL_* variables, as the OpenTelemetry specification defines them (the
+ * subset that concerns traces over OTLP). Tracing is on when
+ * OTEL_TRACES_EXPORTER=otlp or an OTLP endpoint is set, unless
+ * OTEL_SDK_DISABLED=true or OTEL_TRACES_EXPORTER=none.
+ */
+function parseTracing(env: Env): TracingConfig | undefined {
+  const exporter = read(env, 'OTEL_TRACES_EXPORTER');
+  if (exporter !== undefined && exporter !== 'otlp' && exporter !== 'none') {
+    throw new ConfigError('OTEL_TRACES_EXPORTER', `"${exporter}" is not supported; use otlp or none`);
+  }
+  const disabled = read(env, 'OTEL_SDK_DISABLED');
+  if (disabled !== undefined && disabled !== 'true' && disabled !== 'false') throw new ConfigError('OTEL_SDK_DISABLED', `"${disabled}" is not allowed; use true or false`);
+  const base = read(env, 'OTEL_EXPORTER_OTLP_ENDPOINT');
+  const full = read(env, 'OTEL_EXPORTER_OTLP_TRACES_ENDPOINT');
+  if (disabled === 'true' || exporter === 'none' || (exporter === undefined && base === undefined && full === undefined)) return undefined;
+
+  const protocol = parseOtlpProtocol(env, 'OTEL_EXPORTER_OTLP_TRACES_PROTOCOL', parseOtlpProtocol(env, 'OTEL_EXPORTER_OTLP_PROTOCOL', 'http/protobuf'));
+  let endpoint: string;
+  if (full !== undefined) endpoint = parseOtlpUrl('OTEL_EXPORTER_OTLP_TRACES_ENDPOINT', full).href;
+  else {
+    const url = parseOtlpUrl('OTEL_EXPORTER_OTLP_ENDPOINT', base ?? (protocol === 'grpc' ? 'http://localhost:4317' : 'http://localhost:4318'));
+    endpoint = protocol === 'grpc' ? url.href : `${url.href.replace(/\/$/, '')}/v1/traces`;
+  }
+  const certificateFile = read(env, 'OTEL_EXPORTER_OTLP_CERTIFICATE');
+  let certificate: Buffer | undefined;
+  if (certificateFile !== undefined) {
+    try {
+      certificate = readFileSync(certificateFile);
+      if (!certificate.toString('utf8').includes('-----BEGIN CERTIFICATE-----')) throw new Error('no PEM certificate in it');
+    } catch (error) {
+      throw new ConfigError('OTEL_EXPORTER_OTLP_CERTIFICATE', `cannot use "${certificateFile}": ${(error as Error).message}; give the path of a PEM file with the CA certificates to trust`);
+    }
+  }
+  const sampler = (read(env, 'OTEL_TRACES_SAMPLER') ?? 'parentbased_always_on') as TraceSampler;
+  if (!TRACE_SAMPLERS.includes(sampler)) throw new ConfigError('OTEL_TRACES_SAMPLER', `"${sampler}" is not supported; use one of ${TRACE_SAMPLERS.join(', ')}`);
+  const ratioRaw = read(env, 'OTEL_TRACES_SAMPLER_ARG');
+  const samplerRatio = ratioRaw === undefined ? 1 : Number(ratioRaw);
+  if (ratioRaw !== undefined && (!/^\d*\.?\d+$/.test(ratioRaw) || samplerRatio > 1)) throw new ConfigError('OTEL_TRACES_SAMPLER_ARG', `"${ratioRaw}" is not a ratio; use a number from 0 to 1 (e.g. 0.1)`);
+  const traceKeys = read(env, 'CONTEXT_CACHE_TRACE_KEYS') ?? 'false';
+  if (traceKeys !== 'true' && traceKeys !== 'false') throw new ConfigError('CONTEXT_CACHE_TRACE_KEYS', `"${traceKeys}" is not allowed; use true or false`);
+  const headers = { ...parseKeyValues(env, 'OTEL_EXPORTER_OTLP_HEADERS', 'headers'), ...parseKeyValues(env, 'OTEL_EXPORTER_OTLP_TRACES_HEADERS', 'headers') };
+  const resourceAttributes = parseKeyValues(env, 'OTEL_RESOURCE_ATTRIBUTES', 'resource attributes');
+  const tracing = {
+    protocol,
+    endpoint,
+    timeoutMs: parseInteger(env, 'OTEL_EXPORTER_OTLP_TRACES_TIMEOUT', parseInteger(env, 'OTEL_EXPORTER_OTLP_TIMEOUT', 10_000, 1, 600_000), 1, 600_000),
+    certificate,
+    sampler,
+    samplerRatio,
+    // As the specification orders it: OTEL_SERVICE_NAME, then service.name in OTEL_RESOURCE_ATTRIBUTES.
+    serviceName: read(env, 'OTEL_SERVICE_NAME') ?? resourceAttributes['service.name'] ?? 'context-cache',
+    resourceAttributes: Object.freeze(resourceAttributes),
+    traceKeys: traceKeys === 'true',
+  } as TracingConfig;
+  Object.defineProperty(tracing, 'headers', { value: Object.freeze(headers), enumerable: false });
+  return Object.freeze(tracing);
+}
+
 const MiB = 1024 * 1024;
 
 /** Parses and validates the whole configuration; throws ConfigError naming the first bad variable. */
@@ -524,5 +665,6 @@ export function loadConfig(env: Env = process.env): Config {
     redis: parseRedis(env),
     lockRedis: parseLockRedis(env),
     auth: parseAuth(env),
+    tracing: parseTracing(env),
   });
 }

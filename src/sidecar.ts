@@ -14,6 +14,7 @@ import { AdminServer } from './ops/admin-server';
 import { HealthReporter } from './ops/health';
 import type { Metrics } from './ops/metrics';
 import type * as MetricsModule from './ops/metrics';
+import { startTracing, type Tracing } from './ops/tracing';
 import { ValueCodec } from './redis/codec';
 import { CLUSTER_BUCKETS, KeySpace } from './redis/keys';
 import type * as LockMastersModule from './redis/lock-masters';
@@ -31,6 +32,7 @@ import { contextCacheService } from './server/service';
 import { SidecarStats } from './server/stats';
 import { RequestValidator } from './server/validation';
 import { WatchFanout, type WatchCounters } from './server/watch';
+import { VERSION } from './version';
 
 
 /*
@@ -85,6 +87,8 @@ export class Sidecar {
   private readonly health: HealthReporter;
   /** The bearer token callers must present (CONTEXT_CACHE_AUTH_TOKEN_FILE), reloaded on change; undefined: off. */
   private readonly auth: AuthToken | undefined;
+  /** OpenTelemetry (OTEL_* variables); undefined: off, and nothing of it is loaded. */
+  private tracing: Tracing | undefined;
   private closing: Promise<void> | undefined;
   private address: string | undefined;
 
@@ -160,11 +164,17 @@ export class Sidecar {
 
   static async start(config: Config, log: Logger): Promise<Sidecar> {
     const sidecar = new Sidecar(config, log, await loadOptionalParts(config));
-    sidecar.address = await sidecar.grpc.start();
+    if (config.tracing !== undefined) sidecar.trace(await startTracing(config.tracing, { sidecarId: sidecar.sidecarId, namespace: config.namespace, version: VERSION }, log));
     try {
-      await sidecar.admin?.start();
+      sidecar.address = await sidecar.grpc.start();
+      try {
+        await sidecar.admin?.start();
+      } catch (error) {
+        await sidecar.grpc.stop(0);
+        throw error;
+      }
     } catch (error) {
-      await sidecar.grpc.stop(0);
+      await sidecar.tracing?.close();
       throw error;
     }
     sidecar.grpc.setHealth(HEALTH_SERVICE_OVERALL, 'SERVING');
@@ -194,6 +204,19 @@ export class Sidecar {
       log.warn('running L1-only: REDIS_URL and REDIS_HOST are not set, so nothing is shared with other sidecars');
     }
     return sidecar;
+  }
+
+  /** Hooks tracing into the call tracker, the Redis link and the lease manager. */
+  private trace(tracing: Tracing): void {
+    this.tracing = tracing;
+    this.calls.tracer = tracing.calls;
+    this.tiers.leases.tracer = tracing.work;
+    if (this.redis !== undefined) this.redis.link.tracer = tracing.work;
+  }
+
+  /** Exports every span ended so far; nothing when tracing is off. */
+  async flushTraces(): Promise<void> {
+    await this.tracing?.flush();
   }
 
   /** The address clients dial: host:port with the real port, or unix:/path. */
@@ -243,6 +266,8 @@ export class Sidecar {
     this.tiers.close();
     await this.tokenCounter.close();
     await this.redis?.close();
+    // Last: the spans of the calls that finished during the grace go out too.
+    await this.tracing?.close();
     this.l1.clear();
     this.log.info({ tookMs: Date.now() - started }, 'shutdown complete');
   }

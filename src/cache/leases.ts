@@ -3,7 +3,7 @@ import { LRUCache } from 'lru-cache';
 import { isCacheError, staleLease, type CacheError } from '../errors';
 import { l1Key, l1KeyOfEvent, type Subject } from '../model/subject';
 import type { EventHub } from './event-hub';
-import type { LeaseStore } from './ports';
+import type { LeaseStore, WorkTracer } from './ports';
 import { countBounded } from './bounded';
 
 /**
@@ -104,6 +104,8 @@ export class LeaseManager {
   private readonly local = new LRUCache<string, LeaseGrant>({ ...countBounded(100_000) });
   /** When each tag was last invalidated here (ms), for fills under memory leases. */
   private readonly localTagStamps = new LRUCache<string, number>({ ...countBounded(100_000), ttl: MAX_LEASE_TTL_MS });
+  /** Traces each caller's wait for another caller's fill (ops/tracing.ts); unset: tracing off. */
+  tracer: WorkTracer | undefined;
 
   constructor(
     /** The shared leases when Redis is usable right now; undefined otherwise. */
@@ -135,7 +137,10 @@ export class LeaseManager {
     let wait = this.waits.get(name);
     if (wait === undefined) this.waits.set(name, (wait = { subject, reread, waiters: [] }));
     if (wait.waiters.length >= MAX_WAITERS_PER_SUBJECT) return { kind: 'gave-up' };
-    const outcome = new Promise<MissOutcome<unknown>>((resolve) => wait.waiters.push({ request, resolve }));
+    const traced = this.tracer?.start('lease wait', { 'context_cache.subject.kind': subject.kind, 'context_cache.lease.waiters': wait.waiters.length + 1 });
+    const outcome = new Promise<MissOutcome<unknown>>((resolve) =>
+      wait.waiters.push({ request, resolve: traced === undefined ? resolve : (result) => (traced.end({ attributes: { 'context_cache.lease.outcome': result.kind } }), resolve(result)) }),
+    );
     if (wait.waiters.length === 1) void this.runWait(name, wait);
     return outcome as Promise<MissOutcome<T>>;
   }

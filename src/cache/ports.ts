@@ -87,3 +87,22 @@ export interface EntryStore {
   /** Removes the entries carrying any of the tags; returns their keys. */
   invalidateTags(tags: readonly string[]): Promise<string[]>;
 }
+
+/** What a trace may say of a piece of work: counts, names of tiers and outcomes — never keys or values. */
+export type TraceAttributes = Readonly<Record<string, string | number | boolean>>;
+
+/** A piece of work being traced; ended once, with its error if it failed. */
+export interface TracedWork {
+  end(outcome?: { error?: unknown; attributes?: TraceAttributes }): void;
+}
+
+/**
+ * Traces work done on behalf of a call — a Redis round trip, a wait for
+ * another caller's fill — as a child of the call's span. `ops/tracing.ts`
+ * implements it on OpenTelemetry; with tracing off none is set, and the
+ * work asks nothing. `start` returns undefined when the current call is not
+ * traced (not sampled, or background work of no call).
+ */
+export interface WorkTracer {
+  start(name: string, attributes?: TraceAttributes): TracedWork | undefined;
+}

@@ -2,6 +2,7 @@ import { EventEmitter } from 'node:events';
 import { isIP } from 'node:net';
 import calculateSlot from 'cluster-key-slot';
 import Redis, { Cluster, type ChainableCommander, type RedisOptions } from 'ioredis';
+import type { WorkTracer } from '../cache/ports';
 import type { Config, HostPort, RedisConfig } from '../config';
 import type { Logger } from '../log';
 import { LatencyWindow } from '../model/latency';
@@ -166,6 +167,8 @@ export class RedisLink extends EventEmitter {
   readonly client: RedisClient;
   /** Round trips of the commands sent over this link. */
   readonly latency = new LatencyWindow();
+  /** Traces each round trip made on behalf of a traced call (ops/tracing.ts); unset: tracing off. */
+  tracer: WorkTracer | undefined;
   private currentState: LinkState = 'connecting';
   private since = Date.now();
   private closed = false;
@@ -232,11 +235,21 @@ export class RedisLink extends EventEmitter {
    * round trip is recorded, and a timeout marks the link down — a hung or
    * paused Redis — so that later calls skip Redis at once instead of each
    * waiting out the timeout. The rejection still reaches the caller.
+   * `operation` names it in traces (a command or script name); `batch`
+   * describes a pipeline (`batch()`), whose calls fail one by one.
    */
-  async command<T>(work: Promise<T>): Promise<T> {
+  async command<T>(work: Promise<T>, operation = 'command', batch?: { size: number; failures: () => Error[] }): Promise<T> {
+    const traced = this.tracer?.start(`redis ${operation}`, { 'db.system.name': 'redis', 'db.operation.name': operation, 'db.operation.batch.size': batch?.size ?? 1, 'context_cache.redis.link': this.role });
     try {
-      return await this.latency.time(work);
+      const reply = await this.latency.time(work);
+      if (traced !== undefined) {
+        // A pipeline resolves with each call's error: the span fails if one did.
+        const failed = batch?.failures() ?? [];
+        traced.end(failed.length === 0 ? undefined : { error: failed[0], attributes: { 'context_cache.redis.failed_calls': failed.length } });
+      }
+      return reply;
     } catch (error) {
+      traced?.end({ error });
       if (isTimeout(error)) this.reconnect();
       throw error;
     }
@@ -248,7 +261,7 @@ export class RedisLink extends EventEmitter {
    * (grouped by the slot of each call's key), all at once — a pipeline
    * cannot span masters. Each call's error or reply comes back in order.
    */
-  async batch(calls: readonly BatchCall[]): Promise<Settled<unknown>[]> {
+  async batch(calls: readonly BatchCall[], operation = 'pipeline'): Promise<Settled<unknown>[]> {
     if (calls.length === 0) return [];
     const cluster = this.cluster;
     const groups = new Map<string, number[]>();
@@ -268,7 +281,7 @@ export class RedisLink extends EventEmitter {
         settled[callIndex] = error ? { error } : { reply };
       });
     });
-    await this.command(Promise.all(sends));
+    await this.command(Promise.all(sends), operation, { size: calls.length, failures: () => settled.flatMap((answer) => ('error' in answer ? [answer.error] : [])) });
     return settled;
   }
 

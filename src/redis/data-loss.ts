@@ -75,7 +75,7 @@ export class DataLossDetector extends EventEmitter {
     const cluster = this.link.cluster;
     const servers = cluster ? cluster.nodes('master') : [this.link.client];
     if (servers.length === 0) throw new Error('no Cluster master is known yet');
-    const infos = await Promise.all(servers.map((server) => this.link.command(server.info('server')).catch((error: Error) => (isNoPermission(error) ? '' : Promise.reject(error)))));
+    const infos = await Promise.all(servers.map((server) => this.link.command(server.info('server'), 'INFO').catch((error: Error) => (isNoPermission(error) ? '' : Promise.reject(error)))));
     return infos.map((info) => /run_id:(\w+)/.exec(info)?.[1] ?? '').sort();
   }
 
@@ -83,7 +83,7 @@ export class DataLossDetector extends EventEmitter {
     const runIds = await this.masterRunIds();
     const candidate = randomUUID();
     // SET NX GET: creates the epoch if missing and returns the previous value either way.
-    const answers = await this.link.batch(this.keys.bucketList.map((bucket) => ({ key: this.keys.epoch(bucket), queue: (p) => p.set(this.keys.epoch(bucket), candidate, 'NX', 'GET') })));
+    const answers = await this.link.batch(this.keys.bucketList.map((bucket) => ({ key: this.keys.epoch(bucket), queue: (p) => p.set(this.keys.epoch(bucket), candidate, 'NX', 'GET') })), 'SET');
     const epochs = answers.map((answer) => {
       if ('error' in answer) throw answer.error;
       return (answer.reply as string | null) ?? candidate;

@@ -92,29 +92,31 @@ export async function writeRepairingTypes<T>(
   write: () => Promise<T>,
   expected: () => readonly TypedKey[] | Promise<readonly TypedKey[]>,
   onRemoved: (keys: string[]) => void,
+  /** The script's name, for traces. */
+  operation: string,
 ): Promise<T> {
   try {
-    return await link.command(write());
+    return await link.command(write(), operation);
   } catch (error) {
     if (!isWrongType(error)) throw error;
     const removed = await removeWrongTypes(link, await expected());
     if (removed.length === 0) throw error;
     onRemoved(removed);
-    return link.command(write());
+    return link.command(write(), operation);
   }
 }
 
 /** Removes the keys whose type is neither the expected one nor none (UNLINK: a large value is freed off Redis's main thread); returns them. */
 export async function removeWrongTypes(link: RedisLink, expected: readonly TypedKey[]): Promise<string[]> {
   if (expected.length === 0) return [];
-  const replies = await link.batch(expected.map(([key]) => ({ key, queue: (p) => p.type(key) })));
+  const replies = await link.batch(expected.map(([key]) => ({ key, queue: (p) => p.type(key) })), 'TYPE');
   const wrong = expected.filter(([, type], index) => {
     const answer = replies[index]!;
     return 'reply' in answer && answer.reply !== 'none' && answer.reply !== type;
   });
   if (wrong.length === 0) return [];
   // One UNLINK per key: the keys may live in different cluster slots.
-  await link.batch(wrong.map(([key]) => ({ key, queue: (p) => p.unlink(key) })));
+  await link.batch(wrong.map(([key]) => ({ key, queue: (p) => p.unlink(key) })), 'UNLINK');
   return wrong.map(([key]) => key);
 }
 
@@ -159,6 +161,7 @@ export class RedisEntryStore implements EntryStore {
         ...write.tags.map((tag): TypedKey => [keys.tagStamp(tag, keys.bucket(key)), 'string']),
       ],
       (removed) => this.removed(key, removed),
+      entrySet.name,
     );
   }
 
@@ -186,6 +189,7 @@ export class RedisEntryStore implements EntryStore {
             [space.lease({ kind: 'entry', id: key }), 'string'],
           ]),
           (removed) => this.removed(group[0] ?? '', removed),
+          entryDelete.name,
         ).then((outcome) => ({ group, outcome })),
       ),
     );
@@ -212,7 +216,7 @@ export class RedisEntryStore implements EntryStore {
           () => this.parts.scripts.run(tagsInvalidate, tags, bucket),
           async () => {
             // The script also reads the entries its tag sets name: those must be hashes too.
-            const members = await this.parts.link.batch(tags.map((tag) => ({ key: space.tag(tag, bucket), queue: (p) => p.zrange(space.tag(tag, bucket), '0', '-1') })));
+            const members = await this.parts.link.batch(tags.map((tag) => ({ key: space.tag(tag, bucket), queue: (p) => p.zrange(space.tag(tag, bucket), '0', '-1') })), 'ZRANGE');
             const entryKeys = new Set(members.flatMap((answer) => ('reply' in answer ? (answer.reply as string[]) : [])));
             return [
               ...tags.map((tag): TypedKey => [space.tag(tag, bucket), 'zset']),
@@ -221,6 +225,7 @@ export class RedisEntryStore implements EntryStore {
             ];
           },
           (keys) => this.removed(tags[0] ?? '', keys),
+          tagsInvalidate.name,
         ),
       ),
     );
@@ -271,7 +276,7 @@ export class RedisEntryStore implements EntryStore {
     this.counters.misses++;
     this.onCorrupt(key, error);
     const { keys, scripts, link } = this.parts;
-    link.command(scripts.run(corruptDiscard, [keys.entry(key)], seen)).catch(() => undefined);
+    link.command(scripts.run(corruptDiscard, [keys.entry(key)], seen), corruptDiscard.name).catch(() => undefined);
     return undefined;
   }
 

@@ -76,17 +76,17 @@ export class RedisSessionStore implements SessionL2 {
 
   put(sessionId: string, nodes: readonly NodeRecord[], ttlMs: number, leaseToken: string): Promise<{ version: number; expiresAt: number } | 'stale'> {
     const chunk = this.chunk(nodes);
-    return this.write(sessionId, () => this.parts.scripts.run(sessionPut, sessionId, chunk, nodes.length, ttlMs, leaseToken));
+    return this.write(sessionId, sessionPut.name, () => this.parts.scripts.run(sessionPut, sessionId, chunk, nodes.length, ttlMs, leaseToken));
   }
 
   append(node: NodeRecord): Promise<StoredAppend> {
     const json = JSON.stringify(node);
     const chunk = this.parts.codec.encode(Buffer.from(`[${json}]`)).bytes;
-    return this.write(node.sessionId, () => this.parts.scripts.run(sessionAppend, node.sessionId, chunk, json, node.id));
+    return this.write(node.sessionId, sessionAppend.name, () => this.parts.scripts.run(sessionAppend, node.sessionId, chunk, json, node.id));
   }
 
   invalidate(sessionId: string): Promise<{ existed: boolean; version: number }> {
-    return this.write(sessionId, () => this.parts.scripts.run(sessionInvalidate, sessionId));
+    return this.write(sessionId, sessionInvalidate.name, () => this.parts.scripts.run(sessionInvalidate, sessionId));
   }
 
   /** The node appended at `version`, if it is still the session's last append (and has the shape of a node). */
@@ -96,7 +96,7 @@ export class RedisSessionStore implements SessionL2 {
     const limit = this.parts.maxReadBytes * DECODED_BYTES_PER_LIMIT;
     let raw: string;
     try {
-      raw = await this.parts.link.command(this.parts.link.client.getrange(key, 0, limit));
+      raw = await this.parts.link.command(this.parts.link.client.getrange(key, 0, limit), 'GETRANGE');
     } catch (error) {
       if (!isWrongType(error)) throw error;
       this.removedIndexKey(sessionId, key);
@@ -119,7 +119,7 @@ export class RedisSessionStore implements SessionL2 {
     const indexed = nodes.filter((node) => node.shortId !== '');
     if (indexed.length === 0) return;
     // One SET per short ID, sent at once: on a Cluster they fall in many slots.
-    const answers = await link.batch(indexed.map((node) => ({ key: keys.shortId(node.shortId), queue: (p) => p.set(keys.shortId(node.shortId), node.sessionId, 'PX', ttlMs) })));
+    const answers = await link.batch(indexed.map((node) => ({ key: keys.shortId(node.shortId), queue: (p) => p.set(keys.shortId(node.shortId), node.sessionId, 'PX', ttlMs) })), 'SET');
     const failed = answers.find((answer): answer is { error: Error } => 'error' in answer);
     if (failed) throw failed.error;
   }
@@ -129,7 +129,7 @@ export class RedisSessionStore implements SessionL2 {
     if (shortIds.length === 0) return [];
     const { link, keys } = this.parts;
     // GETRANGE, not GET: a session ID is short, so nothing longer is fetched.
-    const answers = await link.batch(shortIds.map((id) => ({ key: keys.shortId(id), queue: (p) => p.getrange(keys.shortId(id), 0, MAX_SESSION_ID_BYTES) })));
+    const answers = await link.batch(shortIds.map((id) => ({ key: keys.shortId(id), queue: (p) => p.getrange(keys.shortId(id), 0, MAX_SESSION_ID_BYTES) })), 'GETRANGE');
     return answers.map((answer, index) => {
       if ('error' in answer) {
         if (!isWrongType(answer.error)) throw answer.error;
@@ -145,7 +145,7 @@ export class RedisSessionStore implements SessionL2 {
    * A session write script, repaired once if it meets one of the session's
    * keys holding another Redis type (see writeRepairingTypes).
    */
-  private write<T>(sessionId: string, run: () => Promise<T>): Promise<T> {
+  private write<T>(sessionId: string, operation: string, run: () => Promise<T>): Promise<T> {
     const { keys } = this.parts;
     const expected: TypedKey[] = [
       [keys.sessionMeta(sessionId), 'hash'],
@@ -156,7 +156,7 @@ export class RedisSessionStore implements SessionL2 {
     return writeRepairingTypes(this.parts.link, run, () => expected, (removed) => {
       this.counters.corrupt += removed.length;
       this.onCorrupt(sessionId, new CorruptValueError(`${removed.join(', ')} held the wrong Redis type; removed before the write was retried`));
-    });
+    }, operation);
   }
 
   /** One encoded chunk of nodes: the format every session chunk has. */
@@ -175,7 +175,7 @@ export class RedisSessionStore implements SessionL2 {
   }
 
   private rewrite(sessionId: string, version: number, nodes: readonly NodeRecord[]): Promise<boolean> {
-    return this.parts.link.command(this.parts.scripts.run(sessionCompact, sessionId, version, this.chunk(nodes), nodes.length));
+    return this.parts.link.command(this.parts.scripts.run(sessionCompact, sessionId, version, this.chunk(nodes), nodes.length), sessionCompact.name);
   }
 
   private judge(sessionId: string, reply: SessionReadReply): StoredSession | undefined {
@@ -236,7 +236,7 @@ export class RedisSessionStore implements SessionL2 {
     this.counters.corrupt++;
     this.onCorrupt(sessionId, error);
     const { keys, scripts, link } = this.parts;
-    link.command(scripts.run(corruptDiscard, [keys.sessionMeta(sessionId), keys.sessionChunks(sessionId)], seen)).catch(() => undefined);
+    link.command(scripts.run(corruptDiscard, [keys.sessionMeta(sessionId), keys.sessionChunks(sessionId)], seen), corruptDiscard.name).catch(() => undefined);
     return undefined;
   }
 

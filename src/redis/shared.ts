@@ -118,13 +118,13 @@ export class RedisTier implements SharedTier {
       for (const match of this.keys.cachePatterns) {
         let cursor = '0';
         do {
-          const [next, found] = await this.link.command(server.scan(cursor, 'MATCH', match, 'COUNT', 1000));
-          if (found.length > 0) await this.link.batch(found.map((key) => ({ key, queue: (p) => p.unlink(key) })));
+          const [next, found] = await this.link.command(server.scan(cursor, 'MATCH', match, 'COUNT', 1000), 'SCAN');
+          if (found.length > 0) await this.link.batch(found.map((key) => ({ key, queue: (p) => p.unlink(key) })), 'UNLINK');
           cursor = next;
         } while (cursor !== '0');
       }
     }
-    await this.link.command(this.scripts.run(namespaceFlushed));
+    await this.link.command(this.scripts.run(namespaceFlushed), namespaceFlushed.name);
   }
 
   /**
@@ -140,7 +140,7 @@ export class RedisTier implements SharedTier {
     if (this.closed) return;
     const key = this.keys.recovery(details.identity);
     try {
-      const claimed = await this.link.command(this.link.client.set(key, this.sidecarId, 'PX', RECOVERY_CLAIM_MS, 'NX'));
+      const claimed = await this.link.command(this.link.client.set(key, this.sidecarId, 'PX', RECOVERY_CLAIM_MS, 'NX'), 'SET');
       if (claimed === 'OK') {
         await this.flushNamespace();
         this.recoveries.flushed++;
@@ -153,7 +153,7 @@ export class RedisTier implements SharedTier {
       // until the flush is done here or another sidecar claims it.
       this.recoveries.failed++;
       this.log.warn({ err: (error as Error).message, attempt }, 'could not flush the namespace after Redis lost data or a master was replaced; retrying');
-      await this.link.command(this.link.client.del(key)).catch(() => undefined);
+      await this.link.command(this.link.client.del(key), 'DEL').catch(() => undefined);
       if (attempt < MAX_RECOVERY_ATTEMPTS) {
         const timer = setTimeout(() => void this.recover(details, attempt + 1), backoffDelay(attempt, 200, 5000));
         timer.unref();
@@ -192,7 +192,7 @@ export class RedisTier implements SharedTier {
   }
 
   async clockUs(): Promise<number> {
-    const [seconds, micros] = await this.link.command(this.link.client.time());
+    const [seconds, micros] = await this.link.command(this.link.client.time(), 'TIME');
     return Number(seconds) * 1_000_000 + Number(micros);
   }
 

@@ -1,4 +1,5 @@
 import type { EntryCache, ReadResult } from '../cache/entries';
+import type { TraceAttributes } from '../cache/ports';
 import type { ContextCacheServer, GetManyResult } from '../gen/contextcache/v1/context_cache';
 import type { CallTracker } from './calls';
 import { entryInfo, leaseToProto, scopeToProto } from './mapping';
@@ -11,6 +12,14 @@ function manyResult(key: string, read: ReadResult | undefined): GetManyResult {
   return { key, found: true, value: read.entry.value, info: entryInfo(read.entry, read) };
 }
 
+/** What a trace says of several reads: hits by tier, and the tier that answered (`mixed` when both did). */
+function readsByTier(reads: readonly (ReadResult | undefined)[]): TraceAttributes {
+  let l1 = 0;
+  let l2 = 0;
+  for (const read of reads) if (read !== undefined) read.source === 'l1' ? l1++ : l2++;
+  return { 'context_cache.hit': l1 + l2 > 0, 'context_cache.hits': l1 + l2, 'context_cache.hits.l1': l1, 'context_cache.hits.l2': l2, 'context_cache.tier': l1 > 0 && l2 > 0 ? 'mixed' : l1 > 0 ? 'l1' : l2 > 0 ? 'l2' : 'none' };
+}
+
 /** The generic cache RPCs: validate, delegate to the EntryCache, translate. */
 export function cacheHandlers({ entries, validate, calls }: { entries: EntryCache; validate: RequestValidator; calls: CallTracker }): CacheHandlers {
   return {
@@ -19,6 +28,7 @@ export function cacheHandlers({ entries, validate, calls }: { entries: EntryCach
       const { read, lease, waited } = request.leaseOnMiss
         ? await entries.getOrLease(key, validate.leaseRequest(request.leaseTtl, request.leaseWait, call))
         : { read: await entries.get(key), lease: undefined, waited: false };
+      call.annotate?.({ 'context_cache.hit': read !== undefined, 'context_cache.tier': read?.source ?? 'none', ...(request.leaseOnMiss ? { 'context_cache.lease': lease ? 'granted' : waited ? 'waited' : 'none' } : {}) });
       if (read === undefined) {
         return { found: false, value: Buffer.alloc(0), info: undefined, notModified: false, lease: lease && leaseToProto(lease) };
       }
@@ -32,9 +42,10 @@ export function cacheHandlers({ entries, validate, calls }: { entries: EntryCach
       };
     }),
 
-    getMany: calls.unary('GetMany', async (request) => {
+    getMany: calls.unary('GetMany', async (request, call) => {
       const keys = validate.keys(request.keys);
       const reads = await entries.getMany(keys);
+      call.annotate?.(readsByTier(reads));
       return { results: keys.map((key, index) => manyResult(key, reads[index])) };
     }),
 

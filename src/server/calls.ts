@@ -1,4 +1,5 @@
 import type { Deadline, handleServerStreamingCall, handleUnaryCall, ServerUnaryCall, ServerWritableStream, ServiceError } from '@grpc/grpc-js';
+import type { TraceAttributes } from '../cache/ports';
 import { invalidArgument, shuttingDown } from '../errors';
 import type { Logger } from '../log';
 import { toServiceError } from './status';
@@ -23,6 +24,22 @@ export interface CallContext {
   readonly deadline: number;
   /** The deadline less a margin to answer in; Infinity for none. */
   readonly answerBy: number;
+  /** Adds what the handler learned (tier, hit) to the call's span; undefined when the call is not traced. */
+  readonly annotate: ((attributes: TraceAttributes) => void) | undefined;
+}
+
+/** Traces calls (ops/tracing.ts); with tracing off none is set and calls pay nothing for it. */
+export interface CallTracer {
+  /** The span of a call that is traced (undefined: not sampled). A stream's span ends by itself when the stream does. */
+  start(method: string, call: ServerUnaryCall<unknown, unknown> | ServerWritableStream<unknown, unknown>, streaming: boolean): TracedCall | undefined;
+}
+
+export interface TracedCall {
+  /** Runs the handler with the span current, so that the work done for it (Redis, lease waits) becomes its children. */
+  run<T>(handler: () => T): T;
+  annotate(attributes: TraceAttributes): void;
+  /** A unary call ended with this status code. */
+  end(code: number): void;
 }
 
 /** Runs `listener` once when the call ends — at once if it already has. */
@@ -62,10 +79,11 @@ function deadlineMs(deadline: Deadline): number {
  * handlers never look at them, and an AbortController per call is a cost
  * on the hot path.
  */
-function callContext(method: string, call: Call, endsWith: readonly string[], eager = false): CallContext {
+function callContext(method: string, call: Call, endsWith: readonly string[], eager: boolean, traced: TracedCall | undefined): CallContext {
   let controller: AbortController | undefined;
   const context: CallContext = {
     method,
+    annotate: traced && ((attributes) => traced.annotate(attributes)),
     get deadline() {
       return deadlineMs(call.getDeadline());
     },
@@ -105,6 +123,8 @@ export class CallTracker {
 
   /** Told of every finished unary call (metrics). */
   onCallEnd: ((method: string, code: number, seconds: number) => void) | undefined;
+  /** Traces calls; unset: tracing off. */
+  tracer: CallTracer | undefined;
 
   constructor(private readonly log: Logger) {}
 
@@ -129,9 +149,14 @@ export class CallTracker {
       }
       this.inFlight++;
       const started = process.hrtime.bigint();
-      const finish = (code: number) => this.onCallEnd?.(method, code, Number(process.hrtime.bigint() - started) / 1e9);
+      const traced = this.tracer?.start(method, call as Call, false);
+      const finish = (code: number) => {
+        traced?.end(code);
+        this.onCallEnd?.(method, code, Number(process.hrtime.bigint() - started) / 1e9);
+      };
+      const run = () => handler(call.request, callContext(method, call as Call, ['cancelled'], false, traced));
       Promise.resolve()
-        .then(() => handler(call.request, callContext(method, call as Call, ['cancelled'])))
+        .then(traced === undefined ? run : () => traced.run(run))
         .then(
           (response) => {
             finish(0);
@@ -169,11 +194,12 @@ export class CallTracker {
         return;
       }
       const tracked = call as ServerWritableStream<unknown, unknown>;
-      const context = callContext(method, tracked, ['cancelled', 'close', 'finish', 'error'], true);
+      const traced = this.tracer?.start(method, tracked, true);
+      const context = callContext(method, tracked, ['cancelled', 'close', 'finish', 'error'], true, traced);
       this.streams.add(tracked);
       onCallEnd(context, () => this.streams.delete(tracked));
       Promise.resolve()
-        .then(() => handler(call, context))
+        .then(traced === undefined ? () => handler(call, context) : () => traced.run(() => handler(call, context)))
         .catch((error: unknown) => {
           this.streams.delete(tracked);
           endStream(call, toServiceError(error, method, this.log));

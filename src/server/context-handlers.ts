@@ -41,6 +41,12 @@ export function contextHandlers({
         const { read, lease, waited } = request.leaseOnMiss
           ? await sessions.getOrLease(sessionId, validate.leaseRequest(request.leaseTtl, request.leaseWait, call))
           : { read: await sessions.get(sessionId), lease: undefined, waited: false };
+        call.annotate?.({
+          'context_cache.hit': read !== undefined,
+          'context_cache.tier': read?.source ?? 'none',
+          'context_cache.node_count': read?.session.nodes.length ?? 0,
+          ...(request.leaseOnMiss ? { 'context_cache.lease': lease ? 'granted' : waited ? 'waited' : 'none' } : {}),
+        });
         if (read === undefined) return { found: false, nodes: [], info: undefined, lease: lease && leaseToProto(lease) };
         const head = GetSessionNodesResponse.encode({ found: true, nodes: [], info: sessionInfo(read, waited), lease: undefined }).finish();
         encodeNodes(read.session.nodes);
@@ -87,7 +93,7 @@ export function contextHandlers({
 
     buildContext: calls.unary(
       'BuildContext',
-      async (request) => {
+      async (request, call) => {
         const built = await buildContext(sessions, {
           sessionId: validate.id(request.sessionId, 'session_id'),
           headNodeId: validate.id(request.headNodeId, 'head_node_id', true),
@@ -98,6 +104,7 @@ export function contextHandlers({
           extraRefs: validate.shortIds(request.extraRefs, 'extra_refs', validate.maxKeysPerCall),
           maxRefDepth: request.maxRefDepth,
         });
+        call.annotate?.({ 'context_cache.hit': built.sessionFound, 'context_cache.tier': built.source ?? 'none', 'context_cache.node_count': built.items.length, 'context_cache.sessions_missing': built.missingSessionIds.length });
         const head = BuildContextResponse.encode(builtContextHead(built)).finish();
         // repeated ContextNode nodes = 2 { Node node = 1; InclusionReason reason = 2; string referenced_by = 3; uint32 token_count = 4; }
         encodeNodes(built.items.map((item) => item.node));

@@ -117,6 +117,15 @@ describe('the layering of src/', () => {
     expect(violations((i) => i.from.startsWith('model/') && (!i.internal || !i.target.startsWith('model/')))).toEqual([]);
   });
 
+  it('keeps OpenTelemetry in src/ops/ alone, and out of every module loaded when tracing is off (types only, the SDK imported on demand)', () => {
+    expect(violations((i) => !i.internal && i.target.startsWith('@opentelemetry/') && !i.from.startsWith('ops/'))).toEqual([]);
+    const eager = sourceFiles(SRC).flatMap((file) =>
+      [...readFileSync(file, 'utf8').matchAll(/^\s*import\s+(?!type\b)[^'"]*?from\s+'(@opentelemetry\/[^']+)'/gm)].map((m) => `${relative(SRC, file)} -> ${m[1]}`),
+    );
+    expect(eager).toEqual([]);
+    expect(readFileSync(join(SRC, 'ops/tracing.ts'), 'utf8')).toMatch(/await import\('@opentelemetry\/sdk-trace'\)|import\('@opentelemetry\/sdk-trace'\)/);
+  });
+
   it('keeps Lua in src/redis/ alone', () => {
     const lua = sourceFiles(SRC).filter((file) => /redis\.call\(/.test(readFileSync(file, 'utf8'))).map((file) => relative(SRC, file));
     expect(lua.length).toBeGreaterThan(0);

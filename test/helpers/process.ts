@@ -41,11 +41,11 @@ const running = new Set<SidecarProcess>();
 
 /**
  * Starts `src/main.ts` in a child process through the tsx loader, with a
- * clean environment: none of the caller's CONTEXT_CACHE_* or REDIS_*
+ * clean environment: none of the caller's CONTEXT_CACHE_*, REDIS_* or OTEL_*
  * variables leak in, only `env`.
  */
 export function spawnSidecar(env: Record<string, string>): SidecarProcess {
-  const inherited = Object.fromEntries(Object.entries(process.env).filter(([name]) => !name.startsWith('CONTEXT_CACHE_') && !name.startsWith('REDIS_')));
+  const inherited = Object.fromEntries(Object.entries(process.env).filter(([name]) => !name.startsWith('CONTEXT_CACHE_') && !name.startsWith('REDIS_') && !name.startsWith('OTEL_')));
   const child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts'], {
     cwd: REPO_ROOT,
     // The admin port gets a free port unless the test sets one: two sidecars on the default would collide.

@@ -58,6 +58,7 @@ export class ScriptRunner {
     this.define(script as unknown as Script<never, unknown>);
     const replies = await link.batch(
       calls.map((args) => ({ key: script.args(this.context, ...args).keys[0] ?? '', queue: (pipeline: ChainableCommander) => void this.invoker(pipeline, script, args) })),
+      script.name,
     );
     return replies.map((answer) => ('error' in answer ? answer : { reply: script.parse(answer.reply) }));
   }
