@@ -1,8 +1,10 @@
-import { defineConfig } from 'vitest/config';
+import { configDefaults, defineConfig } from 'vitest/config';
 
 export default defineConfig({
   test: {
     include: ['test/**/*.test.ts'],
+    // The image tests need podman and a built image: `npm run test:image` (vitest.image.config.mts).
+    exclude: [...configDefaults.exclude, 'test/image/**'],
     pool: 'forks',
     testTimeout: 30_000,
     hookTimeout: 60_000,

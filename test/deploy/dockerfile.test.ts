@@ -106,6 +106,18 @@ function envOf(instructions: Instruction[]): Record<string, string> {
   return env;
 }
 
+/** Files that nothing reads at run time: the only ones a `find node_modules … -delete` step may remove. */
+const NOT_READ_AT_RUN_TIME = ['*.d.ts', '*.d.mts', '*.d.cts', '*.map', '*.md'];
+
+/** The name patterns of a prune step (`find node_modules -type f \( -name P -o … \) -delete`); undefined for any other command. */
+function prunedPatterns(command: string): string[] | undefined {
+  const match = /^find node_modules -type f \\\( (.+) \\\) -delete$/.exec(command);
+  if (!match) return undefined;
+  const terms = match[1]!.split(' -o ');
+  const patterns = terms.map((term) => /^-name '([^']+)'$/.exec(term)?.[1]);
+  return patterns.every((pattern) => pattern !== undefined) ? (patterns as string[]) : undefined;
+}
+
 /** The commands of a RUN instruction, split on && (the Dockerfile uses nothing fancier). */
 const commandsOf = (run: Instruction) => run.args.split('&&').map((c) => c.trim().replace(/\s+/g, ' '));
 const execForm = (instruction: Instruction | undefined) => (instruction && instruction.args.startsWith('[') ? (JSON.parse(instruction.args) as string[]) : undefined);
@@ -183,6 +195,10 @@ describe('Dockerfile', () => {
             if (!copied.has('package.json') || !copied.has('package-lock.json')) problems.push(`line ${instruction.line}: ${command} before package.json and package-lock.json are copied`);
           } else if (script !== undefined) {
             if (packageJson.scripts[script] === undefined) problems.push(`line ${instruction.line}: no script "${script}" in package.json`);
+          } else if (prunedPatterns(command) !== undefined) {
+            const unsafe = prunedPatterns(command)!.filter((pattern) => !NOT_READ_AT_RUN_TIME.includes(pattern));
+            if (unsafe.length > 0) problems.push(`line ${instruction.line}: the prune step deletes ${unsafe.join(', ')}, which may be read at run time`);
+            if (!stage.instructions.slice(0, stage.instructions.indexOf(instruction) + 1).some((i) => i.keyword === 'RUN' && commandsOf(i).includes('npm ci --omit=dev'))) problems.push(`line ${instruction.line}: prune step before npm ci --omit=dev`);
           } else {
             problems.push(`line ${instruction.line}: "${command}" is not a step this test knows how to check`);
           }
@@ -203,7 +219,9 @@ describe('Dockerfile', () => {
       return stageNamed(copy!.flags.from!)!;
     };
     const runs = (stage: Stage) => stage.instructions.filter((i) => i.keyword === 'RUN').flatMap(commandsOf);
-    expect(runs(fromStage('/node_modules'))).toEqual(['npm ci --omit=dev']);
+    const modules = runs(fromStage('/node_modules'));
+    expect(modules[0]).toBe('npm ci --omit=dev');
+    expect(modules.slice(1).every((command) => prunedPatterns(command) !== undefined), `after npm ci --omit=dev only prune steps: ${modules.join('; ')}`).toBe(true);
     expect(runs(fromStage('/dist'))).toContain('npm run build');
     expect(runs(runtime)).toEqual([]);
     // From the build context: package.json only (read at run time for the version).
@@ -346,6 +364,11 @@ function replay(all: Stage[], temp: string): Map<string, Replayed> {
               for (const file of ['package.json', 'package-lock.json']) if (!existsSync(join(workdir, file))) throw new Error(`${where}: ${command} without ${file}`);
               if (command === 'npm ci') symlinkSync(join(ROOT, 'node_modules'), join(workdir, 'node_modules'), 'dir');
               else state.log.push(`linked ${linkProductionDependencies(workdir).length} production packages`);
+            } else if (prunedPatterns(command) !== undefined) {
+              // The replay's node_modules are links into the repository's: nothing is deleted here; the
+              // image test (test/image/) runs the pruned modules for real.
+              state.log.push(`prune ${prunedPatterns(command)!.join(' ')} (not replayed)`);
+              continue;
             } else if (/^npm run \S+$/.test(command)) {
               const result = spawnSync('npm', command.split(' ').slice(1), { cwd: workdir, encoding: 'utf8', timeout: 60_000 });
               if (result.status !== 0) throw new Error(`${where}: ${command} failed (${result.status ?? result.signal}): ${result.stdout}${result.stderr}`);

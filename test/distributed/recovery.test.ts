@@ -110,7 +110,8 @@ describe('CONTEXT_CACHE_DEGRADED_MAX_AGE', () => {
 
   it('a short cap serves degraded hits at first, then misses', async () => {
     redis = await startRedis();
-    const sc = await startSidecar({ REDIS_URL: redis.url, CONTEXT_CACHE_NAMESPACE: 'cap', CONTEXT_CACHE_DEGRADED_MAX_AGE: '400ms' });
+    // Long enough for the first read to come within it when killing Redis takes a container engine's round trip.
+    const sc = await startSidecar({ REDIS_URL: redis.url, CONTEXT_CACHE_NAMESPACE: 'cap', CONTEXT_CACHE_DEGRADED_MAX_AGE: '1s' });
     await waitFor(() => sc.sidecar.tiers.mode === 'coherent', 'coherent');
     await sc.client.set({ key: 'k', value: Buffer.from('v') });
     await redis.kill();

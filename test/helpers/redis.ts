@@ -9,11 +9,17 @@ import { waitFor } from './wait';
  * that tests can take it away from the sidecars and give it back.
  *
  * Where a container engine is reachable (DOCKER_HOST or /var/run/docker.sock)
- * it runs in a container through testcontainers; otherwise as a
- * `redis-server` child process. Set TEST_REDIS=process or TEST_REDIS=container
- * to force one.
+ * it runs in a container through testcontainers, from TEST_REDIS_IMAGE
+ * (default localhost/context-cache-test-redis:7: Debian's redis-server,
+ * built by `npm run test:image`, since no registry can be pulled from
+ * here); otherwise as a `redis-server` child process. Set TEST_REDIS=process
+ * or TEST_REDIS=container to force one (container: no fallback).
  */
 export interface TestRedis {
+  /** How it runs: a child process, or a container through testcontainers. */
+  readonly kind: 'process' | 'container';
+  /** The container's ID (kind container). */
+  readonly containerId?: string;
   readonly host: string;
   readonly port: number;
   readonly url: string;
@@ -131,6 +137,7 @@ async function startProcessRedis(): Promise<TestRedis> {
     proc.exitCode !== null || proc.signalCode !== null ? Promise.resolve() : new Promise<void>((resolve) => proc.once('exit', () => resolve()));
   await launch();
   const redis: TestRedis = {
+    kind: 'process',
     host: '127.0.0.1',
     port,
     url: `redis://127.0.0.1:${port}`,
@@ -165,38 +172,57 @@ async function startProcessRedis(): Promise<TestRedis> {
   return redis;
 }
 
+export const TEST_REDIS_IMAGE = process.env.TEST_REDIS_IMAGE ?? 'localhost/context-cache-test-redis:7';
+
 async function startContainerRedis(): Promise<TestRedis> {
-  const { GenericContainer, getContainerRuntimeClient } = await import('testcontainers');
+  const { GenericContainer, Wait, getContainerRuntimeClient } = await import('testcontainers');
   const port = await freePort();
-  // A fixed host port, so that a restarted container is found where the sidecars look.
-  const container = await new GenericContainer('redis:7.0-alpine')
-    .withCommand(['redis-server', '--save', '', '--appendonly', 'no'])
+  // A fixed host port, so that a restarted container is found where the sidecars look; published on
+  // loopback only, and dialled as 127.0.0.1 (not "localhost", which may resolve to ::1 first).
+  const host = '127.0.0.1';
+  const ready = async (what: string) => waitFor(async () => (await respCommand(port, ['PING'], host)) === 'PONG', what);
+  const container = await new GenericContainer(TEST_REDIS_IMAGE)
+    .withCommand(['redis-server', '--bind', '0.0.0.0', '--protected-mode', 'no', '--save', '', '--appendonly', 'no'])
     .withExposedPorts({ container: 6379, host: port })
+    .withWaitStrategy(Wait.forLogMessage(/Ready to accept connections/))
     .start();
-  const host = container.getHost();
+  // The log line comes before the published port forwards: ready means it answers through it.
+  await ready(`the Redis container on port ${port}`);
   const runtime = await getContainerRuntimeClient();
   const raw = runtime.container.getById(container.getId());
+  let paused = false;
   return {
+    kind: 'container',
+    containerId: container.getId(),
     host,
     port,
     url: `redis://${host}:${port}`,
     kill: async () => {
+      if (paused) await raw.unpause().catch(() => undefined);
+      paused = false;
+      // Resolves once the signal is sent: the server is gone then, as with a process (restart waits for the exit).
       await raw.kill({ signal: 'SIGKILL' }).catch(() => undefined);
     },
     pause: async () => {
       await raw.pause();
+      paused = true;
     },
     resume: async () => {
       await raw.unpause();
+      paused = false;
     },
     restart: async () => {
+      if (paused) await raw.unpause().catch(() => undefined);
+      paused = false;
       await raw.kill({ signal: 'SIGKILL' }).catch(() => undefined);
+      await raw.wait().catch(() => undefined);
       await raw.start();
-      await waitFor(async () => (await respCommand(port, ['PING'], host)) === 'PONG', 'restarted Redis container');
+      await ready('the restarted Redis container');
     },
     command: (...args) => respCommand(port, args, host),
     stop: async () => {
-      await container.stop();
+      if (paused) await raw.unpause().catch(() => undefined);
+      await container.stop({ timeout: 0 });
     },
   };
 }
