@@ -69,6 +69,8 @@ export interface DeployedOptions {
   inspect?: boolean;
   /** The API on loopback TCP (default) or on a Unix socket. */
   transport?: Transport;
+  /** Another build's main.js (an older commit's dist/, for a before/after comparison); default this repository's dist/main.js. */
+  main?: string;
 }
 
 /** utime + stime of a process from /proc/<pid>/stat (fields 14 and 15, in clock ticks of 10 ms). */
@@ -85,10 +87,11 @@ export function processRss(pid: number): number {
 }
 
 export async function startDeployedSidecar(env: Record<string, string>, options: DeployedOptions = {}): Promise<DeployedSidecar> {
-  ensureBuilt();
+  if (options.main === undefined) ensureBuilt();
+  const main = options.main ?? join(ROOT, 'dist', 'main.js');
   const listen = await benchAddress(options.transport ?? 'tcp');
   const adminPort = await freePort();
-  const args = options.inspect ? [`--inspect=127.0.0.1:${await freePort()}`, join(ROOT, 'dist', 'main.js')] : [join(ROOT, 'dist', 'main.js')];
+  const args = options.inspect ? [`--inspect=127.0.0.1:${await freePort()}`, main] : [main];
   let child: ChildProcess;
   let exited: Promise<void>;
   let inspector: string | undefined;

@@ -19,11 +19,12 @@ import { locks } from './locks';
 import { nearCache } from './near-cache';
 import { steady, steadySoak } from './steady';
 import { tokens } from './tokens';
+import { tracing } from './tracing';
 import { watchMemory } from './watch-memory';
 
 const RESULTS = join(__dirname, '..', 'bench-results');
 
-const BENCHES: Bench[] = [l1Get, distributed, nearCache, cluster, clusterBus, compression, context, tokens, locks, l1Memory, watchMemory, steady, chatApp];
+const BENCHES: Bench[] = [l1Get, distributed, nearCache, cluster, clusterBus, compression, context, tokens, tracing, locks, l1Memory, watchMemory, steady, chatApp];
 /** Run only when named: `npm run bench -- steady-soak` (five minutes). */
 const ON_REQUEST: Bench[] = [steadySoak];
 

@@ -80,7 +80,18 @@ function lines(): string[] {
     }
     out.push(`| 1,000 callers waiting for one lease's fill | ${Math.round(f['leases.thousandWaitersCommandsPerSecond']!)} Redis commands/s | 1 caller waiting: ${Math.round(f['leases.oneWaiterCommandsPerSecond']!)}/s (${x(f['leases.ratio']!)}) | ≤ 2x |`);
   }
-  const host = (l1 ?? ctx ?? locks ?? dist)!;
+  const tracing = load('tracing');
+  if (tracing) {
+    dates.add(tracing.at.slice(0, 10));
+    const f = tracing.figures!;
+    const cpu = (name: string) => f[`${name} CPU µs per Get`]!;
+    const off = 'tracing off (default)';
+    const baseline = Object.keys(f).find((key) => key.startsWith('baseline build') && key.endsWith('CPU µs per Get'));
+    out.push(
+      `| Get 1 KiB from L1, tracing (sidecar CPU per Get) | off ${cpu(off).toFixed(0)} µs; SDK loaded, nothing sampled ${x(cpu('SDK loaded, nothing sampled') / cpu(off))}; every call traced and exported ${x(cpu('every call traced, exported') / cpu(off))}, ${x(f['every call traced, exported calls/s']! / f[`${off} calls/s`]!)} the calls/s | ${baseline === undefined ? '' : `the build before, off: ${x(f[baseline]! / cpu(off))}`} | off: no difference to the build before |`,
+    );
+  }
+  const host = (l1 ?? ctx ?? locks ?? dist ?? tracing)!;
   return [
     `From \`bench-results/*.json\` (${[...dates].sort().join(', ')}; ${host.node}, ${host.host.cpus} cores${host.host.model ? `, ${host.host.model}` : ''}; the machine is shared, figures are medians where the benchmark interleaves rounds, treat p99s with care):`,
     '',

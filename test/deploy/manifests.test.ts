@@ -435,10 +435,12 @@ describe('deploy/kubernetes files', () => {
         'deploy/kubernetes/overlays/auth-token',
         'deploy/kubernetes/overlays/redis-cluster',
         'deploy/kubernetes/overlays/redis-sentinel',
+        'deploy/kubernetes/overlays/tracing',
         'deploy/kubernetes/examples/redis',
         'deploy/kubernetes/components/unix-socket',
         'deploy/kubernetes/components/legacy-sidecar',
         'deploy/kubernetes/components/auth-token',
+        'deploy/kubernetes/components/tracing',
       ]),
     );
   });
@@ -582,6 +584,14 @@ describe.each(variants)('rendered: $name', (variant) => {
     expect(unknown, 'not in CONFIG_VARIABLES').toEqual([]);
     expect(Object.keys(env).length).toBeGreaterThanOrEqual(5);
     expect(() => loadConfig(env)).not.toThrow();
+  });
+
+  it('traces exactly where components/tracing is used, to a Collector over OTLP', (ctx) => {
+    const docs = renderedOrSkip(ctx);
+    const { sidecar } = findSidecarPod(docs);
+    const tracing = loadConfig(resolveEnv(sidecar, docs).env).tracing;
+    expect(tracing !== undefined, 'tracing on').toBe(variant.name === 'overlays/tracing');
+    if (tracing !== undefined) expect(tracing).toMatchObject({ endpoint: expect.stringMatching(/^http:\/\/.+:4318\/v1\/traces$/), sampler: 'parentbased_traceidratio', traceKeys: false });
   });
 
   it('the probes dial the health-only port that CONTEXT_CACHE_HEALTH_LISTEN binds, for health services the sidecar reports', (ctx) => {
