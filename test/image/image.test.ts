@@ -33,6 +33,13 @@ async function readyz(port: number): Promise<{ status: number; body: { status: s
   return { status: response.status, body: (await response.json()) as { status: string; components: Record<string, string> } };
 }
 
+/** Distinct free ports: freePort() twice in a row may give the same one (each is closed before the next is asked for). */
+async function freePorts(count: number): Promise<number[]> {
+  const ports = new Set<number>();
+  while (ports.size < count) ports.add(await freePort());
+  return [...ports];
+}
+
 /** Waits for a container to exit; resolves with its exit code. */
 async function exitCode(id: string): Promise<number> {
   return Number(await podman('wait', id));
@@ -53,7 +60,7 @@ describe.skipIf(IMAGE === undefined)(`the image ${IMAGE ?? '(CONTEXT_CACHE_IMAGE
   });
 
   it('starts with a read-only root filesystem, answers health and /readyz, serves the API published to loopback, and exits 0 on SIGTERM', async () => {
-    const [api, health, admin] = [await freePort(), await freePort(), await freePort()];
+    const [api, health, admin] = await freePorts(3);
     const before = Date.now();
     const id = await podman(
       'run', '--detach', '--read-only', '--cap-drop=ALL', '--security-opt=no-new-privileges',
@@ -101,7 +108,7 @@ describe.skipIf(IMAGE === undefined)(`the image ${IMAGE ?? '(CONTEXT_CACHE_IMAGE
   });
 
   it('runs as a sidecar would: in a pod with Redis on its loopback, the API left on 127.0.0.1 by the image, health and metrics published', async () => {
-    const [health, admin] = [await freePort(), await freePort()];
+    const [health, admin] = await freePorts(2);
     const pod = `context-cache-test-${process.pid}-${Date.now()}`;
     await podman('pod', 'create', '--name', pod, '--publish', `127.0.0.1:${health}:50052`, '--publish', `127.0.0.1:${admin}:50053`);
     pods.push(pod);
