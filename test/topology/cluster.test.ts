@@ -7,7 +7,7 @@ import { closeAllSidecars, startSidecar, type TestSidecar } from '../helpers/sid
 import { startCluster, type TestCluster } from '../helpers/topology';
 import { rejectionOf, waitFor } from '../helpers/wait';
 import { WatchRecorder } from '../helpers/watch';
-import { TopologyLoad } from './load';
+import { coherent, TopologyLoad } from './load';
 
 /**
  * The sidecar on a real Redis Cluster (3 primaries, 3 replicas, started by
@@ -20,17 +20,6 @@ import { TopologyLoad } from './load';
 let cluster: TestCluster;
 let a: TestSidecar;
 let b: TestSidecar;
-
-const coherent = (...sidecars: TestSidecar[]) =>
-  waitFor(
-    () => {
-      if (sidecars.every((s) => s.sidecar.tiers.mode === 'coherent' && s.sidecar.tiers.pending.empty)) return true;
-      // Said when the wait times out: where each sidecar is stuck.
-      throw new Error(sidecars.map((s) => `${s.sidecar.tiers.mode}, ${s.sidecar.tiers.pending.size} pending, commands ${s.sidecar.redis!.link.state}, subscriber ${s.sidecar.redis!.subscriber.state}`).join('; '));
-    },
-    'the sidecars to be coherent',
-    30_000,
-  );
 
 beforeAll(async () => {
   cluster = await startCluster();

@@ -12,6 +12,19 @@
  * all agree.
  */
 import type { ContextCacheClient } from '../../src/client';
+import type { TestSidecar } from '../helpers/sidecar';
+import { waitFor } from '../helpers/wait';
+
+/** Waits until every sidecar is coherent with nothing pending; on a timeout, says where each is stuck. */
+export const coherent = (...sidecars: TestSidecar[]) =>
+  waitFor(
+    () => {
+      if (sidecars.every((s) => s.sidecar.tiers.mode === 'coherent' && s.sidecar.tiers.pending.empty)) return true;
+      throw new Error(sidecars.map((s) => `${s.sidecar.tiers.mode}, ${s.sidecar.tiers.pending.size} pending, commands ${s.sidecar.redis!.link.state}, subscriber ${s.sidecar.redis!.subscriber.state}`).join('; '));
+    },
+    'the sidecars to be coherent',
+    30_000,
+  );
 
 export interface LoadCounters {
   writes: number;

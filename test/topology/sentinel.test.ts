@@ -5,7 +5,7 @@ import { closeAllSidecars, startSidecar, type TestSidecar } from '../helpers/sid
 import { startSentinel, type TestSentinel } from '../helpers/topology';
 import { rejectionOf, waitFor } from '../helpers/wait';
 import { WatchRecorder } from '../helpers/watch';
-import { TopologyLoad } from './load';
+import { coherent, TopologyLoad } from './load';
 
 /**
  * The sidecar on a primary managed by Redis Sentinel (1 primary, 1 replica,
@@ -19,17 +19,6 @@ import { TopologyLoad } from './load';
 let sentinel: TestSentinel;
 let a: TestSidecar;
 let b: TestSidecar;
-
-const coherent = (...sidecars: TestSidecar[]) =>
-  waitFor(
-    () => {
-      if (sidecars.every((s) => s.sidecar.tiers.mode === 'coherent' && s.sidecar.tiers.pending.empty)) return true;
-      // Said when the wait times out: where each sidecar is stuck.
-      throw new Error(sidecars.map((s) => `${s.sidecar.tiers.mode}, ${s.sidecar.tiers.pending.size} pending, commands ${s.sidecar.redis!.link.state}, subscriber ${s.sidecar.redis!.subscriber.state}`).join('; '));
-    },
-    'the sidecars to be coherent',
-    30_000,
-  );
 
 beforeAll(async () => {
   sentinel = await startSentinel();
