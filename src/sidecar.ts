@@ -114,7 +114,7 @@ export class Sidecar {
     this.grpc = new GrpcServer({ listen: config.listen, healthListen: config.healthListen, maxMessageBytes: config.maxMessageBytes,
       auth: this.auth,
       // Refused before any handler runs: counted here, under the code they got, with no duration to speak of.
-      onAuthRefused: (method) => this.metrics?.rpcDuration.observe({ method, code: String(status.UNAUTHENTICATED) }, 0),
+      onAuthRefused: (method) => this.metrics?.observeRpc(method, status.UNAUTHENTICATED, 0),
     });
     this.health = new HealthReporter((service, status) => this.grpc.setHealth(service, status));
     const stats = new SidecarStats({
@@ -130,7 +130,7 @@ export class Sidecar {
     const healthStatuses = () => this.grpc.healthStatuses();
     if (config.adminListen !== undefined) {
       const metrics = (this.metrics = new parts.metrics!.Metrics(() => stats.snapshot(), this.events, this.sidecarId, healthStatuses));
-      this.calls.onCallEnd = (method, code, seconds) => metrics.rpcDuration.observe({ method, code: String(code) }, seconds);
+      this.calls.onCallEnd = (method, code, seconds) => metrics.observeRpc(method, code, seconds);
       if (this.redis) this.redis.link.latency.onSample = (us) => metrics.redisDuration.observe(us / 1e6);
       this.admin = new AdminServer(config.adminListen, metrics, healthStatuses, log);
     }

@@ -38,6 +38,11 @@ export class EntryCache {
     tiers.onReplay('tag', async (tags) => this.tagsRemoved(tags, await this.store!.invalidateTags(tags)).events);
   }
 
+  /** The value when L1 holds it and may answer, at once; undefined otherwise (then `get`). */
+  getLocal(key: string): ReadResult | undefined {
+    return this.tiers.readLocal<Buffer>('entry', key);
+  }
+
   async get(key: string): Promise<ReadResult | undefined> {
     return (await this.getMany([key]))[0];
   }

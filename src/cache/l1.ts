@@ -78,6 +78,16 @@ export class L1Cache {
     return entry;
   }
 
+  /**
+   * Like get, but a miss is not counted: for a first look that falls back
+   * to `get` (through the tiers) when it misses, so a miss counts once.
+   */
+  getIfHit<V extends L1Value = Buffer>(key: string): Entry<V> | undefined {
+    const entry = this.lru.get(key) as Entry<V> | undefined;
+    if (entry !== undefined) this.counters.hits++;
+    return entry;
+  }
+
   /** Like get, but counts nothing and does not refresh recency. */
   peek<V extends L1Value = Buffer>(key: string): Entry<V> | undefined {
     return this.lru.peek(key) as Entry<V> | undefined;

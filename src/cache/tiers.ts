@@ -264,13 +264,30 @@ export class Tiers {
    * at worst, which beats nothing — and the others are misses. Redis's
    * answers fill L1 only while coherent and if nothing was flushed meanwhile.
    */
+  /**
+   * What L1 alone answers for one id, at once: the hot path of a Get, which
+   * needs no promise when L1 holds the value. Undefined when L1 misses or
+   * may not answer now: then `read`, which counts the miss.
+   */
+  readLocal<V extends L1Value>(kind: SubjectKind, id: string): TierRead<V> | undefined {
+    const mode = this.mode;
+    if (!this.l1Answers(mode)) return undefined;
+    // A miss is counted by the `read` that follows it.
+    const entry = this.l1.getIfHit<V>(l1Key(kind, id));
+    return entry === undefined ? undefined : { entry, source: 'l1', degraded: mode === 'degraded' };
+  }
+
+  /** Past the cap, a degraded sidecar answers misses: the app reads its source of truth. */
+  private l1Answers(mode: CoherenceMode): boolean {
+    return mode !== 'detached' && (mode !== 'degraded' || this.degradedReadsAllowed());
+  }
+
   async read<V extends L1Value>(ids: readonly string[], spec: ReadSpec<V>): Promise<(TierRead<V> | undefined)[]> {
     const mode = this.mode;
     const results: (TierRead<V> | undefined)[] = new Array(ids.length);
     const missing: number[] = [];
     const degraded = mode === 'degraded';
-    // Past the cap, a degraded sidecar answers misses: the app reads its source of truth.
-    const l1Allowed = mode !== 'detached' && (!degraded || this.degradedReadsAllowed());
+    const l1Allowed = this.l1Answers(mode);
     ids.forEach((id, index) => {
       const entry = l1Allowed ? this.l1.get<V>(l1Key(spec.kind, id)) : undefined;
       if (entry !== undefined) results[index] = { entry, source: 'l1', degraded };

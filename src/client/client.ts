@@ -206,6 +206,8 @@ export class ContextCacheClient {
       'grpc-node.flow_control_window': 16 * 1024 * 1024,
       // What the sidecar may send by default (CONTEXT_CACHE_MAX_MESSAGE_BYTES), not grpc-js's 4 MiB.
       'grpc.max_receive_message_length': 16 * 1024 * 1024,
+      // The client serves no channelz: its per-call bookkeeping would be work for nobody.
+      'grpc.enable_channelz': 0,
       ...channel,
     });
     if (nearCache !== undefined) {

@@ -50,8 +50,18 @@ export class Metrics {
   readonly redisDuration: Histogram<never>;
   readonly propagation: Histogram<never>;
   private latest: GetStatsResponse | undefined;
+  /** The histogram's child per method and code: prom-client hashes a labels object on every observe otherwise. */
+  private readonly rpcChildren = new Map<string, { observe(seconds: number): void }>();
   /** Takes a fresh snapshot and brings the mirrored counters up to it. */
   private readonly refresh: () => GetStatsResponse;
+
+  /** One finished unary call (or one refused before its handler ran). Methods and codes are few: the children stay few. */
+  observeRpc(method: string, code: number, seconds: number): void {
+    const key = `${method} ${code}`;
+    let child = this.rpcChildren.get(key);
+    if (child === undefined) this.rpcChildren.set(key, (child = this.rpcDuration.labels({ method, code: String(code) })));
+    child.observe(seconds);
+  }
 
   constructor(snapshot: () => GetStatsResponse, events: EventHub, sidecarId: string, health: () => Record<string, string>) {
     const registry = this.registry;

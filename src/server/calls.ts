@@ -76,33 +76,46 @@ function deadlineMs(deadline: Deadline): number {
 
 /**
  * The context of one call. Its parts are made on first use: most unary
- * handlers never look at them, and an AbortController per call is a cost
- * on the hot path.
+ * handlers never look at them, and an AbortController (or a closure) per
+ * call is a cost on the hot path; the getters live on the prototype.
  */
-function callContext(method: string, call: Call, endsWith: readonly string[], eager: boolean, traced: TracedCall | undefined): CallContext {
-  let controller: AbortController | undefined;
-  const context: CallContext = {
-    method,
-    annotate: traced && ((attributes) => traced.annotate(attributes)),
-    get deadline() {
-      return deadlineMs(call.getDeadline());
-    },
-    get answerBy() {
-      return deadlineMs(call.getDeadline()) - DEADLINE_MARGIN_MS;
-    },
-    get signal() {
-      if (controller === undefined) {
-        controller = new AbortController();
-        const abort = controller;
-        if (call.cancelled) abort.abort();
-        else for (const event of endsWith) call.once(event, () => abort.abort());
-      }
-      return controller.signal;
-    },
-  };
-  if (eager) void context.signal;
-  return context;
+class CallContextImpl implements CallContext {
+  private controller: AbortController | undefined;
+
+  constructor(
+    readonly method: string,
+    private readonly call: Call,
+    private readonly endsWith: readonly string[],
+    private readonly traced: TracedCall | undefined,
+  ) {}
+
+  get annotate(): ((attributes: TraceAttributes) => void) | undefined {
+    const traced = this.traced;
+    return traced && ((attributes) => traced.annotate(attributes));
+  }
+
+  get deadline(): number {
+    return deadlineMs(this.call.getDeadline());
+  }
+
+  get answerBy(): number {
+    return deadlineMs(this.call.getDeadline()) - DEADLINE_MARGIN_MS;
+  }
+
+  get signal(): AbortSignal {
+    if (this.controller === undefined) {
+      const abort = (this.controller = new AbortController());
+      if (this.call.cancelled) abort.abort();
+      else for (const event of this.endsWith) this.call.once(event, () => abort.abort());
+    }
+    return this.controller.signal;
+  }
 }
+
+const UNARY_ENDS = ['cancelled'] as const;
+const STREAM_ENDS = ['cancelled', 'close', 'finish', 'error'] as const;
+
+const isThenable = (value: unknown): value is PromiseLike<unknown> => typeof (value as PromiseLike<unknown> | undefined)?.then === 'function';
 
 function declare<H extends object>(handler: H, options: HandlerOptions): H {
   if (options.preEncoded) Object.defineProperty(handler, PRE_ENCODED, { value: true });
@@ -148,27 +161,34 @@ export class CallTracker {
         return;
       }
       this.inFlight++;
-      const started = process.hrtime.bigint();
+      const started = performance.now();
       const traced = this.tracer?.start(method, call as Call, false);
       const finish = (code: number) => {
+        this.done();
         traced?.end(code);
-        this.onCallEnd?.(method, code, Number(process.hrtime.bigint() - started) / 1e9);
+        this.onCallEnd?.(method, code, (performance.now() - started) / 1000);
       };
-      const run = () => handler(call.request, callContext(method, call as Call, ['cancelled'], false, traced));
-      Promise.resolve()
-        .then(traced === undefined ? run : () => traced.run(run))
-        .then(
-          (response) => {
-            finish(0);
-            callback(null, response);
-          },
-          (error: unknown) => {
-            const status = toServiceError(error, method, this.log);
-            finish(status.code ?? 2);
-            callback(status);
-          },
-        )
-        .finally(() => this.done());
+      const succeed = (response: Res) => {
+        finish(0);
+        callback(null, response);
+      };
+      const fail = (error: unknown) => {
+        const status = toServiceError(error, method, this.log);
+        finish(status.code ?? 2);
+        callback(status);
+      };
+      // A handler that can answer at once (an L1 hit) returns its response, not a promise:
+      // no microtask hop and no promise chain for the hot path.
+      let result: Promise<Res> | Res;
+      try {
+        const context = new CallContextImpl(method, call as Call, UNARY_ENDS, traced);
+        result = traced === undefined ? handler(call.request, context) : traced.run(() => handler(call.request, context));
+      } catch (error) {
+        fail(error);
+        return;
+      }
+      if (isThenable(result)) result.then(succeed, fail);
+      else succeed(result);
     }, options);
   }
 
@@ -195,7 +215,8 @@ export class CallTracker {
       }
       const tracked = call as ServerWritableStream<unknown, unknown>;
       const traced = this.tracer?.start(method, tracked, true);
-      const context = callContext(method, tracked, ['cancelled', 'close', 'finish', 'error'], true, traced);
+      const context = new CallContextImpl(method, tracked, STREAM_ENDS, traced);
+      void context.signal;
       this.streams.add(tracked);
       onCallEnd(context, () => this.streams.delete(tracked));
       Promise.resolve()

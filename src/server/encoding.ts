@@ -1,8 +1,9 @@
 import { BinaryReader } from '@bufbuild/protobuf/wire';
-import { Node } from '../gen/contextcache/v1/context_cache';
+import { GetResponse, Node, Source } from '../gen/contextcache/v1/context_cache';
+import type { Entry, Tier } from '../model/entry';
 import type { NodeRecord } from '../model/node';
 import { PRE_ENCODED, UNDECODABLE } from './calls';
-import { nodeToProto } from './mapping';
+import { entryInfo, nodeToProto } from './mapping';
 
 /**
  * Responses that carry many nodes (BuildContext, GetSessionNodes) are the
@@ -109,6 +110,21 @@ function writeString(buffer: Buffer, offset: number, [tag, value, bytes]: String
   return offset + buffer.write(value, offset, bytes, 'utf8');
 }
 
+/** An embedded google.protobuf.Timestamp under `tag`, its size (`bytes`) known. */
+function writeTimestamp(buffer: Buffer, offset: number, tag: number, seconds: number, nanos: number, bytes: number): number {
+  buffer[offset++] = tag;
+  offset = writeVarint(buffer, offset, bytes);
+  if (seconds !== 0) {
+    buffer[offset++] = 8;
+    offset = writeVarint(buffer, offset, seconds);
+  }
+  if (nanos !== 0) {
+    buffer[offset++] = 16;
+    offset = writeVarint(buffer, offset, nanos);
+  }
+  return offset;
+}
+
 function write(node: NodeRecord, p: NodePlan, buffer: Buffer, offset: number): number {
   for (const field of p.ids) offset = writeString(buffer, offset, field);
   if (node.role !== 0) {
@@ -116,18 +132,7 @@ function write(node: NodeRecord, p: NodePlan, buffer: Buffer, offset: number): n
     offset = writeVarint(buffer, offset, node.role);
   }
   if (p.content) offset = writeString(buffer, offset, p.content);
-  if (node.createdAt !== 0) {
-    buffer[offset++] = 58;
-    offset = writeVarint(buffer, offset, p.timestampBytes);
-    if (p.seconds !== 0) {
-      buffer[offset++] = 8;
-      offset = writeVarint(buffer, offset, p.seconds);
-    }
-    if (p.nanos !== 0) {
-      buffer[offset++] = 16;
-      offset = writeVarint(buffer, offset, p.nanos);
-    }
-  }
+  if (node.createdAt !== 0) offset = writeTimestamp(buffer, offset, 58, p.seconds, p.nanos, p.timestampBytes);
   for (const [key, keyBytes, value, valueBytes, entryBytes] of p.metadata) {
     buffer[offset++] = 66;
     offset = writeVarint(buffer, offset, entryBytes);
@@ -244,6 +249,86 @@ export function stringField(fieldNumber: number, value: string): Buffer {
   const buffer = Buffer.allocUnsafe(1 + varintSize(bytes) + bytes);
   buffer[0] = (fieldNumber << 3) | 2;
   buffer.write(value, writeVarint(buffer, 1, bytes), 'utf8');
+  return buffer;
+}
+
+/** What a found Get answers with: the entry, which tier read it, and how. */
+export interface FoundRead {
+  entry: Entry;
+  source: Tier;
+  degraded: boolean;
+}
+
+const SOURCE_NUMBER: Record<Tier, number> = { l1: Source.SOURCE_L1, l2: Source.SOURCE_L2 };
+
+/**
+ * The GetResponse of a found entry, written straight into one buffer (the
+ * value copied once): a Get served from L1 is the sidecar's most frequent
+ * call, and the generated writer costs several times as much (a
+ * BinaryWriter, its chunks and a fork per embedded message). Byte for byte
+ * what `GetResponse.encode` writes with `entryInfo` (test/foundation/encoding.test.ts);
+ * entries the fast path does not expect (a negative expiry, unsafe numbers)
+ * go through the generated encoder.
+ */
+export function encodeGetFound(read: FoundRead, waitedForFill: boolean, notModified: boolean): Buffer {
+  const { entry } = read;
+  const { version, expiresAt, tags } = entry;
+  const sizeBytes = entry.value.byteLength;
+  if (expiresAt < 0 || !Number.isSafeInteger(expiresAt) || !Number.isSafeInteger(version) || version < 0) {
+    return Buffer.from(GetResponse.encode({ found: true, value: notModified ? Buffer.alloc(0) : entry.value, info: entryInfo(entry, read, waitedForFill), notModified, lease: undefined }).finish());
+  }
+  const seconds = Math.trunc(expiresAt / 1000);
+  const nanos = (expiresAt % 1000) * 1_000_000;
+  const timestampBytes = expiresAt === 0 ? 0 : (seconds !== 0 ? 1 + varintSize(seconds) : 0) + (nanos !== 0 ? 1 + varintSize(nanos) : 0);
+  let infoBytes = 0;
+  if (version !== 0) infoBytes += 1 + varintSize(version);
+  if (expiresAt !== 0) infoBytes += fieldSize(timestampBytes);
+  const tagBytes = tags.map((tag) => Buffer.byteLength(tag));
+  for (const bytes of tagBytes) infoBytes += fieldSize(bytes);
+  infoBytes += 2; // source: always l1 or l2, never 0
+  if (sizeBytes !== 0) infoBytes += 1 + varintSize(sizeBytes);
+  if (waitedForFill) infoBytes += 2;
+  if (read.degraded) infoBytes += 2;
+  const valueBytes = notModified ? 0 : sizeBytes;
+  const total = 2 + (valueBytes > 0 ? fieldSize(valueBytes) : 0) + fieldSize(infoBytes) + (notModified ? 2 : 0);
+  const buffer = Buffer.allocUnsafe(total);
+  let offset = 0;
+  buffer[offset++] = 8;
+  buffer[offset++] = 1;
+  if (valueBytes > 0) {
+    buffer[offset++] = 18;
+    offset = writeVarint(buffer, offset, valueBytes);
+    buffer.set(entry.value, offset);
+    offset += valueBytes;
+  }
+  buffer[offset++] = 26;
+  offset = writeVarint(buffer, offset, infoBytes);
+  if (version !== 0) {
+    buffer[offset++] = 8;
+    offset = writeVarint(buffer, offset, version);
+  }
+  if (expiresAt !== 0) offset = writeTimestamp(buffer, offset, 18, seconds, nanos, timestampBytes);
+  tags.forEach((tag, index) => {
+    offset = writeString(buffer, offset, [26, tag, tagBytes[index]!]);
+  });
+  buffer[offset++] = 32;
+  buffer[offset++] = SOURCE_NUMBER[read.source];
+  if (sizeBytes !== 0) {
+    buffer[offset++] = 40;
+    offset = writeVarint(buffer, offset, sizeBytes);
+  }
+  if (waitedForFill) {
+    buffer[offset++] = 48;
+    buffer[offset++] = 1;
+  }
+  if (read.degraded) {
+    buffer[offset++] = 56;
+    buffer[offset++] = 1;
+  }
+  if (notModified) {
+    buffer[offset++] = 32;
+    buffer[offset++] = 1;
+  }
   return buffer;
 }
 

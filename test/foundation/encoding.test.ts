@@ -1,8 +1,9 @@
 import { describe, expect, it } from 'vitest';
 import type { NodeRecord } from '../../src/model/node';
-import { BuildContextResponse, GetSessionNodesResponse, InclusionReason, Node } from '../../src/gen/contextcache/v1/context_cache';
-import { encodedNode, encodeNodes, lengthPrefix, stringField, varintField, withRepeated } from '../../src/server/encoding';
-import { nodeToProto } from '../../src/server/mapping';
+import { BuildContextResponse, GetResponse, GetSessionNodesResponse, InclusionReason, Node } from '../../src/gen/contextcache/v1/context_cache';
+import type { Entry } from '../../src/model/entry';
+import { encodedNode, encodeGetFound, encodeNodes, lengthPrefix, stringField, varintField, withRepeated } from '../../src/server/encoding';
+import { entryInfo, nodeToProto } from '../../src/server/mapping';
 
 /** Nodes with every field shape: empty and multibyte strings, big numbers, maps, refs, old and new times. */
 function variety(): NodeRecord[] {
@@ -67,5 +68,48 @@ describe('the fast node encoder', () => {
     expect(built.nodes.every((n) => n.reason === InclusionReason.INCLUSION_REASON_REFERENCE)).toBe(true);
     expect(built.nodes.map((n) => n.tokenCount)).toEqual(nodes.map((_, index) => index * 1000));
     expect([built.totalTokens, built.budgetUsed, built.needsSummary, built.tokenizer, built.uncutTokens]).toEqual([9, 0.5, true, 'o200k_base', 11]);
+  });
+});
+
+describe('the fast Get encoder', () => {
+  const base: Entry = { value: Buffer.from('v'.repeat(1024)), version: 7, tags: [], expiresAt: 1_795_000_000_123 };
+  const entries: Entry[] = [
+    base,
+    { ...base, value: Buffer.alloc(0), version: 0, expiresAt: 0 },
+    { ...base, tags: ['a', 'ünï/😀', 'x'.repeat(200)], expiresAt: 1000, version: Number.MAX_SAFE_INTEGER },
+    { ...base, value: Buffer.alloc(200_000, 1), expiresAt: 999 },
+    { ...base, expiresAt: 4_102_444_800_000 },
+    // The generated encoder's cases: an expiry before 1970.
+    { ...base, expiresAt: -86_400_123 },
+  ];
+
+  it('writes exactly the bytes of the generated GetResponse.encode, for every kind of read', () => {
+    let compared = 0;
+    for (const entry of entries) {
+      for (const source of ['l1', 'l2'] as const) {
+        for (const degraded of [false, true]) {
+          for (const waited of [false, true]) {
+            for (const notModified of [false, true]) {
+              const read = { entry, source, degraded };
+              const expected = Buffer.from(
+                GetResponse.encode({ found: true, value: notModified ? Buffer.alloc(0) : entry.value, info: entryInfo(entry, read, waited), notModified, lease: undefined }).finish(),
+              );
+              const actual = encodeGetFound(read, waited, notModified);
+              expect(actual.equals(expected), JSON.stringify({ expiresAt: entry.expiresAt, source, degraded, waited, notModified })).toBe(true);
+              compared++;
+            }
+          }
+        }
+      }
+    }
+    expect(compared).toBe(entries.length * 16);
+  });
+
+  it('is read back by the generated decoder as the entry it encodes', () => {
+    const entry = entries[2]!;
+    const decoded = GetResponse.decode(encodeGetFound({ entry, source: 'l1', degraded: false }, false, false));
+    expect(decoded.found).toBe(true);
+    expect(Buffer.from(decoded.value).equals(entry.value)).toBe(true);
+    expect(decoded.info).toEqual({ version: entry.version, expiresAt: new Date(entry.expiresAt), tags: entry.tags, source: 1, sizeBytes: entry.value.byteLength, waitedForFill: false, degraded: false });
   });
 });
