@@ -29,6 +29,8 @@ const SIDECARS = 3;
  */
 const WARMUP_FRACTION = 1 / 3;
 const MAX_CHARS = 12_000;
+/** Windows of the sidecar phase whose hit ratios are reported one by one. */
+const HIT_WINDOWS = 6;
 
 function sizes(): WorkloadOptions {
   const scale = Number(process.env.BENCH_SCALE ?? '1') || 1;
@@ -146,6 +148,14 @@ function report(options: WorkloadOptions, direct: Phase, cached: Phase, faults: 
   const hitRatio = (phase: Phase) => phase.samples.filter((s) => s.hit).length / turns(phase);
   const coldSamples = cached.run.samples.filter((s) => s.atMs < WARMUP_FRACTION * options.durationMs);
   const coldHitRatio = coldSamples.filter((s) => s.hit).length / coldSamples.length;
+  // How the hit ratio settles over the phase: a short run ends while users still touch conversations for the first time.
+  const windowMs = options.durationMs / HIT_WINDOWS;
+  const hitRatioByWindow = Array.from({ length: HIT_WINDOWS }, (_, w) => {
+    const inWindow = cached.run.samples.filter((s) => s.atMs >= w * windowMs && s.atMs < (w + 1) * windowMs);
+    return inWindow.length === 0 ? Number.NaN : inWindow.filter((s) => s.hit).length / inWindow.length;
+  });
+  const lastThird = cached.run.samples.filter((s) => s.atMs >= (2 / 3) * options.durationMs);
+  const lastThirdHitRatio = lastThird.filter((s) => s.hit).length / lastThird.length;
   /** The sidecars' own L1 hit ratio (GetStats), over every read they served. */
   const sidecarL1HitRatio = (phase: Phase) => {
     const hits = phase.sidecarStats.reduce((sum, stats) => sum + Number(stats.l1?.reads?.hits ?? 0), 0);
@@ -180,6 +190,8 @@ function report(options: WorkloadOptions, direct: Phase, cached: Phase, faults: 
     context_p50_ratio: cachedContext / directContext,
     hit_ratio: hitRatio(cached),
     warmup_hit_ratio: coldHitRatio,
+    last_third_hit_ratio: lastThirdHitRatio,
+    ...Object.fromEntries(hitRatioByWindow.map((ratio, w) => [`hit_ratio_window_${w + 1}_of_${HIT_WINDOWS}`, ratio])),
     sidecar_l1_hit_ratio: sidecarL1HitRatio(cached),
     direct_db_context_queries_per_turn: reads(direct),
     sidecar_db_context_queries_per_turn: reads(cached),
@@ -237,6 +249,7 @@ function report(options: WorkloadOptions, direct: Phase, cached: Phase, faults: 
     '',
     `${options.users} users, ${options.durationMs / 1000} s per phase (at most ${options.maxTurnsPerUser} turns each), think time ${options.thinkMs[0] / 1000}-${options.thinkMs[1] / 1000} s, ${options.history.sessionsPerUser} earlier conversations each of ${options.history.messages[0]}-${options.history.messages[1]} messages, budget ${MAX_CHARS} chars; PostgreSQL ${new URL(databaseUrl()).host}, 3 sidecars (dist/main.js) + 1 Redis child; users hop between the 3 app instances at random each turn.`,
     `Latency, hit and load figures: the turns begun after the first ${Math.round(WARMUP_FRACTION * options.durationMs / 1000)} s of each phase (every user's first reads of its conversations are cold); hit ratio in that warm-up: ${pct(coldHitRatio)}. The faults phase is counted whole.`,
+    `Sidecar phase hit ratio by ${Math.round(windowMs / 1000)}-s window: ${hitRatioByWindow.map(pct).join(', ')}; in the last third ${pct(lastThirdHitRatio)}.`,
     `Every turn checked: ${totals.turns} contexts, ${totals.messagesExpected} messages: ${totals.missingMessages} missing, ${totals.missingReferences} references missing, ${totals.outOfOrder} out of order, ${totals.unexpected} unexpected, ${totals.wrongContent} with wrong content; ${errors} turns failed outright.`,
     `Faults phase (a second device per user watching its conversation; Redis killed and restarted empty at 1/3, one sidecar SIGKILLed and restarted at 2/3): ${turns(faults)} turns, ${faultsOf(totalsOf(faults))} faults, hit ratio ${pct(figures.faults_hit_ratio!)}, ${figures.faults_fallback_contexts} contexts from PostgreSQL instead, ${figures.faults_failed_write_throughs} failed write-throughs repaired; sync: ${sync.live} live, ${sync.recovered} recovered after a resync or a lost stream, ${sync.missing} missed.`,
     `Redis commands per turn (sidecar phase): ${f(figures.redis_commands_per_turn!, 1)}. Sidecar L1 hit ratio (GetStats): ${pct(figures.sidecar_l1_hit_ratio!)}. DB time for context reads per turn: direct ${f(readMs(direct))} ms, sidecar ${f(readMs(cached), 3)} ms (${pct(figures.db_context_time_reduction!)} less).`,

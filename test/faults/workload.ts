@@ -25,6 +25,7 @@
  *  - no call outlives its deadline by more than the slack; no sidecar dies.
  */
 import { WriteScope, type ContextCacheClient } from '../../src/client';
+import { eventsDelivered } from '../helpers/barrier';
 import { startProxy, type TestProxy } from '../helpers/proxy';
 import { startRedis, type TestRedis } from '../helpers/redis';
 import { startSidecar, type TestSidecar } from '../helpers/sidecar';
@@ -367,8 +368,9 @@ export class FaultWorkload {
     return Date.now() - reachable;
   }
 
-  /** After the faults: every sidecar coherent; nothing answered is lost; after fills, all agree. */
+  /** After the faults: every sidecar coherent and told of every answered write; nothing answered is lost; after fills, all agree. */
   private async finalCheck(): Promise<void> {
+    await eventsDelivered(this.sidecars.map((sc) => sc.client), 1);
     for (const key of this.keys.keys()) {
       for (const sc of this.sidecars) await this.readKey(key, sc.client, true);
     }

@@ -12,10 +12,10 @@
  * write's number), and a fill makes them all agree.
  */
 import type { ContextCacheClient } from '../../src/client';
-import { bucketOf, CLUSTER_BUCKETS } from '../../src/redis/keys';
+import { CLUSTER_BUCKETS } from '../../src/redis/keys';
+import { eventsDelivered } from '../helpers/barrier';
 import type { TestSidecar } from '../helpers/sidecar';
 import { waitFor } from '../helpers/wait';
-import { WatchRecorder } from '../helpers/watch';
 
 /** Waits until every sidecar is coherent with nothing pending; on a timeout, says where each is stuck. */
 export const coherent = (...sidecars: TestSidecar[]) =>
@@ -42,8 +42,6 @@ export class TopologyLoad {
   /** The number of each key's last answered write. */
   private readonly answered = new Map<string, number>();
   private running = false;
-  /** Rounds of `eventsDelivered`, so that each uses markers of its own. */
-  private barriers = 0;
   private loops: Promise<void>[] = [];
   readonly keys: string[];
 
@@ -70,10 +68,10 @@ export class TopologyLoad {
 
   /**
    * Every key through every sidecar: a miss, or no older than its last answered write. Returns the reads that were older.
-   * Judged once every sidecar has applied the events of every write answered so far (`eventsDelivered`).
+   * Judged once every sidecar has applied the events of every write answered so far (helpers/barrier.ts).
    */
   async staleReads(): Promise<string[]> {
-    await this.eventsDelivered();
+    await eventsDelivered(this.clients, CLUSTER_BUCKETS);
     const stale: string[] = [];
     for (const key of this.keys) {
       for (const client of this.clients) {
@@ -84,48 +82,6 @@ export class TopologyLoad {
       }
     }
     return stale;
-  }
-
-  /**
-   * Resolves once every sidecar has applied the events of all writes answered so far through the
-   * others. 'Coherent' means subscribed with nothing to replay, not that nothing is in flight: a
-   * write is answered once its script ran, and its PUBLISH reaches the other sidecars afterwards
-   * (until then their L1 may serve the value it superseded). On a Cluster the message also crosses
-   * the cluster bus to the node each subscriber holds: measured under this load at 6 ms median, up
-   * to ~75 ms, while the last writes (held back by TRYAGAIN while their slot migrated) are answered
-   * a few ms before the check reads them. A node's messages reach a subscriber in order (one
-   * cluster-bus link, one connection), so a marker written in every bucket (so on every primary that
-   * serves one) through each sidecar proves, once the others' Watch streams report it, that all that
-   * node published before was applied there.
-   */
-  async eventsDelivered(): Promise<void> {
-    const prefix = `barrier-${++this.barriers}-`;
-    // Per sidecar, one marker key in each bucket.
-    const markers = this.clients.map((_, c) => {
-      const keys = new Map<number, string>();
-      for (let i = 0; keys.size < CLUSTER_BUCKETS; i++) {
-        const key = `${prefix}${c}-${i}`;
-        if (!keys.has(bucketOf(key, CLUSTER_BUCKETS))) keys.set(bucketOf(key, CLUSTER_BUCKETS), key);
-      }
-      return [...keys.values()];
-    });
-    const watches = this.clients.map((client) => new WatchRecorder(client.watch({ keyPrefixes: [prefix] })));
-    try {
-      await Promise.all(watches.map((watch) => watch.started()));
-      await Promise.all(this.clients.map((client, c) => Promise.all(markers[c]!.map((key) => client.set({ key, value: Buffer.from('marker') })))));
-      const heard = (watch: WatchRecorder) => new Set(watch.messages.flatMap((m) => (m.event?.$case === 'keyInvalidated' ? [m.event.value.key] : [])));
-      await waitFor(
-        () =>
-          watches.every((watch, w) => {
-            const seen = heard(watch);
-            return markers.every((keys, c) => c === w || keys.every((key) => seen.has(key)));
-          }),
-        "every sidecar to hear of the others' markers",
-        10_000,
-      );
-    } finally {
-      for (const watch of watches) watch.cancel();
-    }
   }
 
   /**
