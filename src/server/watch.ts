@@ -250,6 +250,15 @@ const queuedBytes = (logged: LoggedEvent) => logged.body.length + 11 + QUEUED_ME
 class WatchStream {
   private sequence = 0;
   private overflowed = false;
+  /**
+   * Started while the sidecar was not coherent (not yet subscribed, or
+   * Redis away) and told of no Resync since: events published meanwhile
+   * never reached this sidecar, so the stream owes its client a Resync when
+   * coherence begins. The tiers announce one when a subscription is
+   * *restored*; a sidecar's first subscription (a fresh process whose
+   * watchers reconnected before it subscribed) announces none.
+   */
+  owesResync = false;
   /** Bytes written and not yet taken by the transport. */
   private queued = 0;
   /**
@@ -276,6 +285,7 @@ class WatchStream {
 
   send(origin: string, time: number, event: WatchResponse['event']): void {
     if (this.ended) return;
+    if (event?.$case === 'resync') this.owesResync = false;
     this.charge(OBJECT_MESSAGE_BYTES);
     const resumeToken: WatchResumeToken = { incarnation: this.sidecarId, position: this.lastPosition };
     this.call.write({ sequence: ++this.sequence, time: new Date(time), originSidecarId: origin, resumeToken, event }, () => this.release(OBJECT_MESSAGE_BYTES));
@@ -324,6 +334,7 @@ class WatchStream {
 
   /** The sidecar started or stopped hearing every change. */
   coherenceChanged(coherent: boolean): void {
+    if (coherent && this.owesResync) this.send(this.sidecarId, Date.now(), eventToProto({ kind: 'resync', reason: 'subscription-restored' }));
     this.send(this.sidecarId, Date.now(), { $case: 'coherenceChanged', value: { coherent } });
   }
 
@@ -364,6 +375,7 @@ class WatchStream {
   }
 
   private write(logged: LoggedEvent): void {
+    if (logged.envelope.event.kind === 'resync') this.owesResync = false;
     const bytes = queuedBytes(logged);
     this.counters.delivered++;
     this.charge(bytes);
@@ -470,6 +482,7 @@ export class WatchFanout {
     const replayedEvents = resumed ? this.matchingSince(resumeAfter, filter) : 0;
     const started = { sidecarId, subscribed: this.deps.subscribed(), resumed, replayedEvents, coherent: this.deps.coherent() };
     stream.send(sidecarId, Date.now(), { $case: 'started', value: started });
+    stream.owesResync = !started.coherent;
     if (resumed) stream.replay(this.ring);
     else if (request.resumeAfter !== undefined) stream.send(sidecarId, Date.now(), eventToProto({ kind: 'resync', reason: 'resume-gap' }));
   }

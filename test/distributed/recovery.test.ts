@@ -121,3 +121,31 @@ describe('CONTEXT_CACHE_DEGRADED_MAX_AGE', () => {
     await waitFor(async () => !(await sc.client.get({ key: 'k' })).found, 'the cap to pass', 5000);
   });
 });
+
+describe('a Watch opened before its sidecar first reaches Redis', () => {
+  it('gets a Resync when the sidecar turns coherent: what was published before its first subscription never reached it', async () => {
+    const redis = await startRedis();
+    const proxy = await startProxy(redis.port);
+    try {
+      proxy.cut('reset');
+      const env = { CONTEXT_CACHE_NAMESPACE: 'first-subscription', CONTEXT_CACHE_REDIS_COMMAND_TIMEOUT: '200ms', CONTEXT_CACHE_PUBSUB_HEARTBEAT: '300ms' };
+      const late = await startSidecar({ ...env, REDIS_URL: proxy.url });
+      const other = await startSidecar({ ...env, REDIS_URL: redis.url });
+      const watcher = new WatchRecorder(late.client.watch({ keyPrefixes: ['k'] }));
+      const started = await watcher.waitFor((m) => m.event?.$case === 'started', 'the stream to start');
+      expect(started.event?.$case === 'started' && started.event.value.coherent).toBe(false);
+      // Published while the late sidecar cannot hear it: nothing but a Resync can tell its watcher.
+      await other.client.set({ key: 'k', value: Buffer.from('v1') });
+      proxy.heal();
+      const coherent = await watcher.waitFor((m) => m.event?.$case === 'coherenceChanged' && m.event.value.coherent, 'coherence');
+      const resync = watcher.messages.findIndex((m) => m.event?.$case === 'resync');
+      expect(resync, JSON.stringify(watcher.messages.map((m) => m.event?.$case))).toBeGreaterThan(0);
+      expect(resync).toBeLessThan(watcher.messages.indexOf(coherent));
+      watcher.stream.call.cancel();
+    } finally {
+      await closeAllSidecars();
+      await proxy.close();
+      await redis.stop();
+    }
+  });
+});
