@@ -32,11 +32,18 @@ const MAX_CHARS = 12_000;
 /** Windows of the sidecar phase whose hit ratios are reported one by one. */
 const HIT_WINDOWS = 6;
 
+function phaseSeconds(text: string): number {
+  const seconds = Number(text);
+  if (!Number.isInteger(seconds) || seconds < 10 || seconds > 3600) throw new Error(`CHAT_APP_PHASE_SECONDS is ${text}; use a whole number of seconds from 10 to 3600`);
+  return seconds;
+}
+
 function sizes(): WorkloadOptions {
   const scale = Number(process.env.BENCH_SCALE ?? '1') || 1;
   return {
     users: Math.max(20, Math.round(1000 * scale)),
-    durationMs: Math.round(90_000 * Math.min(1, Math.max(0.25, scale))),
+    // CHAT_APP_PHASE_SECONDS: longer phases, to see the steady state past every user's first reads.
+    durationMs: process.env.CHAT_APP_PHASE_SECONDS ? phaseSeconds(process.env.CHAT_APP_PHASE_SECONDS) * 1000 : Math.round(90_000 * Math.min(1, Math.max(0.25, scale))),
     maxTurnsPerUser: 60,
     // People read the answer and type the next question: 5-20 s (1,000 users: ~80 turns/s).
     thinkMs: [5_000, 20_000],
