@@ -34,9 +34,6 @@ export class DataLossDetector extends EventEmitter {
   private epochs: string[] | undefined;
   private timer: NodeJS.Timeout | undefined;
   private checking = false;
-  /** A check was asked for while one ran: run one more when it ends. */
-  private again = false;
-  private stopped = false;
   private failures = 0;
 
   constructor(
@@ -58,17 +55,11 @@ export class DataLossDetector extends EventEmitter {
 
   /** Idempotent. */
   stop(): void {
-    this.stopped = true;
     clearInterval(this.timer);
   }
 
   private checkSafely(): void {
-    if (this.checking) {
-      // A reconnection during a check (one still talking to the master that just failed over) must
-      // not be folded into it: that check may have read the old master's run_id. Check again after.
-      this.again = true;
-      return;
-    }
+    if (this.checking) return;
     this.checking = true;
     this.check()
       .then(() => (this.failures = 0))
@@ -76,13 +67,7 @@ export class DataLossDetector extends EventEmitter {
         // Once per run of failures at warn, not every interval.
         if (this.failures++ === 0) this.log.warn({ err: error.message }, 'could not check Redis for data loss; checking again later');
       })
-      .finally(() => {
-        this.checking = false;
-        if (this.again) {
-          this.again = false;
-          if (this.link.connected && !this.stopped) this.checkSafely();
-        }
-      });
+      .finally(() => (this.checking = false));
   }
 
   /** The run_id of each master ('' where INFO is denied by an ACL: the epochs alone still tell). */
