@@ -258,13 +258,6 @@ export class Tiers {
   }
 
   /**
-   * L1 first; the IDs L1 cannot answer come from Redis in one round trip.
-   * Detached (the bus is down), L1 is bypassed: it may have missed
-   * invalidations. When Redis fails, detached reads fall back to L1 — stale
-   * at worst, which beats nothing — and the others are misses. Redis's
-   * answers fill L1 only while coherent and if nothing was flushed meanwhile.
-   */
-  /**
    * What L1 alone answers for one id, at once: the hot path of a Get, which
    * needs no promise when L1 holds the value. Undefined when L1 misses or
    * may not answer now: then `read`, which counts the miss.
@@ -282,6 +275,13 @@ export class Tiers {
     return mode !== 'detached' && (mode !== 'degraded' || this.degradedReadsAllowed());
   }
 
+  /**
+   * L1 first; the IDs L1 cannot answer come from Redis in one round trip.
+   * Detached (the bus is down), L1 is bypassed: it may have missed
+   * invalidations. When Redis fails, detached reads fall back to L1 — stale
+   * at worst, which beats nothing — and the others are misses. Redis's
+   * answers fill L1 only while coherent and if nothing was flushed meanwhile.
+   */
   async read<V extends L1Value>(ids: readonly string[], spec: ReadSpec<V>): Promise<(TierRead<V> | undefined)[]> {
     const mode = this.mode;
     const results: (TierRead<V> | undefined)[] = new Array(ids.length);

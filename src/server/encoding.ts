@@ -1,9 +1,9 @@
 import { BinaryReader } from '@bufbuild/protobuf/wire';
-import { GetResponse, Node, Source } from '../gen/contextcache/v1/context_cache';
+import { GetResponse, Node } from '../gen/contextcache/v1/context_cache';
 import type { Entry, Tier } from '../model/entry';
 import type { NodeRecord } from '../model/node';
 import { PRE_ENCODED, UNDECODABLE } from './calls';
-import { entryInfo, nodeToProto } from './mapping';
+import { entryInfo, nodeToProto, sourceToProto } from './mapping';
 
 /**
  * Responses that carry many nodes (BuildContext, GetSessionNodes) are the
@@ -59,6 +59,14 @@ interface NodePlan {
   summarizes: StringField | undefined;
 }
 
+/** An epoch-ms time as google.protobuf.Timestamp fields, and their encoded size (0 for time 0: the field is left out). */
+function timestampPlan(epochMs: number): { seconds: number; nanos: number; bytes: number } {
+  const seconds = Math.trunc(epochMs / 1000);
+  const nanos = (epochMs % 1000) * 1_000_000;
+  const bytes = epochMs === 0 ? 0 : (seconds !== 0 ? 1 + varintSize(seconds) : 0) + (nanos !== 0 ? 1 + varintSize(nanos) : 0);
+  return { seconds, nanos, bytes };
+}
+
 function stringPlan(tag: number, value: string): StringField {
   return [tag, value, Buffer.byteLength(value)];
 }
@@ -79,13 +87,8 @@ function plan(node: NodeRecord): NodePlan {
   for (const [, , bytes] of ids) size += fieldSize(bytes);
   if (node.role !== 0) size += 1 + varintSize(node.role);
   if (content) size += fieldSize(content[2]);
-  const seconds = Math.trunc(node.createdAt / 1000);
-  const nanos = (node.createdAt % 1000) * 1_000_000;
-  let timestampBytes = 0;
-  if (node.createdAt !== 0) {
-    timestampBytes = (seconds !== 0 ? 1 + varintSize(seconds) : 0) + (nanos !== 0 ? 1 + varintSize(nanos) : 0);
-    size += fieldSize(timestampBytes);
-  }
+  const { seconds, nanos, bytes: timestampBytes } = timestampPlan(node.createdAt);
+  if (node.createdAt !== 0) size += fieldSize(timestampBytes);
   const metadata: NodePlan['metadata'] = [];
   for (const [key, value] of Object.entries(node.metadata)) {
     const keyBytes = Buffer.byteLength(key);
@@ -259,8 +262,6 @@ export interface FoundRead {
   degraded: boolean;
 }
 
-const SOURCE_NUMBER: Record<Tier, number> = { l1: Source.SOURCE_L1, l2: Source.SOURCE_L2 };
-
 /**
  * The GetResponse of a found entry, written straight into one buffer (the
  * value copied once): a Get served from L1 is the sidecar's most frequent
@@ -277,9 +278,7 @@ export function encodeGetFound(read: FoundRead, waitedForFill: boolean, notModif
   if (expiresAt < 0 || !Number.isSafeInteger(expiresAt) || !Number.isSafeInteger(version) || version < 0) {
     return Buffer.from(GetResponse.encode({ found: true, value: notModified ? Buffer.alloc(0) : entry.value, info: entryInfo(entry, read, waitedForFill), notModified, lease: undefined }).finish());
   }
-  const seconds = Math.trunc(expiresAt / 1000);
-  const nanos = (expiresAt % 1000) * 1_000_000;
-  const timestampBytes = expiresAt === 0 ? 0 : (seconds !== 0 ? 1 + varintSize(seconds) : 0) + (nanos !== 0 ? 1 + varintSize(nanos) : 0);
+  const { seconds, nanos, bytes: timestampBytes } = timestampPlan(expiresAt);
   let infoBytes = 0;
   if (version !== 0) infoBytes += 1 + varintSize(version);
   if (expiresAt !== 0) infoBytes += fieldSize(timestampBytes);
@@ -312,7 +311,7 @@ export function encodeGetFound(read: FoundRead, waitedForFill: boolean, notModif
     offset = writeString(buffer, offset, [26, tag, tagBytes[index]!]);
   });
   buffer[offset++] = 32;
-  buffer[offset++] = SOURCE_NUMBER[read.source];
+  buffer[offset++] = sourceToProto(read.source);
   if (sizeBytes !== 0) {
     buffer[offset++] = 40;
     offset = writeVarint(buffer, offset, sizeBytes);
