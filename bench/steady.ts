@@ -14,7 +14,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
-import { credentials, makeGenericClientConstructor, type Client } from '@grpc/grpc-js';
+import { credentials, makeGenericClientConstructor, type CallOptions, type Client } from '@grpc/grpc-js';
 import { ContextCacheClient } from '../src/client';
 import { freePort } from '../test/helpers/redis';
 import { processCpuMs, processRss, startDeployedSidecar, type DeployedSidecar } from './deployed';
@@ -73,11 +73,12 @@ async function echoTarget(listen: string, name: string): Promise<Target> {
   const echo = await startEcho(listen);
   const pass = (value: Buffer) => value;
   const Echo = makeGenericClientConstructor({ get: { path: '/echo.Echo/Get', requestStream: false, responseStream: false, requestSerialize: pass, requestDeserialize: pass, responseSerialize: pass, responseDeserialize: pass } }, 'Echo');
-  const client = new Echo(echo.address, credentials.createInsecure()) as unknown as Client & { get(request: Buffer, callback: (error: Error | null, reply?: Buffer) => void): void };
+  const client = new Echo(echo.address, credentials.createInsecure()) as unknown as Client & { get(request: Buffer, options: CallOptions, callback: (error: Error | null, reply?: Buffer) => void): void };
   const request = Buffer.from('k');
   return {
     name,
-    call: () => new Promise((resolve, reject) => client.get(request, (error, reply) => (error ? reject(error) : resolve(reply)))),
+    // The sidecar client's default deadline (5 s): a call the server never answers is an error, counted, not a benchmark that hangs.
+    call: () => new Promise((resolve, reject) => client.get(request, { deadline: Date.now() + 5000 }, (error, reply) => (error ? reject(error) : resolve(reply)))),
     async reading() {
       const stats = await echo.stats();
       return { rss: processRss(echo.child.pid!), heapUsed: stats.heapUsed, heapTotal: stats.heapTotal, cpuMs: processCpuMs(echo.child.pid!) };
@@ -154,6 +155,7 @@ async function measure(target: Target, rate: number, seconds: number): Promise<R
   const before = await target.reading();
   const { latency, errors, issued } = await steadyLoad(target.call, rate, seconds);
   const after = await target.reading();
+  process.stderr.write(`steady: ${target.name} @ ${rate}/s measured (${errors} errors)\n`);
   return { target: target.name, rate, latency, errors, server: after, cpuPer1000Ms: ((after.cpuMs - before.cpuMs) / issued) * 1000 };
 }
 

@@ -1,6 +1,6 @@
 import { LRUCache } from 'lru-cache';
 import type { Entry, L1Value } from '../model/entry';
-import { countBounded } from './bounded';
+import { CLOCK_PER_CHECK, countBounded } from './bounded';
 
 /**
  * What an entry costs beyond its key and value: the entry object, the LRU
@@ -53,7 +53,7 @@ export class L1Cache {
    * later with an older value must not refill L1 with it. Kept long enough
    * to outlive any read in flight.
    */
-  private readonly floors = new LRUCache<string, number>({ ...countBounded(100_000), ttl: 60_000 });
+  private readonly floors = new LRUCache<string, number>({ ...countBounded(100_000), ttl: 60_000, ...CLOCK_PER_CHECK });
 
   constructor(readonly maxBytes: number) {
     this.lru = new LRUCache<string, Entry<L1Value>>({
@@ -62,6 +62,7 @@ export class L1Cache {
       // Expired entries are dropped when touched or pushed out by the byte
       // bound; timers per entry would cost more than the memory they free.
       ttlAutopurge: false,
+      ...CLOCK_PER_CHECK,
       allowStale: false,
       dispose: (entry, key, reason) => {
         this.unlinkTags(key, entry);

@@ -4,7 +4,7 @@ import { isCacheError, staleLease, type CacheError } from '../errors';
 import { l1Key, l1KeyOfEvent, type Subject } from '../model/subject';
 import type { EventHub } from './event-hub';
 import type { LeaseStore, WorkTracer } from './ports';
-import { countBounded } from './bounded';
+import { CLOCK_PER_CHECK, countBounded } from './bounded';
 
 /**
  * The longest a fill lease may live (lease_ttl is refused above it). Tag
@@ -103,7 +103,7 @@ export class LeaseManager {
   /** Leases granted from memory; each entry lapses with its lease, and the table is bounded. */
   private readonly local = new LRUCache<string, LeaseGrant>({ ...countBounded(100_000) });
   /** When each tag was last invalidated here (ms), for fills under memory leases. */
-  private readonly localTagStamps = new LRUCache<string, number>({ ...countBounded(100_000), ttl: MAX_LEASE_TTL_MS });
+  private readonly localTagStamps = new LRUCache<string, number>({ ...countBounded(100_000), ttl: MAX_LEASE_TTL_MS, ...CLOCK_PER_CHECK });
   /** Traces each caller's wait for another caller's fill (ops/tracing.ts); unset: tracing off. */
   tracer: WorkTracer | undefined;
 

@@ -117,7 +117,7 @@ const NOT_LIVE: Ticket = -1;
 export class NearCache {
   private readonly lru: LRUCache<string, Kept>;
   // Counted through maxSize, not max: lru-cache would preallocate its arrays for MAX_FLOORS entries.
-  private readonly floors = new LRUCache<string, number>({ maxSize: MAX_FLOORS, sizeCalculation: () => 1, ttl: FLOOR_TTL_MS });
+  private readonly floors = new LRUCache<string, number>({ maxSize: MAX_FLOORS, sizeCalculation: () => 1, ttl: FLOOR_TTL_MS, ttlResolution: 0 });
   private readonly keysByTag = new Map<string, Set<string>>();
   /** Built contexts by the sessions they were built from. */
   private readonly contextsBySession = new Map<string, Set<string>>();
@@ -150,6 +150,8 @@ export class NearCache {
       maxSize: options.maxBytes,
       sizeCalculation: (kept, key) => keptBytes(key, kept),
       ttlAutopurge: false,
+      // The clock read on each TTL check: lru-cache's default arms a 1 ms timer per check (see the sidecar's CLOCK_PER_CHECK).
+      ttlResolution: 0,
       allowStale: false,
       dispose: (kept, key, reason) => {
         this.unlinkTags(key, kept);

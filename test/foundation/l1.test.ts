@@ -1,5 +1,5 @@
 import { status } from '@grpc/grpc-js';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { entrySize, L1Cache } from '../../src/cache/l1';
 import type { Entry } from '../../src/model/entry';
 import { closeAllSidecars, startSidecar, type TestSidecar } from '../helpers/sidecar';
@@ -130,6 +130,19 @@ describe('L1Cache (unit)', () => {
     const exact = Buffer.allocUnsafeSlow(100);
     l1.set('exact', { value: exact, version: 1, tags: [], expiresAt: 0 });
     expect(l1.peek('exact')!.value).toBe(exact);
+  });
+
+  it('arms no timer to read or write entries with a TTL (a timer per call is an event-loop wake-up per call under a steady trickle)', () => {
+    const l1 = new L1Cache(MiB);
+    const armed = vi.spyOn(globalThis, 'setTimeout');
+    const now = Date.now();
+    for (let i = 0; i < 10; i++) {
+      l1.set(`k${i}`, entry(1, 'v', [], now + 60_000));
+      expect(l1.get(`k${i}`)?.version).toBe(1);
+      l1.invalidate(`gone${i}`, 5);
+    }
+    expect(armed).not.toHaveBeenCalled();
+    armed.mockRestore();
   });
 
   describe('versions', () => {
