@@ -1,4 +1,3 @@
-import { LRUCache } from 'lru-cache';
 import type { LeasedRead, LeaseRequest } from '../cache/leases';
 import type { Tiers } from '../cache/tiers';
 import { memoryTierFull } from '../errors';
@@ -9,7 +8,7 @@ import { l1Key, type Subject } from '../model/subject';
 import type { SessionL2, TokenCounter } from './ports';
 import { appendToSession, buildSession, type SessionState } from './session';
 import { TokenCounts } from './tokens';
-import { countBounded } from '../cache/bounded';
+import { CountBoundedMap } from '../cache/bounded';
 
 const subject = (sessionId: string): Subject => ({ kind: 'session', id: sessionId });
 const sessionKey = (sessionId: string): string => l1Key('session', sessionId);
@@ -54,7 +53,7 @@ export class SessionStore {
    */
   nodeWanted: (sessionId: string) => boolean = () => false;
   /** short ID → session ID for sessions this sidecar has seen; verified against the session on use. */
-  private readonly shortIdIndex = new LRUCache<string, string>({ ...countBounded(200_000) });
+  private readonly shortIdIndex = new CountBoundedMap<string, string>(200_000);
 
   /** Token counts of the nodes, each counted once per tokenizer and kept on the node. */
   readonly tokens: TokenCounts;
@@ -281,9 +280,10 @@ export class SessionStore {
   }
 
   /** Stores a session in L1 and indexes its short IDs; false when L1 refused it (too large, or older than what it knows). */
-  private remember(sessionId: string, entry: Entry<SessionState>): boolean {
+  /** Keeps the session in L1 and indexes the short IDs of `indexed` (by default all its nodes; an append indexes its node alone). */
+  private remember(sessionId: string, entry: Entry<SessionState>, indexed: Iterable<NodeRecord> = entry.value.nodes): boolean {
     if (!this.tiers.l1.set(sessionKey(sessionId), entry)) return false;
-    for (const shortId of entry.value.byShortId.keys()) this.shortIdIndex.set(shortId, sessionId);
+    for (const node of indexed) if (node.shortId !== '') this.shortIdIndex.set(node.shortId, sessionId);
     return true;
   }
 
@@ -294,7 +294,7 @@ export class SessionStore {
   private applyAppend(node: NodeRecord, previousVersion: number, version: number): boolean {
     const key = sessionKey(node.sessionId);
     const current = this.tiers.l1.peek<SessionState>(key);
-    if (current !== undefined && current.version === previousVersion && this.remember(node.sessionId, { ...current, value: appendToSession(current.value, node), version })) {
+    if (current !== undefined && current.version === previousVersion && this.remember(node.sessionId, { ...current, value: appendToSession(current.value, node), version }, [node])) {
       return true;
     }
     this.tiers.l1.invalidate(key, version);

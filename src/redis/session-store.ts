@@ -1,4 +1,3 @@
-import { isAscii } from 'node:buffer';
 import type { SessionL2, StoredAppend, StoredSession } from '../context/ports';
 import { CorruptValueError } from '../errors';
 import type { NodeRecord } from '../model/node';
@@ -10,22 +9,19 @@ import { sessionCompact } from './scripts/session-compact';
 import { sessionInvalidate } from './scripts/session-invalidate';
 import { sessionPut } from './scripts/session-put';
 import { sessionRead, type SessionReadReply } from './scripts/session-read';
+import { decodeChunk, encodeChunk } from './session-chunks';
 import type { StoreParts } from './store-parts';
-
-/** UTF-8 to string; pure ASCII (most chat text) takes the much faster latin1 path, which reads it the same. */
-function text(bytes: Buffer): string {
-  return isAscii(bytes) ? bytes.toString('latin1') : bytes.toString('utf8');
-}
 
 /** Chunks beyond this many (one per append) are compacted into one on the next read. */
 const COMPACT_AFTER_CHUNKS = 16;
 
 /**
  * Bounds of a session read, in multiples of the read limit (the largest
- * response). Chunks are JSON, which can legitimately be larger than the
- * protobuf the write path bounds by that limit: field names in every node,
- * and escapes — a control character is 6 bytes of JSON, so the decoded JSON
- * gets 8 times the limit. Stored chunks are compressed (a fill, a
+ * response). Chunks are the nodes' protobuf (a few bytes per node more
+ * than the response), but chunks written before that format are JSON,
+ * which can legitimately be larger than the protobuf the write path bounds
+ * by that limit: field names in every node, and escapes — a control
+ * character is 6 bytes of JSON, so the decoded chunks get 8 times the limit. Stored chunks are compressed (a fill, a
  * compaction, any append over the compression threshold), so what Redis
  * sends gets twice the limit. A session over either bound could never be
  * served anyway.
@@ -42,7 +38,7 @@ class OversizedSession extends Error {}
 
 /**
  * Sessions and the short-ID index in Redis (layout in keys.ts). A session is
- * a metadata hash and a list of chunks — encoded JSON arrays of nodes: a
+ * a metadata hash and a list of chunks of nodes (session-chunks.ts): a
  * fill writes one (compressed) chunk, each append pushes one, and a read
  * that finds many compacts them. What comes back from Redis is untrusted: a
  * session that does not decode — a chunk that is not a list of nodes of
@@ -80,8 +76,9 @@ export class RedisSessionStore implements SessionL2 {
   }
 
   append(node: NodeRecord): Promise<StoredAppend> {
+    // The last-appended key keeps the node as JSON (what appendedNode reads).
     const json = JSON.stringify(node);
-    const chunk = this.parts.codec.encode(Buffer.from(`[${json}]`)).bytes;
+    const chunk = this.chunk([node]);
     return this.write(node.sessionId, sessionAppend.name, () => this.parts.scripts.run(sessionAppend, node.sessionId, chunk, json, node.id));
   }
 
@@ -159,9 +156,9 @@ export class RedisSessionStore implements SessionL2 {
     }, operation);
   }
 
-  /** One encoded chunk of nodes: the format every session chunk has. */
+  /** One stored chunk of nodes (session-chunks.ts), through the value codec. */
   private chunk(nodes: readonly NodeRecord[]): Buffer {
-    return this.parts.codec.encode(Buffer.from(JSON.stringify(nodes))).bytes;
+    return this.parts.codec.encode(encodeChunk(nodes)).bytes;
   }
 
   /** Compacts many append chunks into one; best effort, skipped if the session changed meanwhile. */
@@ -169,7 +166,7 @@ export class RedisSessionStore implements SessionL2 {
     this.rewrite(sessionId, stored.version, stored.nodes).catch(() => undefined);
   }
 
-  /** The nodes with their token counts (NodeRecord.tokens, in the chunk's JSON like every field), if the session is still at `version`. */
+  /** The nodes with their token counts (NodeRecord.tokens, kept in the chunk beside each node), if the session is still at `version`. */
   storeTokenCounts(sessionId: string, version: number, nodes: readonly NodeRecord[]): Promise<boolean> {
     return this.rewrite(sessionId, version, nodes);
   }
@@ -194,7 +191,7 @@ export class RedisSessionStore implements SessionL2 {
       stored = this.decode(sessionId, reply);
     } catch (error) {
       if (error instanceof OversizedSession) return this.oversized(sessionId, error.message);
-      // Whatever else goes wrong decoding is corruption: JSON that does not parse, a chunk that is not a Buffer.
+      // Whatever else goes wrong decoding is corruption: a chunk that does not decode, one that is not a Buffer.
       return this.discard(sessionId, error instanceof CorruptValueError ? error : new CorruptValueError(`session does not decode (${(error as Error).message})`), reply.version ?? undefined);
     }
     if (reply.chunks.length > COMPACT_AFTER_CHUNKS) this.compact(sessionId, stored);
@@ -215,13 +212,14 @@ export class RedisSessionStore implements SessionL2 {
     if (decodedBytes > maxDecoded) throw new OversizedSession(`the chunks decode to ${decodedBytes} bytes, over ${maxDecoded}`);
     const nodes: NodeRecord[] = [];
     reply.chunks.forEach((chunk, chunkIndex) => {
-      const parsed: unknown = JSON.parse(text(this.parts.codec.decode(chunk)));
-      if (!Array.isArray(parsed)) throw new CorruptValueError(`session chunk ${chunkIndex} is not a list of nodes`);
-      for (const node of parsed as unknown[]) {
-        if (!isNodeRecord(node)) throw new CorruptValueError(`session chunk ${chunkIndex} holds something that is not a node`);
-        if (node.sessionId !== sessionId) throw new CorruptValueError(`session chunk ${chunkIndex} holds a node of another session`);
-        nodes.push(node);
+      let payload = this.parts.codec.decode(chunk);
+      // Nodes keep views of their chunk as their encodings: a chunk that is a view into a larger reply buffer is copied, so that is all they keep alive.
+      if (payload.byteOffset !== 0 || payload.buffer.byteLength !== payload.length) {
+        const copy = Buffer.allocUnsafeSlow(payload.length);
+        payload.copy(copy);
+        payload = copy;
       }
+      decodeChunk(payload, sessionId, nodes, chunkIndex);
     });
     // Metadata and chunks are two keys: an eviction can take one without the other.
     if (nodes.length !== expected) throw new CorruptValueError(`session holds ${nodes.length} nodes, its metadata says ${expected}`);

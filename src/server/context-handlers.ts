@@ -4,7 +4,8 @@ import type { TokenizerName } from '../model/tokenizer';
 import { invalidArgument } from '../errors';
 import { BuildContextResponse, GetSessionNodesResponse, type ContextCacheServer } from '../gen/contextcache/v1/context_cache';
 import type { CallTracker } from './calls';
-import { encodedNode, encodeNodes, lengthPrefix, stringField, varintField, withRepeated } from './encoding';
+import { encodedNode, encodeNodes } from '../wire/node';
+import { lengthPrefix, stringField, varintField, withRepeated } from './encoding';
 import { builtContextHead, INCLUSION, leaseToProto, nodeToProto, scopeToProto, sessionInfo, storedSessionInfo } from './mapping';
 import type { RequestValidator } from './validation';
 

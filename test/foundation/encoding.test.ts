@@ -1,9 +1,13 @@
+import { BinaryWriter } from '@bufbuild/protobuf/wire';
+import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import type { NodeRecord } from '../../src/model/node';
 import { BuildContextResponse, GetResponse, GetSessionNodesResponse, InclusionReason, Node } from '../../src/gen/contextcache/v1/context_cache';
 import type { Entry } from '../../src/model/entry';
-import { encodedNode, encodeGetFound, encodeNodes, lengthPrefix, stringField, varintField, withRepeated } from '../../src/server/encoding';
-import { entryInfo, nodeToProto } from '../../src/server/mapping';
+import { encodeGetFound, lengthPrefix, stringField, varintField, withRepeated } from '../../src/server/encoding';
+import { decodeNode, encodedNode, encodeNodes } from '../../src/wire/node';
+import { entryInfo, nodeFromProto, nodeToProto } from '../../src/server/mapping';
+import { WireError } from '../../src/wire/protobuf';
 
 /** Nodes with every field shape: empty and multibyte strings, big numbers, maps, refs, old and new times. */
 function variety(): NodeRecord[] {
@@ -18,9 +22,14 @@ function variety(): NodeRecord[] {
     { ...base, id: 'n7', role: 4, content: 'y'.repeat(20_000) },
     { ...base, id: 'n8', tokenCount: 0, pinned: true },
     { ...base, id: 'n9', parentId: 'n8', tokenCount: 300_000, tokenCountTokenizer: 'cl100k_base', summarizesThrough: 'n8', tokens: { o200k_base: 12 } },
-    { ...base, id: 'n10', tokenCount: 5, tokenCountTokenizer: '', pinned: false, summarizesThrough: '' },
+    { ...base, id: 'n10', tokenCount: 5 },
+    { ...base, id: 'n11', createdAt: -1_500 },
+    { ...base, id: 'n12', createdAt: 8.64e15, role: 2 ** 31 - 1, tokenCount: 2 ** 32 - 1 },
   ];
 }
+
+/** A node without what the Node message does not carry (`tokens`, kept beside it in Redis). */
+const withoutTokens = ({ tokens: _, ...node }: NodeRecord): NodeRecord => node;
 
 describe('the fast node encoder', () => {
   it('writes exactly the bytes of the generated Node.encode', () => {
@@ -68,6 +77,61 @@ describe('the fast node encoder', () => {
     expect(built.nodes.every((n) => n.reason === InclusionReason.INCLUSION_REASON_REFERENCE)).toBe(true);
     expect(built.nodes.map((n) => n.tokenCount)).toEqual(nodes.map((_, index) => index * 1000));
     expect([built.totalTokens, built.budgetUsed, built.needsSummary, built.tokenizer, built.uncutTokens]).toEqual([9, 0.5, true, 'o200k_base', 11]);
+  });
+});
+
+describe('the node decoder', () => {
+  it('reads back every node the encoder writes, and keeps those very bytes as its encoding', () => {
+    for (const node of variety()) {
+      const bytes = Buffer.from(encodedNode(node));
+      const decoded = decodeNode(bytes, 0, bytes.length);
+      expect(decoded, node.id).toEqual(withoutTokens(nodeFromProto(nodeToProto(node), node.sessionId)));
+      expect(encodedNode(decoded)).toEqual(bytes);
+      expect(encodedNode(decoded).buffer).toBe(bytes.buffer);
+    }
+  });
+
+  it('reads whatever the generated encoder writes as the generated decoder and the edge do (fields in any order, unknown ones skipped)', () => {
+    const text = fc.string({ unit: 'binary', maxLength: 40 });
+    const node = fc.record({
+      id: text,
+      shortId: text,
+      sessionId: text,
+      parentId: text,
+      role: fc.integer({ min: 0, max: 2 ** 31 - 1 }),
+      content: fc.string({ unit: 'binary', maxLength: 400 }),
+      createdAt: fc.option(fc.integer({ min: -8.64e15, max: 8.64e15 }).map((ms) => new Date(ms)), { nil: undefined }),
+      metadata: fc.dictionary(text.filter((key) => key !== '__proto__'), text, { maxKeys: 4 }),
+      refs: fc.array(text, { maxLength: 4 }),
+      tokenCount: fc.integer({ min: 0, max: 2 ** 32 - 1 }),
+      tokenCountTokenizer: text,
+      pinned: fc.boolean(),
+      summarizesThrough: text,
+    });
+    fc.assert(
+      fc.property(node, fc.uint8Array({ maxLength: 8 }), (message, tail) => {
+        // An unknown field (number 99, length-delimited) after the known ones: a newer version's.
+        const bytes = Buffer.concat([Node.encode(message).finish(), Buffer.from([0x9a, 0x06, tail.length, ...tail])]);
+        const decoded = decodeNode(bytes, 0, bytes.length);
+        expect(decoded).toEqual(nodeFromProto(Node.decode(bytes), message.sessionId));
+        // What is served is the bytes read: the generated decoder reads them as it always did.
+        expect(encodedNode(decoded).equals(bytes)).toBe(true);
+      }),
+      { numRuns: 1000 },
+    );
+  });
+
+  it.each([
+    ['a truncated node', Buffer.from([0x0a, 0x05, 0x61])],
+    ['a varint past 10 bytes', Buffer.from([0x28, ...Array(11).fill(0xff)])],
+    ['the id as a varint', Buffer.from([0x08, 0x01])],
+    ['content that is not UTF-8', Buffer.from([0x32, 0x02, 0xff, 0xfe])],
+    ['a negative role', Buffer.from([0x28, ...Array(9).fill(0xff), 0x01])],
+    ['a time past what a Date holds', Buffer.from(new BinaryWriter().uint32(58).fork().uint32(8).int64(10_000_000_000_000).join().finish())],
+    ['a metadata key "__proto__"', Buffer.from(new BinaryWriter().uint32(66).fork().uint32(10).string('__proto__').uint32(18).string('x').join().finish())],
+    ['a wire type that does not exist', Buffer.from([0x0f])],
+  ])('refuses %s with a WireError', (_, bytes) => {
+    expect(() => decodeNode(bytes, 0, bytes.length)).toThrow(WireError);
   });
 });
 

@@ -1,6 +1,8 @@
+import { BinaryWriter } from '@bufbuild/protobuf/wire';
 import Redis from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { WriteScope } from '../../src/client';
+import { Node } from '../../src/gen/contextcache/v1/context_cache';
 import { KeySpace } from '../../src/redis/keys';
 import { corruptDiscard } from '../../src/redis/scripts/corrupt-discard';
 import { ScriptRunner } from '../../src/redis/scripts/script';
@@ -33,6 +35,27 @@ const later = () => String(Date.now() + 600_000);
 function storedNode(sid: string, n: number, extra: Record<string, unknown> = {}): Record<string, unknown> {
   return { id: `${sid}/n${n}`, shortId: '', sessionId: sid, parentId: n > 0 ? `${sid}/n${n - 1}` : '', role: 1, content: `message ${n}`, createdAt: 1_767_225_600_000, metadata: {}, refs: [], ...extra };
 }
+
+/**
+ * A chunk in the protobuf format of src/redis/session-chunks.ts, written
+ * with the generated Node encoder and the protobuf library's writer (not the
+ * sidecar's own writer): `Chunk { repeated StoredNode nodes = 1 }`,
+ * `StoredNode { Node node = 1; repeated TokenCount tokens = 2 }`.
+ */
+function protobufChunk(entries: { node?: Uint8Array; tokens?: Record<string, number>; extra?: Uint8Array }[]): Buffer {
+  const chunk = new BinaryWriter();
+  for (const { node, tokens = {}, extra } of entries) {
+    chunk.uint32(10).fork();
+    if (node) chunk.uint32(10).bytes(node);
+    for (const [tokenizer, count] of Object.entries(tokens)) chunk.uint32(18).fork().uint32(10).string(tokenizer).uint32(16).uint32(count).join();
+    if (extra) chunk.raw(extra);
+    chunk.join();
+  }
+  return Buffer.from(chunk.finish());
+}
+
+const nodeBytes = (sid: string, n: number, extra: Partial<Node> = {}) =>
+  Node.encode(Node.fromPartial({ id: `${sid}/n${n}`, sessionId: sid, parentId: n > 0 ? `${sid}/n${n - 1}` : '', role: 1, content: `message ${n}`, createdAt: new Date(1_767_225_600_000), ...extra })).finish();
 
 describe('values read from Redis, as an attacker with write access to Redis plants them', () => {
   const fixture = sidecarsOnRedis(1, { CONTEXT_CACHE_NAMESPACE: NS });
@@ -230,6 +253,50 @@ describe('values read from Redis, as an attacker with write access to Redis plan
       await plantSession(sid, [encoded(JSON.stringify([storedNode(sid, 0, { content: 'hello world' }), storedNode(sid, 1, { content: 'hello world', tokens: { o200k_base: 7, future_base: 3 } })]))], { n: '2' });
       const built = await sc.client.buildContext({ sessionId: sid, tokenizer: 'o200k_base' });
       expect(built.nodes.map((n) => n.tokenCount)).toEqual([2, 7]);
+    });
+
+    it('a planted session in the protobuf chunk format is read: several chunks, token counts (a tokenizer unknown to this version kept), an unknown field skipped', async () => {
+      const sid = fresh('protobuf');
+      const unknownField = new BinaryWriter().uint32(122).string('from a newer version').finish();
+      await plantSession(
+        sid,
+        [
+          encoded(protobufChunk([{ node: nodeBytes(sid, 0, { content: 'hello world' }) }])),
+          encoded(protobufChunk([{ node: nodeBytes(sid, 1, { content: 'hello world', metadata: { k: 'v' }, refs: ['x1'] }), tokens: { o200k_base: 7, future_base: 3 }, extra: unknownField }])),
+        ],
+        { n: '2' },
+      );
+      const read = await sc.client.getSessionNodes({ sessionId: sid });
+      expect(read.found).toBe(true);
+      expect(read.nodes.map((n) => [n.id, n.content, n.metadata, n.refs])).toEqual([
+        [`${sid}/n0`, 'hello world', {}, []],
+        [`${sid}/n1`, 'hello world', { k: 'v' }, ['x1']],
+      ]);
+      const built = await sc.client.buildContext({ sessionId: sid, tokenizer: 'o200k_base' });
+      expect(built.nodes.map((n) => n.tokenCount)).toEqual([2, 7]);
+    });
+
+    it('a session filled before the protobuf format and appended to after it (a JSON chunk, then a protobuf one) is read whole', async () => {
+      const sid = fresh('mixed');
+      await plantSession(sid, [encoded(JSON.stringify([storedNode(sid, 0)])), encoded(protobufChunk([{ node: nodeBytes(sid, 1) }]))], { n: '2' });
+      const read = await sc.client.getSessionNodes({ sessionId: sid });
+      expect(read.nodes.map((n) => n.content)).toEqual(['message 0', 'message 1']);
+    });
+
+    it.each([
+      ['a truncated chunk', '1', (sid: string) => protobufChunk([{ node: nodeBytes(sid, 0) }]).subarray(0, -3)],
+      ['an entry without a node', '1', () => protobufChunk([{ tokens: { o200k_base: 3 } }])],
+      ['a node of another session', '1', () => protobufChunk([{ node: nodeBytes('someone-else', 0) }])],
+      ['content that is not UTF-8', '2', (sid: string) => protobufChunk([{ node: nodeBytes(sid, 0) }, { node: Buffer.concat([nodeBytes(sid, 1), Buffer.from([0x32, 0x02, 0xc3, 0x28])]) }])],
+      ['a node field of the wrong wire type', '1', (sid: string) => protobufChunk([{ node: Buffer.concat([nodeBytes(sid, 0), Buffer.from([0x08, 0x01])]) }])],
+      ['a time past what a Date holds', '1', (sid: string) => protobufChunk([{ node: Buffer.concat([nodeBytes(sid, 0), new BinaryWriter().uint32(58).fork().uint32(8).int64(10_000_000_000_000).join().finish()]) }])],
+      ['a metadata key "__proto__"', '1', (sid: string) => protobufChunk([{ node: Buffer.concat([nodeBytes(sid, 0), new BinaryWriter().uint32(66).fork().uint32(10).string('__proto__').uint32(18).string('x').join().finish()]) }])],
+      ['random bytes', '1', () => Buffer.from([0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f, 0x01, 0x02])],
+    ])('a protobuf chunk with %s is a miss, deleted and counted', async (_, n, chunk) => {
+      const sid = fresh('pb-bad');
+      // The metadata's node count matches what the chunk holds: only the chunk itself is wrong.
+      await plantSession(sid, [encoded(chunk(sid))], { n });
+      await expectCorruptSession(sid);
     });
 
     const shapes: [string, (sid: string) => unknown][] = [

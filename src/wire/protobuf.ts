@@ -1,0 +1,192 @@
+import { isAscii, isUtf8 } from 'node:buffer';
+
+/**
+ * The protobuf wire format, the parts our hand-written encoders and decoders
+ * need (varints, length-delimited fields, google.protobuf.Timestamp), for
+ * the messages the sidecar writes most: nodes and found Gets. Byte for byte
+ * what the generated code writes (test/foundation/encoding.test.ts).
+ */
+
+/** Bytes of a varint; a negative number is sign-extended to 64 bits: always 10. */
+export function varintSize(value: number): number {
+  if (value < 0) return 10;
+  let size = 1;
+  while (value >= 128) {
+    value = Math.floor(value / 128);
+    size++;
+  }
+  return size;
+}
+
+export function writeVarint(buffer: Buffer, offset: number, value: number): number {
+  if (value < 0) {
+    // int32 and int64 fields carry negative numbers as 64-bit two's complement.
+    let bits = BigInt.asUintN(64, BigInt(value));
+    while (bits >= 128n) {
+      buffer[offset++] = Number(bits & 127n) | 128;
+      bits >>= 7n;
+    }
+    buffer[offset++] = Number(bits);
+    return offset;
+  }
+  while (value >= 128) {
+    buffer[offset++] = (value % 128) | 128;
+    value = Math.floor(value / 128);
+  }
+  buffer[offset++] = value;
+  return offset;
+}
+
+/** Size of a length-delimited field: tag, length, payload. */
+export const fieldSize = (payloadBytes: number) => 1 + varintSize(payloadBytes) + payloadBytes;
+
+export type StringField = readonly [tag: number, value: string, bytes: number];
+
+export function stringPlan(tag: number, value: string): StringField {
+  return [tag, value, Buffer.byteLength(value)];
+}
+
+export function writeString(buffer: Buffer, offset: number, [tag, value, bytes]: StringField): number {
+  buffer[offset++] = tag;
+  offset = writeVarint(buffer, offset, bytes);
+  return offset + buffer.write(value, offset, bytes, 'utf8');
+}
+
+/**
+ * An epoch-ms time as google.protobuf.Timestamp fields, and their encoded
+ * size (0 for time 0: the field is left out). Seconds and nanos are
+ * truncated toward zero, as the generated `toTimestamp` does.
+ */
+export function timestampPlan(epochMs: number): { seconds: number; nanos: number; bytes: number } {
+  const seconds = Math.trunc(epochMs / 1000);
+  const nanos = (epochMs % 1000) * 1_000_000;
+  const bytes = epochMs === 0 ? 0 : (seconds !== 0 ? 1 + varintSize(seconds) : 0) + (nanos !== 0 ? 1 + varintSize(nanos) : 0);
+  return { seconds, nanos, bytes };
+}
+
+/** An embedded google.protobuf.Timestamp under `tag`, its size (`bytes`) known. */
+export function writeTimestamp(buffer: Buffer, offset: number, tag: number, seconds: number, nanos: number, bytes: number): number {
+  buffer[offset++] = tag;
+  offset = writeVarint(buffer, offset, bytes);
+  if (seconds !== 0) {
+    buffer[offset++] = 8;
+    offset = writeVarint(buffer, offset, seconds);
+  }
+  if (nanos !== 0) {
+    buffer[offset++] = 16;
+    offset = writeVarint(buffer, offset, nanos);
+  }
+  return offset;
+}
+
+/** Thrown by the readers below: bytes that are not the message they should be. */
+export class WireError extends Error {}
+
+/**
+ * Reads protobuf from a buffer, bounds-checked: every read that would pass
+ * `end` throws WireError, never reads past it.
+ */
+export class WireReader {
+  constructor(
+    readonly buffer: Buffer,
+    public offset: number,
+    readonly end: number,
+  ) {}
+
+  /**
+   * A varint as a number: exact up to 2^53; a 64-bit two's complement
+   * (negative int32 and int64 values) read back as the negative number. The
+   * callers range-check what they read.
+   */
+  varint(): number {
+    const { buffer, end } = this;
+    const start = this.offset;
+    if (start < end && buffer[start]! < 128) return buffer[this.offset++]!;
+    let value = 0;
+    let scale = 1;
+    // Up to 7 bytes (49 bits) in floating point, exactly; longer ones with BigInt.
+    for (let i = 0; i < 7; i++) {
+      if (this.offset >= end) throw new WireError('a varint runs past the end');
+      const byte = buffer[this.offset++]!;
+      value += (byte & 127) * scale;
+      if (byte < 128) return value;
+      scale *= 128;
+    }
+    this.offset = start;
+    let bits = 0n;
+    for (let i = 0; i < 10; i++) {
+      if (this.offset >= end) throw new WireError('a varint runs past the end');
+      const byte = buffer[this.offset++]!;
+      bits |= BigInt(byte & 127) << BigInt(7 * i);
+      if (byte < 128) return Number(BigInt.asIntN(64, bits));
+    }
+    throw new WireError('a varint longer than 10 bytes');
+  }
+
+  /**
+   * Reads a length-delimited field's length and returns where its payload
+   * ends; the reader is then at the payload's start (the caller reads it, or
+   * sets `offset` to the end to skip it).
+   */
+  payloadEnd(): number {
+    const length = this.varint();
+    if (length > this.end - this.offset) throw new WireError('a field runs past the end');
+    return this.offset + length;
+  }
+
+  /** A string field: UTF-8, checked (a string that is not valid UTF-8 is not ours). */
+  string(): string {
+    const end = this.payloadEnd();
+    const start = this.offset;
+    this.offset = end;
+    return utf8(this.buffer, start, end);
+  }
+
+  /** Skips a field of the given wire type (unknown fields: written by a newer version). */
+  skip(wireType: number): void {
+    switch (wireType) {
+      case 0:
+        this.varint();
+        return;
+      case 1:
+        this.advance(8);
+        return;
+      case 2:
+        this.offset = this.payloadEnd();
+        return;
+      case 5:
+        this.advance(4);
+        return;
+      default:
+        throw new WireError(`wire type ${wireType}`);
+    }
+  }
+
+  private advance(bytes: number): void {
+    if (bytes > this.end - this.offset) throw new WireError('a field runs past the end');
+    this.offset += bytes;
+  }
+}
+
+interface StringSlices {
+  latin1Slice(start: number, end: number): string;
+  utf8Slice(start: number, end: number): string;
+}
+
+/**
+ * Valid UTF-8 as a string. Pure ASCII (most chat text, every ID) takes the
+ * much faster latin1 path, which reads it the same; short strings are
+ * checked here, without a view per string. Buffer's own slice methods, as
+ * protobufjs uses them: `toString` adds argument checks per call.
+ */
+export function utf8(buffer: Buffer, start: number, end: number): string {
+  if (start === end) return '';
+  const slices = buffer as unknown as StringSlices;
+  if (end - start <= 64) {
+    let i = start;
+    while (i < end && buffer[i]! < 128) i++;
+    if (i === end) return slices.latin1Slice(start, end);
+  } else if (isAscii(buffer.subarray(start, end))) return slices.latin1Slice(start, end);
+  if (!isUtf8(buffer.subarray(start, end))) throw new WireError('a string that is not valid UTF-8');
+  return slices.utf8Slice(start, end);
+}
