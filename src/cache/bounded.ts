@@ -19,35 +19,51 @@ export function countBounded(entries: number): { maxSize: number; sizeCalculatio
 }
 
 /**
- * A Map bounded by entry count: past the bound, the oldest insertion goes.
- * For hint indexes (verified on use), where LRU order is not worth its
- * cost: lru-cache's `set` with a size bound costs microseconds, a Map's a
- * fraction of one, and a session read from Redis indexes each of its nodes.
+ * A Map bounded by entry count, in two generations: entries go into the
+ * young Map; when it holds half the bound, it becomes the old one and the
+ * previous old one is dropped whole. Every operation is O(1) — no eviction
+ * walks the Map (a Map iterated from the front after many deletions scans
+ * the holes they left) — and it holds at most the bound. For hint indexes
+ * (verified on use), where exact LRU order is not worth its cost:
+ * lru-cache's `set` with a size bound costs microseconds, and a session
+ * read from Redis indexes each of its nodes.
  */
 export class CountBoundedMap<K, V> {
-  private readonly map = new Map<K, V>();
+  private young = new Map<K, V>();
+  private old = new Map<K, V>();
+  private readonly generationSize: number;
 
-  constructor(readonly maxEntries: number) {}
+  constructor(readonly maxEntries: number) {
+    this.generationSize = Math.max(1, Math.floor(maxEntries / 2));
+  }
 
+  /** Entries held (a key in both generations counts once: the young copy shadows the old). */
   get size(): number {
-    return this.map.size;
+    let shadowed = 0;
+    for (const key of this.young.keys()) if (this.old.has(key)) shadowed++;
+    return this.young.size + this.old.size - shadowed;
   }
 
   get(key: K): V | undefined {
-    return this.map.get(key);
+    const value = this.young.get(key);
+    if (value !== undefined) return value;
+    const old = this.old.get(key);
+    // Used again: kept into the next generation.
+    if (old !== undefined) this.set(key, old);
+    return old;
   }
 
   set(key: K, value: V): void {
-    const { map } = this;
-    const current = map.get(key);
-    if (current === value) return;
-    // A changed value counts as a new insertion.
-    if (current !== undefined) map.delete(key);
-    map.set(key, value);
-    if (map.size > this.maxEntries) map.delete(map.keys().next().value as K);
+    if (this.young.get(key) === value) return;
+    this.young.set(key, value);
+    if (this.young.size >= this.generationSize) {
+      this.old = this.young;
+      this.young = new Map();
+    }
   }
 
   delete(key: K): boolean {
-    return this.map.delete(key);
+    const young = this.young.delete(key);
+    return this.old.delete(key) || young;
   }
 }
