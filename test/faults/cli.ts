@@ -33,7 +33,7 @@ async function main(): Promise<void> {
   const percentile = (p: number) => sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)] ?? 0;
   console.log(
     [
-      `reads ${report.reads}, judged ${report.judged}, stale ${report.stale}, lost ${report.lost}, converged ${report.converged}/${report.checked}, overdue calls ${report.overdue}`,
+      `reads ${report.reads}, judged ${report.judged}, stale ${report.stale}, lost ${report.lost}, converged ${report.converged}/${report.checked}, overdue calls ${report.overdue}, sidecars out of coherence unprovoked ${report.unprovoked} ${JSON.stringify(report.unprovokedModes)}`,
       `writes: ${report.writes.shared} shared, ${report.writes.local} local, ${report.writes.failed} failed; fills ${report.fills}; invalidations replayed ${report.replayed}`,
       `faults: ${Object.entries(report.faults).map(([kind, count]) => `${kind} ${count}`).join(', ')}`,
       `Redis reachable → every sidecar coherent: p50 ${percentile(50)} ms, p99 ${percentile(99)} ms, max ${sorted.at(-1) ?? 0} ms over ${sorted.length} faults`,

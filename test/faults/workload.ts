@@ -71,6 +71,16 @@ export interface WorkloadReport {
   recoveries: string[];
   /** Calls that settled more than the slack after their deadline. */
   overdue: number;
+  /**
+   * Times a sidecar left coherence while no fault was injected (a Redis
+   * command over CONTEXT_CACHE_REDIS_COMMAND_TIMEOUT on a loaded machine
+   * marks the link down: writes go LOCAL until the replay). Each is a fault
+   * window like an injected one: "no stale read after recovery" holds from
+   * its end.
+   */
+  unprovoked: number;
+  /** The same, by the mode each left coherence for. */
+  unprovokedModes: Record<string, number>;
   /** Replayed invalidations, summed over the sidecars. */
   replayed: number;
   examples: string[];
@@ -103,6 +113,8 @@ export class FaultWorkload {
   private readonly sessions = new Map<string, SessionState>();
   private readonly windows: { start: number; end: number }[] = [];
   private openWindow: number | undefined;
+  /** Per sidecar, since when it has not been coherent (undefined: coherent). */
+  private readonly incoherentSince: (number | undefined)[] = [];
   private running = true;
   private readonly random: () => number;
   private readonly report: WorkloadReport = {
@@ -118,6 +130,8 @@ export class FaultWorkload {
     recoveryMs: [],
     recoveries: [],
     overdue: 0,
+    unprovoked: 0,
+    unprovokedModes: {},
     replayed: 0,
     examples: [],
   };
@@ -162,6 +176,8 @@ export class FaultWorkload {
         }),
       );
     }
+    await this.allCoherent();
+    this.sidecars.forEach((sc, index) => sc.sidecar.tiers.onModeChange((mode) => this.modeChanged(index, mode)));
     for (let k = 0; k < (this.options.keys ?? 30); k++) this.keys.set(`key-${k}`, { dbSeq: 0, answeredAt: new Map() });
     for (let s = 0; s < (this.options.sessions ?? 8); s++) this.sessions.set(`session-${s}`, { db: [], answeredAt: new Map() });
     await this.allCoherent();
@@ -197,8 +213,28 @@ export class FaultWorkload {
     }
   }
 
+  /** A sidecar out of coherence opens a window until it is back; one that leaves while no fault is injected is counted. */
+  private modeChanged(index: number, mode: string): void {
+    const now = Date.now();
+    const since = this.incoherentSince[index];
+    if (mode !== 'coherent') {
+      if (since === undefined) {
+        this.incoherentSince[index] = now;
+        if (this.openWindow === undefined && this.running) {
+          this.report.unprovoked++;
+          this.report.unprovokedModes[mode] = (this.report.unprovokedModes[mode] ?? 0) + 1;
+        }
+      }
+      return;
+    }
+    if (since === undefined) return;
+    this.incoherentSince[index] = undefined;
+    this.windows.push({ start: since, end: now });
+  }
+
   private inWindow(from: number, to: number): boolean {
     if (this.openWindow !== undefined && to >= this.openWindow) return true;
+    if (this.incoherentSince.some((since) => since !== undefined && to >= since)) return true;
     return this.windows.some((w) => from <= w.end && to >= w.start);
   }
 
