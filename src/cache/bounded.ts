@@ -54,7 +54,7 @@ export class CountBoundedMap<K, V> {
   }
 
   set(key: K, value: V): void {
-    if (this.young.get(key) === value) return;
+    // Setting a key the young Map holds does not grow it: no check first (one hash lookup, not two).
     this.young.set(key, value);
     if (this.young.size >= this.generationSize) {
       this.old = this.young;

@@ -135,6 +135,15 @@ export function encodedNode(node: NodeRecord): Buffer {
   return bytes;
 }
 
+/**
+ * What nodes without metadata or references share: most nodes have none,
+ * and two fewer objects per node read is less for the young generation to
+ * sweep. Frozen, so that a mutation would throw rather than leak across
+ * nodes (nothing mutates a node's metadata or references).
+ */
+const NO_METADATA: Record<string, string> = Object.freeze({}) as Record<string, string>;
+const NO_REFS: string[] = Object.freeze([]) as unknown as string[];
+
 /** Wire types of Node's fields 1-13: varints for role, token_count and pinned; the rest length-delimited. */
 const NODE_WIRE_TYPES = [-1, 2, 2, 2, 2, 0, 2, 2, 2, 2, 0, 2, 0, 2];
 
@@ -160,8 +169,8 @@ export function decodeNode(buffer: Buffer, start: number, end: number): NodeReco
   let content = '';
   let seconds = 0;
   let nanos = 0;
-  const metadata: Record<string, string> = {};
-  const refs: string[] = [];
+  let metadata: Record<string, string> | undefined;
+  let refs: string[] | undefined;
   let tokenCount = 0;
   let tokenCountTokenizer = '';
   let pinned = false;
@@ -221,11 +230,11 @@ export function decodeNode(buffer: Buffer, start: number, end: number): NodeReco
         reader.offset = entryEnd;
         // The edge refuses this key (it would set the object's prototype); the sidecar never writes it.
         if (key === '__proto__') throw new WireError('a metadata key "__proto__"');
-        metadata[key] = value;
+        (metadata ??= {})[key] = value;
         break;
       }
       case 9:
-        refs.push(reader.string());
+        (refs ??= []).push(reader.string());
         break;
       case 10:
         tokenCount = reader.varint();
@@ -257,8 +266,8 @@ export function decodeNode(buffer: Buffer, start: number, end: number): NodeReco
     role,
     content,
     createdAt: createdAt === 0 ? 0 : createdAt,
-    metadata,
-    refs,
+    metadata: metadata ?? NO_METADATA,
+    refs: refs ?? NO_REFS,
     tokenCount: tokenCount !== 0 ? tokenCount : undefined,
     tokenCountTokenizer: tokenCountTokenizer !== '' ? tokenCountTokenizer : undefined,
     pinned: pinned ? true : undefined,

@@ -1,4 +1,4 @@
-import { isAscii, isUtf8 } from 'node:buffer';
+import { isUtf8 } from 'node:buffer';
 
 /**
  * The protobuf wire format, the parts our hand-written encoders and decoders
@@ -174,9 +174,11 @@ interface StringSlices {
 }
 
 /**
- * Valid UTF-8 as a string. Pure ASCII (most chat text, every ID) takes the
- * much faster latin1 path, which reads it the same; short strings are
- * checked here, without a view per string. Buffer's own slice methods, as
+ * Valid UTF-8 as a string. Short strings (every ID) are checked for ASCII
+ * here and take the faster latin1 path; longer ones are decoded as UTF-8
+ * (V8's decoder is fast on ASCII too) and checked only if the result holds
+ * a replacement character, which is what invalid UTF-8 decodes to — no
+ * view and no second pass per string. Buffer's own slice methods, as
  * protobufjs uses them: `toString` adds argument checks per call.
  */
 export function utf8(buffer: Buffer, start: number, end: number): string {
@@ -186,7 +188,8 @@ export function utf8(buffer: Buffer, start: number, end: number): string {
     let i = start;
     while (i < end && buffer[i]! < 128) i++;
     if (i === end) return slices.latin1Slice(start, end);
-  } else if (isAscii(buffer.subarray(start, end))) return slices.latin1Slice(start, end);
-  if (!isUtf8(buffer.subarray(start, end))) throw new WireError('a string that is not valid UTF-8');
-  return slices.utf8Slice(start, end);
+  }
+  const text = slices.utf8Slice(start, end);
+  if (text.includes('\ufffd') && !isUtf8(buffer.subarray(start, end))) throw new WireError('a string that is not valid UTF-8');
+  return text;
 }

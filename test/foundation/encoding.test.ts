@@ -121,11 +121,18 @@ describe('the node decoder', () => {
     );
   });
 
+  it('reads long content that holds a real replacement character (valid UTF-8)', () => {
+    const content = `${'x'.repeat(100)}\ufffd${'y'.repeat(10)}`;
+    const bytes = Buffer.from(Node.encode(Node.fromPartial({ id: 'n', content })).finish());
+    expect(decodeNode(bytes, 0, bytes.length).content).toBe(content);
+  });
+
   it.each([
     ['a truncated node', Buffer.from([0x0a, 0x05, 0x61])],
     ['a varint past 10 bytes', Buffer.from([0x28, ...Array(11).fill(0xff)])],
     ['the id as a varint', Buffer.from([0x08, 0x01])],
     ['content that is not UTF-8', Buffer.from([0x32, 0x02, 0xff, 0xfe])],
+    ['long content that is not UTF-8', Buffer.from([0x32, 0x80, 0x01, ...Array<number>(127).fill(0x61), 0xff])],
     ['a negative role', Buffer.from([0x28, ...Array(9).fill(0xff), 0x01])],
     ['a time past what a Date holds', Buffer.from(new BinaryWriter().uint32(58).fork().uint32(8).int64(10_000_000_000_000).join().finish())],
     ['a metadata key "__proto__"', Buffer.from(new BinaryWriter().uint32(66).fork().uint32(10).string('__proto__').uint32(18).string('x').join().finish())],
