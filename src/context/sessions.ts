@@ -279,8 +279,11 @@ export class SessionStore {
     }
   }
 
-  /** Stores a session in L1 and indexes its short IDs; false when L1 refused it (too large, or older than what it knows). */
-  /** Keeps the session in L1 and indexes the short IDs of `indexed` (by default all its nodes; an append indexes its node alone). */
+  /**
+   * Stores a session in L1 and indexes the short IDs of `indexed` (by
+   * default all its nodes; an append indexes its node alone); false when L1
+   * refused it (too large, or older than what it knows).
+   */
   private remember(sessionId: string, entry: Entry<SessionState>, indexed: Iterable<NodeRecord> = entry.value.nodes): boolean {
     if (!this.tiers.l1.set(sessionKey(sessionId), entry)) return false;
     for (const node of indexed) if (node.shortId !== '') this.shortIdIndex.set(node.shortId, sessionId);

@@ -17,14 +17,14 @@ const COMPACT_AFTER_CHUNKS = 16;
 
 /**
  * Bounds of a session read, in multiples of the read limit (the largest
- * response). Chunks are the nodes' protobuf (a few bytes per node more
- * than the response), but chunks written before that format are JSON,
- * which can legitimately be larger than the protobuf the write path bounds
- * by that limit: field names in every node, and escapes — a control
- * character is 6 bytes of JSON, so the decoded chunks get 8 times the limit. Stored chunks are compressed (a fill, a
- * compaction, any append over the compression threshold), so what Redis
- * sends gets twice the limit. A session over either bound could never be
- * served anyway.
+ * response). Chunks are the nodes' protobuf (a few bytes per node more than
+ * the response), but chunks written before that format are JSON, which can
+ * legitimately be larger than the protobuf the write path bounds by that
+ * limit: field names in every node, and escapes — a control character is 6
+ * bytes of JSON, so the decoded chunks get 8 times the limit. Stored chunks
+ * are compressed (a fill, a compaction, any append over the compression
+ * threshold), so what Redis sends gets twice the limit. A session over
+ * either bound could never be served anyway.
  */
 const STORED_BYTES_PER_LIMIT = 2;
 const DECODED_BYTES_PER_LIMIT = 8;
@@ -213,7 +213,7 @@ export class RedisSessionStore implements SessionL2 {
     const nodes: NodeRecord[] = [];
     reply.chunks.forEach((chunk, chunkIndex) => {
       let payload = this.parts.codec.decode(chunk);
-      // Nodes keep views of their chunk as their encodings: a chunk that is a view into a larger reply buffer is copied, so that is all they keep alive.
+      // Nodes keep views of their chunk as their encodings: a chunk that shares its memory (a slice of Buffer's pool) gets its own, so that it is all they keep alive.
       if (payload.byteOffset !== 0 || payload.buffer.byteLength !== payload.length) {
         const copy = Buffer.allocUnsafeSlow(payload.length);
         payload.copy(copy);

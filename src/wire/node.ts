@@ -6,7 +6,7 @@ import { fieldSize, stringPlan, timestampPlan, varintSize, WireError, WireReader
  * A node's protobuf bytes (`contextcache.v1.Node`), written and read by hand.
  * Responses that carry many nodes (BuildContext, GetSessionNodes) are the
  * sidecar's hot path. A node's protobuf encoding is computed once, the first
- * time it is served, and kept for as long as the node object lives (it is
+ * time it is served or stored, and kept for as long as the node object lives (it is
  * shared by every L1 state of its session); responses are then assembled by
  * concatenation into one buffer. Protobuf allows it: an embedded message is a
  * length-delimited field, and fields may come in any order.
