@@ -51,6 +51,11 @@ export class ValueCodec {
     return { bytes, compressed: flags !== 0 };
   }
 
+  /**
+   * The payload, in memory of its own (exact size, not a slice of a reply
+   * or of Buffer's pool): what is decoded is kept — in L1, and as the
+   * encodings of a session's nodes — so it must keep nothing else alive.
+   */
   decode(bytes: Buffer): Buffer {
     if (bytes.byteLength < HEADER_BYTES) throw new CorruptValueError(`${bytes.byteLength} bytes is shorter than the header`);
     if (bytes[0] !== MAGIC) throw new CorruptValueError('not written by context-cache (bad magic byte)');
@@ -58,7 +63,11 @@ export class ValueCodec {
     const flags = bytes[2]!;
     if ((flags & ~FLAG_SNAPPY) !== 0) throw new CorruptValueError(`unknown flags ${flags}`);
     const payload = bytes.subarray(HEADER_BYTES);
-    if ((flags & FLAG_SNAPPY) === 0) return Buffer.from(payload);
+    if ((flags & FLAG_SNAPPY) === 0) {
+      const own = Buffer.allocUnsafeSlow(payload.length);
+      payload.copy(own);
+      return own;
+    }
     try {
       return codecLibrary().uncompressSync(payload) as Buffer;
     } catch (error) {

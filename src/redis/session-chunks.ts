@@ -2,7 +2,7 @@ import { CorruptValueError } from '../errors';
 import type { NodeRecord } from '../model/node';
 import { isNodeRecord } from '../model/node-shape';
 import { decodeNode, encodedNode, encodeNodes } from '../wire/node';
-import { fieldSize, utf8, varintSize, WireError, WireReader, writeVarint } from '../wire/protobuf';
+import { fieldSize, stringPlan, utf8, varintSize, WireError, WireReader, writeString, writeVarint } from '../wire/protobuf';
 
 /**
  * The one writer and the one reader of a session chunk: the payload of one
@@ -34,41 +34,36 @@ const JSON_ARRAY = 0x5b; // '['
 /** The chunk of `nodes`, in order. */
 export function encodeChunk(nodes: readonly NodeRecord[]): Buffer {
   encodeNodes(nodes);
-  const sizes: number[] = [];
-  let total = 0;
-  for (const node of nodes) {
-    let size = fieldSize(encodedNode(node).length);
-    for (const [tokenizer, count] of Object.entries(node.tokens ?? {})) size += fieldSize(tokenCountSize(tokenizer, count!));
-    sizes.push(size);
-    total += fieldSize(size);
-  }
-  const buffer = Buffer.allocUnsafe(total);
-  let offset = 0;
-  nodes.forEach((node, index) => {
-    buffer[offset++] = NODE_FIELD;
-    offset = writeVarint(buffer, offset, sizes[index]!);
+  const entries = nodes.map((node) => {
     const bytes = encodedNode(node);
+    const tokens = Object.entries(node.tokens ?? {}).map(([tokenizer, count]) => {
+      const name = stringPlan(0x0a, tokenizer);
+      return { name, count: count!, size: fieldSize(name[2]) + (count ? 1 + varintSize(count) : 0) };
+    });
+    let size = fieldSize(bytes.length);
+    for (const token of tokens) size += fieldSize(token.size);
+    return { bytes, tokens, size };
+  });
+  const buffer = Buffer.allocUnsafe(entries.reduce((total, entry) => total + fieldSize(entry.size), 0));
+  let offset = 0;
+  for (const { bytes, tokens, size } of entries) {
+    buffer[offset++] = NODE_FIELD;
+    offset = writeVarint(buffer, offset, size);
     buffer[offset++] = NODE_FIELD;
     offset = writeVarint(buffer, offset, bytes.length);
     buffer.set(bytes, offset);
     offset += bytes.length;
-    for (const [tokenizer, count] of Object.entries(node.tokens ?? {})) {
+    for (const token of tokens) {
       buffer[offset++] = TOKENS_FIELD;
-      offset = writeVarint(buffer, offset, tokenCountSize(tokenizer, count!));
-      buffer[offset++] = 0x0a;
-      offset = writeVarint(buffer, offset, Buffer.byteLength(tokenizer));
-      offset += buffer.write(tokenizer, offset, 'utf8');
-      if (count !== 0) {
+      offset = writeVarint(buffer, offset, token.size);
+      offset = writeString(buffer, offset, token.name);
+      if (token.count !== 0) {
         buffer[offset++] = 0x10;
-        offset = writeVarint(buffer, offset, count!);
+        offset = writeVarint(buffer, offset, token.count);
       }
     }
-  });
+  }
   return buffer;
-}
-
-function tokenCountSize(tokenizer: string, count: number): number {
-  return fieldSize(Buffer.byteLength(tokenizer)) + (count !== 0 ? 1 + varintSize(count) : 0);
 }
 
 /**

@@ -212,14 +212,8 @@ export class RedisSessionStore implements SessionL2 {
     if (decodedBytes > maxDecoded) throw new OversizedSession(`the chunks decode to ${decodedBytes} bytes, over ${maxDecoded}`);
     const nodes: NodeRecord[] = [];
     reply.chunks.forEach((chunk, chunkIndex) => {
-      let payload = this.parts.codec.decode(chunk);
-      // Nodes keep views of their chunk as their encodings: a chunk that shares its memory (a slice of Buffer's pool) gets its own, so that it is all they keep alive.
-      if (payload.byteOffset !== 0 || payload.buffer.byteLength !== payload.length) {
-        const copy = Buffer.allocUnsafeSlow(payload.length);
-        payload.copy(copy);
-        payload = copy;
-      }
-      decodeChunk(payload, sessionId, nodes, chunkIndex);
+      // The nodes keep views of the payload as their encodings: codec.decode gives it memory of its own.
+      decodeChunk(this.parts.codec.decode(chunk), sessionId, nodes, chunkIndex);
     });
     // Metadata and chunks are two keys: an eviction can take one without the other.
     if (nodes.length !== expected) throw new CorruptValueError(`session holds ${nodes.length} nodes, its metadata says ${expected}`);
