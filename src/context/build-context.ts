@@ -69,10 +69,10 @@ const MAX_REF_LEVELS = 8;
 /**
  * The conversation for a prompt: the path from the root to the head node
  * (parent links; a branching conversation has several), or the whole
- * session in order.
+ * session in order (the session's own array: read, never changed).
  */
-export function conversationPath(session: SessionState, headNodeId: string): NodeRecord[] {
-  if (headNodeId === '') return [...session.nodes];
+export function conversationPath(session: SessionState, headNodeId: string): readonly NodeRecord[] {
+  if (headNodeId === '') return session.nodes;
   const head = session.byId.get(headNodeId);
   if (head === undefined) {
     throw notFound(`head_node_id "${headNodeId}" is not a node of the cached session "${session.sessionId}"`);
@@ -102,7 +102,7 @@ interface Cost {
 
 export interface Selection {
   /** The conversation in prompt order: pinned and kept nodes in path order, the stand-in summary (if any) where the dropped nodes were. */
-  conversation: { node: NodeRecord; reason: 'conversation' | 'summary'; tokens: number }[];
+  conversation: ContextItem[];
   /** The references kept, in the order given, with their tokens. */
   references: ContextItem[];
   /** Conversation nodes and references left out for the budget (a summary may stand in for some); unused summaries are not counted. */
@@ -186,7 +186,7 @@ export function applyBudget(conversation: readonly NodeRecord[], references: rea
     addAt(newest.at, -1);
     for (const at of ordinary) if (at <= newest.through) addAt(at);
   }
-  const withTokens = (at: number, reason: 'conversation' | 'summary') => ({ node: conversation[at]!, reason, tokens: tokens[at]! });
+  const withTokens = (at: number, reason: 'conversation' | 'summary'): ContextItem => ({ node: conversation[at]!, reason, referencedBy: '', tokens: tokens[at]! });
   const referencesWithTokens = (kept: (r: number) => boolean) => references.flatMap((item, r) => (kept(r) ? [{ ...item, tokens: refTokens[r]! }] : []));
   if (used.nodes <= limit.nodes && used.chars <= limit.chars && used.tokens <= limit.tokens) {
     const everything: Selection['conversation'] = [];
@@ -297,7 +297,12 @@ export async function buildContext(store: SessionStore, request: BuildContextReq
     };
   }
   const conversation = conversationPath(read.session, request.headNodeId);
-  const included = new Set(conversation.map((node) => node.id));
+  // Whether a node is already in the context, by ID: asked only of resolved references, so a
+  // context without any builds no set of its conversation (a cached context's hot path).
+  let pathIds: Set<string> | undefined;
+  const onPath = (id: string) =>
+    request.headNodeId === '' ? read.session.byId.has(id) : (pathIds ??= new Set(conversation.map((node) => node.id))).has(id);
+  const referencedIds = new Set<string>();
   const references: ContextItem[] = [];
   const unresolved = new Set<string>();
   const missingSessions = new Set<string>();
@@ -307,7 +312,8 @@ export async function buildContext(store: SessionStore, request: BuildContextReq
   // Level 0: extra refs, and the references of the conversation (newest first: they matter most).
   let frontier: { shortId: string; reason: Inclusion; referencedBy: string }[] = request.extraRefs.map((shortId) => ({ shortId, reason: 'extra-ref' as const, referencedBy: '' }));
   if (request.includeRefs) {
-    for (const node of [...conversation].reverse()) {
+    for (let at = conversation.length - 1; at >= 0; at--) {
+      const node = conversation[at]!;
       for (const shortId of node.refs) frontier.push({ shortId, reason: 'reference', referencedBy: node.shortId });
     }
   }
@@ -330,8 +336,8 @@ export async function buildContext(store: SessionStore, request: BuildContextReq
     const next: typeof frontier = [];
     for (const ref of fresh) {
       const node = resolution.nodes.get(ref.shortId);
-      if (node === undefined || included.has(node.id)) continue;
-      included.add(node.id);
+      if (node === undefined || referencedIds.has(node.id) || onPath(node.id)) continue;
+      referencedIds.add(node.id);
       references.push({ node, reason: ref.reason, referencedBy: ref.referencedBy, tokens: 0 });
       if (request.includeRefs) for (const shortId of node.refs) next.push({ shortId, reason: 'reference', referencedBy: node.shortId });
     }
@@ -349,7 +355,7 @@ export async function buildContext(store: SessionStore, request: BuildContextReq
   const shares = budgetShares(budget, kept.used, kept.uncut, request.summaryThreshold || DEFAULT_SUMMARY_THRESHOLD);
   // Prompt order: references first, oldest first, then the conversation from its root.
   const orderedReferences = kept.references.sort((x, y) => x.node.createdAt - y.node.createdAt);
-  const items: ContextItem[] = [...orderedReferences, ...kept.conversation.map(({ node, reason, tokens }) => ({ node, reason, referencedBy: '', tokens }))];
+  const items = orderedReferences.length === 0 ? kept.conversation : [...orderedReferences, ...kept.conversation];
   return {
     sessionFound: true,
     items,

@@ -1,5 +1,5 @@
 import type { LeasedRead, LeaseRequest } from '../cache/leases';
-import type { Tiers } from '../cache/tiers';
+import type { TierRead, Tiers } from '../cache/tiers';
 import { memoryTierFull } from '../errors';
 import type { Entry, Tier, WriteScope } from '../model/entry';
 import type { AppendedHint, CacheEvent } from '../model/events';
@@ -11,6 +11,7 @@ import { TokenCounts } from './tokens';
 import { CountBoundedMap } from '../cache/bounded';
 
 const subject = (sessionId: string): Subject => ({ kind: 'session', id: sessionId });
+const sessionRead = ({ entry, source, degraded }: TierRead<SessionState>): SessionRead => ({ session: entry.value, version: entry.version, expiresAt: entry.expiresAt, source, degraded });
 const sessionKey = (sessionId: string): string => l1Key('session', sessionId);
 
 /**
@@ -83,9 +84,24 @@ export class SessionStore {
     return (await this.getMany([sessionId])).get(sessionId);
   }
 
-  /** L1 first; the sessions L1 cannot answer come from Redis in one round trip. */
+  /**
+   * L1 first; the sessions L1 cannot answer come from Redis in one round
+   * trip. Sessions L1 holds are taken synchronously (Tiers.readLocal): a
+   * context built from L1 reads its sessions without a read spec, a result
+   * array or a promise per session.
+   */
   async getMany(sessionIds: readonly string[]): Promise<Map<string, SessionRead>> {
-    const ids = [...new Set(sessionIds)];
+    const found = new Map<string, SessionRead>();
+    let missing: string[] | undefined;
+    for (const id of sessionIds) {
+      if (found.has(id)) continue;
+      const local = this.tiers.readLocal<SessionState>('session', id);
+      if (local !== undefined) found.set(id, sessionRead(local));
+      else if (missing === undefined) missing = [id];
+      else if (!missing.includes(id)) missing.push(id);
+    }
+    if (missing === undefined) return found;
+    const ids = missing;
     const reads = await this.tiers.read<SessionState>(ids, {
       kind: 'session',
       operation: 'read sessions',
@@ -95,12 +111,17 @@ export class SessionStore {
         ),
       remember: (id, entry) => this.remember(id, entry),
     });
-    const found = new Map<string, SessionRead>();
     ids.forEach((id, index) => {
       const read = reads[index];
-      if (read !== undefined) found.set(id, { session: read.entry.value, version: read.entry.version, expiresAt: read.entry.expiresAt, source: read.source, degraded: read.degraded });
+      if (read !== undefined) found.set(id, sessionRead(read));
     });
-    return found;
+    // In the order asked for, as callers that take the first session holding a node expect.
+    const ordered = new Map<string, SessionRead>();
+    for (const id of sessionIds) {
+      const read = found.get(id);
+      if (read !== undefined) ordered.set(id, read);
+    }
+    return ordered;
   }
 
   /** A read that, on a miss, grants a fill lease or waits for another caller's fill. */

@@ -1,25 +1,18 @@
-import { buildContext, type Inclusion } from '../context/build-context';
+import { buildContext } from '../context/build-context';
 import type { SessionStore } from '../context/sessions';
 import type { TokenizerName } from '../model/tokenizer';
 import { invalidArgument } from '../errors';
 import { BuildContextResponse, GetSessionNodesResponse, type ContextCacheServer } from '../gen/contextcache/v1/context_cache';
 import type { CallTracker } from './calls';
 import { encodedNode, encodeNodes } from '../wire/node';
-import { lengthPrefix, stringField, varintField, withRepeated } from './encoding';
-import { builtContextHead, INCLUSION, leaseToProto, nodeToProto, scopeToProto, sessionInfo, storedSessionInfo } from './mapping';
+import { encodeContextItems, encodeSessionNodes } from './encoding';
+import { builtContextHead, leaseToProto, nodeToProto, scopeToProto, sessionInfo, storedSessionInfo } from './mapping';
 import type { RequestValidator } from './validation';
 
 export type ContextHandlers = Pick<
   ContextCacheServer,
   'getSessionNodes' | 'putSessionNodes' | 'appendNode' | 'invalidateSession' | 'resolveShortIds' | 'buildContext'
 >;
-
-/** ContextNode.reason (field 2), encoded once. */
-const REASON_FIELDS = Object.fromEntries(Object.entries(INCLUSION).map(([inclusion, reason]) => [inclusion, varintField(2, reason)])) as Record<Inclusion, Buffer>;
-
-/** ContextNode.token_count (field 4) of the counts most nodes have, each encoded once: no allocation per node on the hot path. */
-const TOKEN_FIELDS: Buffer[] = [];
-const tokenField = (count: number): Buffer => (count < 4096 ? (TOKEN_FIELDS[count] ??= varintField(4, count)) : varintField(4, count));
 
 /** The conversation-context RPCs: validate, delegate to the SessionStore, translate. */
 export function contextHandlers({
@@ -50,8 +43,7 @@ export function contextHandlers({
         });
         if (read === undefined) return { found: false, nodes: [], info: undefined, lease: lease && leaseToProto(lease) };
         const head = GetSessionNodesResponse.encode({ found: true, nodes: [], info: sessionInfo(read, waited), lease: undefined }).finish();
-        encodeNodes(read.session.nodes);
-        return withRepeated(head, 2, read.session.nodes.map((node) => [encodedNode(node)])) as unknown as GetSessionNodesResponse;
+        return encodeSessionNodes(head, read.session.nodes) as unknown as GetSessionNodesResponse;
       },
       { preEncoded: true },
     ),
@@ -107,13 +99,7 @@ export function contextHandlers({
         });
         call.annotate?.({ 'context_cache.hit': built.sessionFound, 'context_cache.tier': built.source ?? 'none', 'context_cache.node_count': built.items.length, 'context_cache.sessions_missing': built.missingSessionIds.length });
         const head = BuildContextResponse.encode(builtContextHead(built)).finish();
-        // repeated ContextNode nodes = 2 { Node node = 1; InclusionReason reason = 2; string referenced_by = 3; uint32 token_count = 4; }
-        encodeNodes(built.items.map((item) => item.node));
-        const items = built.items.map((item) => {
-          const node = encodedNode(item.node);
-          return [lengthPrefix(1, node.length), node, REASON_FIELDS[item.reason], stringField(3, item.referencedBy), tokenField(item.tokens)];
-        });
-        return withRepeated(head, 2, items) as unknown as BuildContextResponse;
+        return encodeContextItems(head, built.items) as unknown as BuildContextResponse;
       },
       { preEncoded: true },
     ),

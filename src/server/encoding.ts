@@ -1,65 +1,86 @@
 import { BinaryReader } from '@bufbuild/protobuf/wire';
 import { GetResponse } from '../gen/contextcache/v1/context_cache';
+import type { ContextItem } from '../context/build-context';
 import type { Entry, Tier } from '../model/entry';
+import type { NodeRecord } from '../model/node';
+import { encodedNode, encodeNodes } from '../wire/node';
 import { fieldSize, timestampPlan, varintSize, writeString, writeTimestamp, writeVarint } from '../wire/protobuf';
 import { PRE_ENCODED, UNDECODABLE } from './calls';
-import { entryInfo, sourceToProto } from './mapping';
+import { entryInfo, INCLUSION, sourceToProto } from './mapping';
 
 /**
- * `head` (a message's other fields, encoded as usual) followed by
- * `repeated <message> = fieldNumber`, each item made of `parts` (already
- * encoded fields), in one allocation.
+ * The encodings of `nodes`, each computed once (wire/node.ts keeps them): one
+ * array of views, so that sizing and writing a response look each node up
+ * once.
  */
-export function withRepeated(head: Uint8Array, fieldNumber: number, items: readonly (readonly Uint8Array[])[]): Buffer {
-  const tag = (fieldNumber << 3) | 2;
+function encodingsOf(nodes: readonly NodeRecord[]): Buffer[] {
+  encodeNodes(nodes);
+  const encodings = new Array<Buffer>(nodes.length);
+  for (let index = 0; index < nodes.length; index++) encodings[index] = encodedNode(nodes[index]!);
+  return encodings;
+}
+
+/**
+ * GetSessionNodesResponse: `head` (its other fields, encoded as generated)
+ * followed by `repeated Node nodes = 2`, each node's kept encoding copied
+ * once into one buffer. Protobuf allows it: fields may come in any order.
+ */
+export function encodeSessionNodes(head: Uint8Array, nodes: readonly NodeRecord[]): Buffer {
+  const encodings = encodingsOf(nodes);
   let total = head.length;
-  const lengths = items.map((parts) => {
-    let length = 0;
-    for (const part of parts) length += part.length;
-    total += 1 + varintSize(length) + length;
-    return length;
-  });
+  for (const bytes of encodings) total += fieldSize(bytes.length);
   const buffer = Buffer.allocUnsafe(total);
   buffer.set(head, 0);
   let offset = head.length;
-  items.forEach((parts, index) => {
-    buffer[offset++] = tag;
-    offset = writeVarint(buffer, offset, lengths[index]!);
-    for (const part of parts) {
-      buffer.set(part, offset);
-      offset += part.length;
+  for (const bytes of encodings) {
+    buffer[offset++] = 18;
+    offset = writeVarint(buffer, offset, bytes.length);
+    buffer.set(bytes, offset);
+    offset += bytes.length;
+  }
+  return buffer;
+}
+
+/**
+ * BuildContextResponse: `head` followed by `repeated ContextNode nodes = 2`
+ * — `{ Node node = 1; InclusionReason reason = 2; string referenced_by = 3;
+ * uint32 token_count = 4; }` — written straight into one buffer: a context
+ * served from L1 allocates that buffer and one array, nothing per node
+ * (the hot path of BuildContext; its garbage is what made its tail).
+ */
+export function encodeContextItems(head: Uint8Array, items: readonly ContextItem[]): Buffer {
+  const nodes = new Array<NodeRecord>(items.length);
+  for (let index = 0; index < items.length; index++) nodes[index] = items[index]!.node;
+  const encodings = encodingsOf(nodes);
+  let total = head.length;
+  for (let index = 0; index < items.length; index++) total += fieldSize(contextNodeBytes(items[index]!, encodings[index]!.length));
+  const buffer = Buffer.allocUnsafe(total);
+  buffer.set(head, 0);
+  let offset = head.length;
+  for (let index = 0; index < items.length; index++) {
+    const item = items[index]!;
+    const node = encodings[index]!;
+    buffer[offset++] = 18;
+    offset = writeVarint(buffer, offset, contextNodeBytes(item, node.length));
+    buffer[offset++] = 10;
+    offset = writeVarint(buffer, offset, node.length);
+    buffer.set(node, offset);
+    offset += node.length;
+    // Reasons are 1-4: one byte each, never the default 0.
+    buffer[offset++] = 16;
+    buffer[offset++] = INCLUSION[item.reason];
+    if (item.referencedBy !== '') offset = writeString(buffer, offset, [26, item.referencedBy, Buffer.byteLength(item.referencedBy)]);
+    if (item.tokens !== 0) {
+      buffer[offset++] = 32;
+      offset = writeVarint(buffer, offset, item.tokens);
     }
-  });
+  }
   return buffer;
 }
 
-/** The tag and length of an embedded message field, to be followed by `length` bytes of it. */
-export function lengthPrefix(fieldNumber: number, length: number): Buffer {
-  const head = Buffer.allocUnsafe(1 + varintSize(length));
-  head[0] = (fieldNumber << 3) | 2;
-  writeVarint(head, 1, length);
-  return head;
-}
-
-const NO_FIELD = Buffer.alloc(0);
-
-/** A varint field (enums, integers ≥ 0); 0 is left out, as proto3 does. */
-export function varintField(fieldNumber: number, value: number): Buffer {
-  if (value === 0) return NO_FIELD;
-  const buffer = Buffer.allocUnsafe(1 + varintSize(value));
-  buffer[0] = fieldNumber << 3;
-  writeVarint(buffer, 1, value);
-  return buffer;
-}
-
-/** A string field; empty strings are left out, as proto3 does. */
-export function stringField(fieldNumber: number, value: string): Buffer {
-  if (value === '') return NO_FIELD;
-  const bytes = Buffer.byteLength(value);
-  const buffer = Buffer.allocUnsafe(1 + varintSize(bytes) + bytes);
-  buffer[0] = (fieldNumber << 3) | 2;
-  buffer.write(value, writeVarint(buffer, 1, bytes), 'utf8');
-  return buffer;
+/** The size of one ContextNode's payload, its node's encoding `nodeBytes` long. */
+function contextNodeBytes(item: ContextItem, nodeBytes: number): number {
+  return fieldSize(nodeBytes) + 2 + (item.referencedBy === '' ? 0 : fieldSize(Buffer.byteLength(item.referencedBy))) + (item.tokens === 0 ? 0 : 1 + varintSize(item.tokens));
 }
 
 /** What a found Get answers with: the entry, which tier read it, and how. */

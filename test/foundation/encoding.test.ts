@@ -1,12 +1,13 @@
 import { BinaryWriter } from '@bufbuild/protobuf/wire';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
+import type { ContextItem } from '../../src/context/build-context';
 import type { NodeRecord } from '../../src/model/node';
-import { BuildContextResponse, GetResponse, GetSessionNodesResponse, InclusionReason, Node } from '../../src/gen/contextcache/v1/context_cache';
+import { BuildContextResponse, GetResponse, GetSessionNodesResponse, Node } from '../../src/gen/contextcache/v1/context_cache';
 import type { Entry } from '../../src/model/entry';
-import { encodeGetFound, lengthPrefix, stringField, varintField, withRepeated } from '../../src/server/encoding';
+import { encodeContextItems, encodeGetFound, encodeSessionNodes } from '../../src/server/encoding';
 import { decodeNode, encodedNode, encodeNodes } from '../../src/wire/node';
-import { entryInfo, nodeFromProto, nodeToProto } from '../../src/server/mapping';
+import { entryInfo, INCLUSION, nodeFromProto, nodeToProto } from '../../src/server/mapping';
 import { WireError } from '../../src/wire/protobuf';
 
 /** Nodes with every field shape: empty and multibyte strings, big numbers, maps, refs, old and new times. */
@@ -41,42 +42,42 @@ describe('the fast node encoder', () => {
     }
   });
 
-  it('frames repeated fields that the generated decoder reads back', () => {
+  it('frames sessions and contexts so that the generated decoder reads back what was meant', () => {
     const nodes = variety();
     const head = GetSessionNodesResponse.encode({ found: true, nodes: [], info: undefined, lease: undefined }).finish();
-    const decoded = GetSessionNodesResponse.decode(withRepeated(head, 2, nodes.map((node) => [encodedNode(node)])));
+    const decoded = GetSessionNodesResponse.decode(encodeSessionNodes(head, nodes));
     expect(decoded.found).toBe(true);
     expect(decoded.nodes).toEqual(nodes.map(nodeToProto));
 
-    const items = nodes.map((node, index) => {
-      const bytes = encodedNode(node);
-      return [lengthPrefix(1, bytes.length), bytes, varintField(2, InclusionReason.INCLUSION_REASON_REFERENCE), stringField(3, index % 2 === 0 ? '' : `by${index}`), varintField(4, index * 1000)];
+    const reasons = ['conversation', 'reference', 'extra-ref', 'summary'] as const;
+    const items: ContextItem[] = nodes.map((node, index) => ({
+      node,
+      reason: reasons[index % reasons.length]!,
+      referencedBy: index % 3 === 0 ? '' : index % 3 === 1 ? `by${index}` : 'ünï😀'.repeat(index * 10),
+      tokens: [0, 1, 127, 128, 300_000, 2 ** 32 - 1][index % 6]!,
+    }));
+    const fields = {
+      sessionFound: true,
+      nodes: [],
+      unresolvedShortIds: ['u'],
+      missingSessionIds: [],
+      droppedNodes: 3,
+      totalChars: 10,
+      sessionVersion: 7,
+      source: 1,
+      degraded: false,
+      totalTokens: 9,
+      budgetUsed: 0.5,
+      needsSummary: true,
+      tokenizer: 'o200k_base',
+      uncutTokens: 11,
+    };
+    const built = BuildContextResponse.decode(encodeContextItems(BuildContextResponse.encode(fields).finish(), items));
+    expect(built).toEqual({
+      ...fields,
+      nodes: items.map((item) => ({ node: nodeToProto(item.node), reason: INCLUSION[item.reason], referencedBy: item.referencedBy, tokenCount: item.tokens })),
     });
-    const built = BuildContextResponse.decode(
-      withRepeated(BuildContextResponse.encode({
-        sessionFound: true,
-        nodes: [],
-        unresolvedShortIds: ['u'],
-        missingSessionIds: [],
-        droppedNodes: 3,
-        totalChars: 10,
-        sessionVersion: 7,
-        source: 1,
-        degraded: false,
-        totalTokens: 9,
-        budgetUsed: 0.5,
-        needsSummary: true,
-        tokenizer: 'o200k_base',
-        uncutTokens: 11,
-      }).finish(), 2, items),
-    );
-    expect(built.droppedNodes).toBe(3);
-    expect(built.unresolvedShortIds).toEqual(['u']);
-    expect(built.nodes.map((n) => n.node)).toEqual(nodes.map(nodeToProto));
-    expect(built.nodes.map((n) => n.referencedBy)).toEqual(nodes.map((_, index) => (index % 2 === 0 ? '' : `by${index}`)));
-    expect(built.nodes.every((n) => n.reason === InclusionReason.INCLUSION_REASON_REFERENCE)).toBe(true);
-    expect(built.nodes.map((n) => n.tokenCount)).toEqual(nodes.map((_, index) => index * 1000));
-    expect([built.totalTokens, built.budgetUsed, built.needsSummary, built.tokenizer, built.uncutTokens]).toEqual([9, 0.5, true, 'o200k_base', 11]);
+    expect(encodeContextItems(new Uint8Array(0), []).length).toBe(0);
   });
 });
 
