@@ -155,7 +155,7 @@ export class SessionStore {
   }
 
   /** Write-through of a new node; watchers of the session receive it. */
-  append(node: NodeRecord): Promise<{ appended: boolean; version: number; scope: WriteScope }> {
+  append(node: NodeRecord): Promise<{ appended: boolean; version: number; previousVersion: number; scope: WriteScope }> {
     const { tiers } = this;
     const sessionId = node.sessionId;
     const appendedEvent = (version: number, previousVersion: number): CacheEvent => ({ kind: 'node', node, sessionVersion: version, previousVersion });
@@ -167,7 +167,7 @@ export class SessionStore {
         this.applyAppend(node, stored.previousVersion, stored.version);
         const index = stored.appended && node.shortId !== '';
         return {
-          result: { appended: stored.appended, version: stored.version },
+          result: { appended: stored.appended, version: stored.version, previousVersion: stored.previousVersion },
           events: [appendedEvent(stored.version, stored.previousVersion)],
           after: index ? () => this.indexShortIds([node], Math.max(1000, stored.expiresAt - Date.now())) : undefined,
         };
@@ -177,7 +177,7 @@ export class SessionStore {
         const previousVersion = tiers.l1.peek(sessionKey(sessionId))?.version ?? 0;
         const version = tiers.localVersion('session', sessionId);
         const appended = this.applyAppend(node, previousVersion, version);
-        return { result: { appended, version }, events: [appendedEvent(version, previousVersion)] };
+        return { result: { appended, version, previousVersion }, events: [appendedEvent(version, previousVersion)] };
       },
     });
   }

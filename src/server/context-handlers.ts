@@ -65,7 +65,7 @@ export function contextHandlers({
       const node = validate.node(request.node, 'node');
       validate.appendedSummary(node, sessions.cached(node.sessionId));
       const result = await sessions.append(node);
-      return { appendedToCachedSession: result.appended, sessionVersion: result.version, scope: scopeToProto(result.scope) };
+      return { appendedToCachedSession: result.appended, sessionVersion: result.version, scope: scopeToProto(result.scope), previousSessionVersion: result.previousVersion };
     }),
 
     invalidateSession: calls.unary('InvalidateSession', async (request) => {

@@ -1,5 +1,6 @@
 import type { LeaseGrant } from '../cache/leases';
-import type { BuiltContext, Inclusion } from '../context/build-context';
+import type { BuiltContext } from '../context/build-context';
+import type { Inclusion } from '../prompt/context-rules';
 import type { SessionRead } from '../context/sessions';
 import {
   InclusionReason,
@@ -177,7 +178,7 @@ export function eventToProto(event: CacheEvent): WatchResponse['event'] {
         },
       };
     case 'node':
-      return { $case: 'nodeAppended', value: { node: nodeToProto(event.node), sessionVersion: event.sessionVersion } };
+      return { $case: 'nodeAppended', value: { node: nodeToProto(event.node), sessionVersion: event.sessionVersion, previousSessionVersion: event.previousVersion } };
     case 'resync':
       return { $case: 'resync', value: { reason: RESYNC_REASON[event.reason] } };
   }

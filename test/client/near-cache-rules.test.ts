@@ -143,7 +143,7 @@ describe('the near cache', () => {
     expect(near.installContext('r', near.contextTicket(), { ...built, unresolvedShortIds: ['zz'] })).toBe(false);
     expect(near.installContext('r', near.contextTicket(), built)).toBe(true);
     expect(near.getContext('r')?.fromNearCache).toBe(true);
-    near.apply(message({ $case: 'nodeAppended', value: { node: Node.fromPartial({ ...built.nodes[0]!.node, id: 'n2' }), sessionVersion: 2 } }));
+    near.apply(message({ $case: 'nodeAppended', value: { node: Node.fromPartial({ ...built.nodes[0]!.node, id: 'n2' }), sessionVersion: 2, previousSessionVersion: 1 } }));
     expect(near.getContext('r')).toBeUndefined();
   });
 

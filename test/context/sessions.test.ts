@@ -28,15 +28,19 @@ describe('conversation context on two sidecars', () => {
   });
 
   it('appends through to the cached session on every sidecar and to a watcher on the other sidecar', async () => {
-    await a.client.putSessionNodes({ sessionId: 's2', nodes: session('s2', 2) });
+    const put = await a.client.putSessionNodes({ sessionId: 's2', nodes: session('s2', 2) });
     await b.client.getSessionNodes({ sessionId: 's2' });
     const watcher = new WatchRecorder(b.client.watch({ sessionIds: ['s2'] }));
     await watcher.started();
 
     const appended = await a.client.appendNode({ node: node('s2', 2, { content: 'live from device A', metadata: { model: 'm1' } }) });
     expect(appended.appendedToCachedSession).toBe(true);
+    // The version it was appended to: a copy at exactly that version may add the node in place.
+    expect(appended.previousSessionVersion).toBe(put.info!.version);
+    expect(appended.sessionVersion).toBeGreaterThan(put.info!.version);
     const event = await watcher.waitFor((m) => m.event?.$case === 'nodeAppended', 'the node on B');
     expect(event.event?.$case === 'nodeAppended' && event.event.value.node).toMatchObject({ id: 's2/n2', content: 'live from device A', metadata: { model: 'm1' } });
+    expect(event.event?.$case === 'nodeAppended' && [event.event.value.previousSessionVersion, event.event.value.sessionVersion]).toEqual([put.info!.version, appended.sessionVersion]);
 
     const onB = await b.client.getSessionNodes({ sessionId: 's2' });
     expect(onB.nodes.map((n) => n.id)).toEqual(['s2/n0', 's2/n1', 's2/n2']);

@@ -113,6 +113,15 @@ describe('the layering of src/', () => {
     expect(violations((i) => !i.internal && /^(ioredis|@sesamecare-oss\/redlock)$/.test(i.target) && !i.from.startsWith('redis/'))).toEqual([]);
   });
 
+  it('keeps src/prompt/ a leaf: pure rules that the sidecar and the client share, importing nothing', () => {
+    expect(imports.some((i) => i.from.startsWith('context/') && i.target.startsWith('prompt/'))).toBe(true);
+    expect(violations((i) => i.from.startsWith('prompt/') && (!i.internal || !i.target.startsWith('prompt/')))).toEqual([]);
+  });
+
+  it('lets the client import nothing of the sidecar: only the generated code, wire/protobuf and prompt/', () => {
+    expect(violations((i) => i.from.startsWith('client/') && i.internal && !/^(client|gen|prompt)\//.test(i.target) && i.target !== 'wire/protobuf')).toEqual([]);
+  });
+
   it('keeps src/model/ a leaf', () => {
     expect(violations((i) => i.from.startsWith('model/') && (!i.internal || !i.target.startsWith('model/')))).toEqual([]);
   });

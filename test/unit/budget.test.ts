@@ -1,6 +1,7 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { applyBudget, buildContext, type BuildContextRequest, type ContextItem } from '../../src/context/build-context';
+import { buildContext, type BuildContextRequest, type ContextItem } from '../../src/context/build-context';
+import { applyBudget } from '../../src/prompt/context-rules';
 import type { NodeRecord } from '../../src/model/node';
 import { coreOnFakes, fakeTokens, FakeRedis, nodeRecord } from '../helpers/fakes';
 

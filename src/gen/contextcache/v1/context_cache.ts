@@ -878,6 +878,13 @@ export interface AppendNodeResponse {
   sessionVersion: number;
   /** How far the write reached. */
   scope: WriteScope;
+  /**
+   * The session's version just before the append, as the tier that took it
+   * knew it (0: it held no copy). A client cache holding the session at
+   * exactly this version may add the node in place: nothing else was
+   * appended in between.
+   */
+  previousSessionVersion: number;
 }
 
 /** InvalidateSessionRequest drops a cached session. */
@@ -1216,6 +1223,12 @@ export interface NodeAppended {
     | undefined;
   /** The session's version after the append. */
   sessionVersion: number;
+  /**
+   * The session's version just before the append (0: unknown). A copy of
+   * the session at exactly this version becomes current by adding the node;
+   * any other copy is out of date.
+   */
+  previousSessionVersion: number;
 }
 
 /**
@@ -3853,7 +3866,7 @@ export const AppendNodeRequest: MessageFns<AppendNodeRequest> = {
 };
 
 function createBaseAppendNodeResponse(): AppendNodeResponse {
-  return { appendedToCachedSession: false, sessionVersion: 0, scope: 0 };
+  return { appendedToCachedSession: false, sessionVersion: 0, scope: 0, previousSessionVersion: 0 };
 }
 
 export const AppendNodeResponse: MessageFns<AppendNodeResponse> = {
@@ -3866,6 +3879,9 @@ export const AppendNodeResponse: MessageFns<AppendNodeResponse> = {
     }
     if (message.scope !== 0) {
       writer.uint32(24).int32(message.scope);
+    }
+    if (message.previousSessionVersion !== 0) {
+      writer.uint32(32).uint64(message.previousSessionVersion);
     }
     return writer;
   },
@@ -3907,6 +3923,14 @@ export const AppendNodeResponse: MessageFns<AppendNodeResponse> = {
             message.scope = reader.int32() as any;
             continue;
           }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.previousSessionVersion = longToNumber(reader.uint64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3932,6 +3956,11 @@ export const AppendNodeResponse: MessageFns<AppendNodeResponse> = {
         ? globalThis.Number(object.session_version)
         : 0,
       scope: isSet(object.scope) ? writeScopeFromJSON(object.scope) : 0,
+      previousSessionVersion: isSet(object.previousSessionVersion)
+        ? globalThis.Number(object.previousSessionVersion)
+        : isSet(object.previous_session_version)
+        ? globalThis.Number(object.previous_session_version)
+        : 0,
     };
   },
 
@@ -3946,6 +3975,9 @@ export const AppendNodeResponse: MessageFns<AppendNodeResponse> = {
     if (message.scope !== 0) {
       obj.scope = writeScopeToJSON(message.scope);
     }
+    if (message.previousSessionVersion !== 0) {
+      obj.previousSessionVersion = Math.round(message.previousSessionVersion);
+    }
     return obj;
   },
 
@@ -3957,6 +3989,7 @@ export const AppendNodeResponse: MessageFns<AppendNodeResponse> = {
     message.appendedToCachedSession = object.appendedToCachedSession ?? false;
     message.sessionVersion = object.sessionVersion ?? 0;
     message.scope = object.scope ?? 0;
+    message.previousSessionVersion = object.previousSessionVersion ?? 0;
     return message;
   },
 };
@@ -6263,7 +6296,7 @@ export const SessionInvalidated: MessageFns<SessionInvalidated> = {
 };
 
 function createBaseNodeAppended(): NodeAppended {
-  return { node: undefined, sessionVersion: 0 };
+  return { node: undefined, sessionVersion: 0, previousSessionVersion: 0 };
 }
 
 export const NodeAppended: MessageFns<NodeAppended> = {
@@ -6273,6 +6306,9 @@ export const NodeAppended: MessageFns<NodeAppended> = {
     }
     if (message.sessionVersion !== 0) {
       writer.uint32(16).uint64(message.sessionVersion);
+    }
+    if (message.previousSessionVersion !== 0) {
+      writer.uint32(24).uint64(message.previousSessionVersion);
     }
     return writer;
   },
@@ -6306,6 +6342,14 @@ export const NodeAppended: MessageFns<NodeAppended> = {
             message.sessionVersion = longToNumber(reader.uint64());
             continue;
           }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.previousSessionVersion = longToNumber(reader.uint64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -6326,6 +6370,11 @@ export const NodeAppended: MessageFns<NodeAppended> = {
         : isSet(object.session_version)
         ? globalThis.Number(object.session_version)
         : 0,
+      previousSessionVersion: isSet(object.previousSessionVersion)
+        ? globalThis.Number(object.previousSessionVersion)
+        : isSet(object.previous_session_version)
+        ? globalThis.Number(object.previous_session_version)
+        : 0,
     };
   },
 
@@ -6337,6 +6386,9 @@ export const NodeAppended: MessageFns<NodeAppended> = {
     if (message.sessionVersion !== 0) {
       obj.sessionVersion = Math.round(message.sessionVersion);
     }
+    if (message.previousSessionVersion !== 0) {
+      obj.previousSessionVersion = Math.round(message.previousSessionVersion);
+    }
     return obj;
   },
 
@@ -6347,6 +6399,7 @@ export const NodeAppended: MessageFns<NodeAppended> = {
     const message = createBaseNodeAppended();
     message.node = (object.node !== undefined && object.node !== null) ? Node.fromPartial(object.node) : undefined;
     message.sessionVersion = object.sessionVersion ?? 0;
+    message.previousSessionVersion = object.previousSessionVersion ?? 0;
     return message;
   },
 };
