@@ -2,8 +2,8 @@ import { notFound } from '../errors';
 import type { Tier } from '../model/entry';
 import type { NodeRecord } from '../model/node';
 import type { TokenizerName } from '../model/tokenizer';
-import { assemble, collectReferences, conversationPath, type ContextItem as RuleItem } from '../prompt/context-rules';
-import type { SessionStore, ShortIdResolution } from './sessions';
+import { assemble, conversationPath, referenceWalk, type ContextItem as RuleItem } from '../prompt/context-rules';
+import type { SessionStore } from './sessions';
 import { knownTokens } from './tokens';
 
 export interface BuildContextRequest {
@@ -80,9 +80,10 @@ export async function buildContext(store: SessionStore, request: BuildContextReq
   }
   const conversation = conversationPath(read.session, request.headNodeId);
   if (conversation === undefined) throw notFound(`head_node_id "${request.headNodeId}" is not a node of the cached session "${request.sessionId}"`);
-  const references = await collectReferences(read.session, conversation, request.headNodeId, request, (shortIds): Promise<ShortIdResolution> =>
-    store.resolveShortIds(shortIds, request.sessionId, read.session),
-  );
+  const walk = referenceWalk(read.session, conversation, request.headNodeId, request);
+  let step = walk.next();
+  while (!step.done) step = walk.next(await store.resolveShortIds(step.value, request.sessionId, read.session));
+  const references = step.value;
 
   const tokenizer = request.tokenizer;
   if (tokenizer !== undefined) {

@@ -93,16 +93,19 @@ export interface References<N extends PromptNode> {
  * The nodes a conversation references, deduplicated and cycle-safe: extra
  * refs, the references of the conversation (newest node first: they matter
  * most), then up to `maxRefDepth` levels of references of references. A node
- * already on the conversation path is not referenced again. `resolve` finds
- * the nodes of some short IDs, one call per level.
+ * already on the conversation path is not referenced again.
+ *
+ * A generator, so that one walk serves a caller that resolves short IDs
+ * from Redis (the sidecar: it awaits each level) and one that resolves them
+ * from memory (the near cache: synchronously). It yields the short IDs of a
+ * level and is given back what they resolve to; it returns the references.
  */
-export async function collectReferences<N extends PromptNode>(
+export function* referenceWalk<N extends PromptNode>(
   session: PromptSession<N>,
   conversation: readonly N[],
   headNodeId: string,
   request: ReferenceRequest,
-  resolve: (shortIds: string[]) => Resolution<N> | Promise<Resolution<N>>,
-): Promise<References<N>> {
+): Generator<string[], References<N>, Resolution<N>> {
   // Whether a node is already in the context, by ID: asked only of resolved references, so a
   // context without any builds no set of its conversation (a cached context's hot path).
   let pathIds: Set<string> | undefined;
@@ -126,7 +129,7 @@ export async function collectReferences<N extends PromptNode>(
       return true;
     });
     if (fresh.length === 0) break;
-    const resolution = await resolve(fresh.map((ref) => ref.shortId));
+    const resolution = yield fresh.map((ref) => ref.shortId);
     if (resolution.degraded) found.degraded = true;
     for (const id of resolution.unresolved) found.unresolved.add(id);
     for (const id of resolution.missingSessions) found.missingSessions.add(id);
