@@ -90,9 +90,16 @@ const ROLE_FROM_PROTO = new Map<Role, MessageRole>(Object.entries(ROLE_TO_PROTO)
 /** What an app instance's near cache may hold (sessions and complete contexts, kept coherent by its Watch stream). */
 const NEAR_CACHE_BYTES = 64 * 1024 * 1024;
 
-/** The client of an app instance's sidecar, with a near cache in the app's own process. */
+/**
+ * The client of an app instance's sidecar, with a near cache in the app's
+ * own process: it holds the conversations in use, keeps them current (each
+ * append, wherever it was made, is added in place) and builds their
+ * contexts without a call. A turn may come to any instance (no session
+ * affinity), so each instance also follows the conversations written
+ * through the others (followSessions 'written'), while it has room.
+ */
 export function connectSidecar(address: string): ContextCacheClient {
-  return new ContextCacheClient(address, { nearCache: { maxBytes: NEAR_CACHE_BYTES } });
+  return new ContextCacheClient(address, { nearCache: { maxBytes: NEAR_CACHE_BYTES, followSessions: 'written' } });
 }
 
 /** A message as a cache node: the path depth travels in metadata, so a gap in a cached path shows. */
@@ -215,11 +222,16 @@ export class ChatApp {
    * Every message of a conversation, for another device catching up: from
    * the cache when it holds the session, else from PostgreSQL. No fill
    * lease is taken: a device reading along must not make the writer's next
-   * context wait for its fill.
+   * context wait for its fill. The read goes to the sidecar itself, never
+   * to the near cache (`call`): the device has just opened its Watch stream
+   * there, and what it missed before must be in what it reads now — the
+   * sidecar's copy holds every change it heard of before the stream began,
+   * while the near cache follows a stream of its own and may be a moment
+   * behind.
    */
   async conversationMessages(sessionId: string): Promise<Message[]> {
     if (this.cache !== undefined && !this.repairOverflow && !this.pendingRepairs.has(sessionId)) {
-      const read = await this.cache.getSessionNodes({ sessionId }, this.call()).catch(() => undefined);
+      const read = await this.cache.call('getSessionNodes', { sessionId }, this.call()).catch(() => undefined);
       if (read?.found && !read.info?.degraded) return read.nodes.map(fromNode);
     }
     return this.store.loadSession(sessionId, 'sync-read');

@@ -4,6 +4,7 @@ import {
   ContextCacheClient as GeneratedClient,
   BuildContextRequest,
   ContextCacheService,
+  Node as NodeMessage,
   WatchRequest,
   WriteScope,
   type DeepPartial,
@@ -132,6 +133,15 @@ function toDeadline(deadline: Date | number): Date {
   return typeof deadline === 'number' ? new Date(Date.now() + deadline) : deadline;
 }
 
+/** Sessions fetched for the near cache at once, and waiting for their turn: a background task must not crowd out the app's own calls. */
+const MAX_SESSION_FETCHES = 4;
+const MAX_SESSIONS_WAITING = 1000;
+
+/** A node as the sidecar keeps and serves it: what the wire gives back of the node sent (strings as UTF-8 makes them, defaults filled). */
+function asServed(node: DeepPartial<Node>): Node {
+  return NodeMessage.decode(NodeMessage.encode(NodeMessage.fromPartial(node)).finish());
+}
+
 const asBuffer = (value: unknown): Buffer =>
   Buffer.isBuffer(value) ? value : value instanceof Uint8Array ? Buffer.from(value.buffer, value.byteOffset, value.byteLength) : Buffer.alloc(0);
 
@@ -179,6 +189,9 @@ export class ContextCacheClient {
   private readonly watchBackoff: ClientOptions['watchBackoff'];
   private readonly onBackgroundError: (error: ContextCacheError) => void;
   private readonly loads = new Map<string, Promise<unknown>>();
+  /** Sessions the near cache asked for, being fetched (at most MAX_SESSION_FETCHES) and waiting (at most MAX_SESSIONS_WAITING). */
+  private readonly fetchingSessions = new Set<string>();
+  private readonly sessionsWaiting = new Set<string>();
   private readonly loadCounters: LoadCounters = { filled: 0, staleFills: 0, uncached: 0 };
   private closed = false;
 
@@ -212,6 +225,7 @@ export class ContextCacheClient {
     });
     if (nearCache !== undefined) {
       const near = (this.near = new NearCache(nearCache));
+      near.wantSession = (sessionId) => this.fetchSession(sessionId);
       this.nearWatch = new ResumingWatch(
         (request) => this.openStream('watch', request, {}),
         WatchRequest.fromPartial({}),
@@ -333,8 +347,7 @@ export class ContextCacheClient {
     const ticket = near.ticket();
     try {
       const response = await this.call('set', request, options);
-      const reached = response.scope === WriteScope.WRITE_SCOPE_SHARED || (response.scope === WriteScope.WRITE_SCOPE_LOCAL && near.keepsLocalWrites);
-      if (!reached || !near.installEntry(key, ticket, asBuffer(request.value), response.info, true)) near.forgetEntry(key);
+      if (!this.reached(response.scope) || !near.installEntry(key, ticket, asBuffer(request.value), response.info, true)) near.forgetEntry(key);
       return response;
     } catch (error) {
       near.forgetEntry(key);
@@ -361,10 +374,41 @@ export class ContextCacheClient {
     });
   };
 
-  putSessionNodes = (request: DeepPartial<RequestOf<'putSessionNodes'>>, options?: ClientCallOptions) =>
-    this.forgetting(this.call('putSessionNodes', request, options), () => request.sessionId && this.near?.forgetSession(request.sessionId));
-  appendNode = (request: DeepPartial<RequestOf<'appendNode'>>, options?: ClientCallOptions) =>
-    this.forgetting(this.call('appendNode', request, options), () => request.node?.sessionId && this.near?.forgetSession(request.node.sessionId));
+  /** Stores a session; with a near cache that keeps sessions, the nodes written are kept (a later change anywhere drops them). */
+  putSessionNodes = async (request: DeepPartial<RequestOf<'putSessionNodes'>>, options?: ClientCallOptions) => {
+    const near = this.near;
+    const sessionId = request.sessionId;
+    if (near === undefined || !near.keepSessions || !sessionId) return this.call('putSessionNodes', request, options);
+    const ticket = near.ticket();
+    try {
+      const response = await this.call('putSessionNodes', request, options);
+      near.sessionChanged(sessionId);
+      // The session as the sidecar keeps it: each node as the wire gives it back, its session filled in, each ID once.
+      const nodes = (request.nodes ?? []).map((node) => asServed({ ...node, sessionId: node?.sessionId || sessionId }));
+      const kept = this.reached(response.scope) && near.installSession(sessionId, ticket, { found: true, nodes, info: response.info, lease: undefined });
+      if (!kept) near.forgetSession(sessionId);
+      return response;
+    } catch (error) {
+      near.forgetSession(sessionId);
+      throw error;
+    }
+  };
+
+  /** Appends a node; with a near cache, a session it holds at the version appended to gets the node in place. */
+  appendNode = async (request: DeepPartial<RequestOf<'appendNode'>>, options?: ClientCallOptions) => {
+    const near = this.near;
+    const sessionId = request.node?.sessionId;
+    if (near === undefined || !sessionId) return this.call('appendNode', request, options);
+    try {
+      const response = await this.call('appendNode', request, options);
+      if (this.reached(response.scope)) near.appended(sessionId, asServed(request.node!), response.previousSessionVersion, response.sessionVersion);
+      else near.forgetSession(sessionId);
+      return response;
+    } catch (error) {
+      near.forgetSession(sessionId);
+      throw error;
+    }
+  };
   invalidateSession = (request: DeepPartial<RequestOf<'invalidateSession'>>, options?: ClientCallOptions) =>
     this.forgetting(this.call('invalidateSession', request, options), () => request.sessionId && this.near?.forgetSession(request.sessionId));
   resolveShortIds = (request: DeepPartial<RequestOf<'resolveShortIds'>>, options?: ClientCallOptions) => this.call('resolveShortIds', request, options);
@@ -399,17 +443,61 @@ export class ContextCacheClient {
     return built;
   }
 
-  /** One BuildContext: from the near cache when it holds the same request's complete context. */
+  /**
+   * One BuildContext: built in this process from the sessions the near
+   * cache holds when it can be, else the same request's complete context
+   * if kept, else the sidecar's (whose sessions are then fetched for the
+   * next one).
+   */
   private async buildContextOnce(request: DeepPartial<RequestOf<'buildContext'>>, call: ClientCallOptions): Promise<NearContextResponse> {
     const near = this.near;
     if (near === undefined || !near.keepSessions) return this.call('buildContext', request, call);
-    const canonical = JSON.stringify(BuildContextRequest.toJSON(BuildContextRequest.fromPartial(request)));
+    const full = BuildContextRequest.fromPartial(request);
+    const local = near.buildContext(full);
+    if (local !== undefined) return local;
+    const canonical = JSON.stringify(BuildContextRequest.toJSON(full));
     const hit = near.getContext(canonical);
     if (hit !== undefined) return hit;
     const ticket = near.contextTicket();
-    const built = await this.call('buildContext', request, call);
+    const built = await this.call('buildContext', full, call);
     near.installContext(canonical, ticket, built);
+    near.contextAnswered(full, built);
     return built;
+  }
+
+  /** Whether a write answered with `scope` reached what the near cache mirrors (see NearCache.keepsLocalWrites). */
+  private reached(scope: WriteScope): boolean {
+    return scope === WriteScope.WRITE_SCOPE_SHARED || (scope === WriteScope.WRITE_SCOPE_LOCAL && this.near!.keepsLocalWrites);
+  }
+
+  /**
+   * Fetches a session the near cache asked for (to build contexts from), in
+   * the background: a few at a time, a bounded number waiting, each once.
+   * A failure is left alone: the next context that needs it asks again.
+   */
+  private fetchSession(sessionId: string): void {
+    const near = this.near;
+    if (near === undefined || this.closed || this.fetchingSessions.has(sessionId) || this.sessionsWaiting.has(sessionId)) return;
+    if (this.fetchingSessions.size >= MAX_SESSION_FETCHES) {
+      if (this.sessionsWaiting.size < MAX_SESSIONS_WAITING) this.sessionsWaiting.add(sessionId);
+      return;
+    }
+    this.fetchingSessions.add(sessionId);
+    const ticket = near.ticket();
+    this.call('getSessionNodes', { sessionId })
+      .then(
+        (response) => {
+          if (response.found && near.installSession(sessionId, ticket, response)) near.fetchedSession();
+        },
+        () => undefined,
+      )
+      .finally(() => {
+        this.fetchingSessions.delete(sessionId);
+        const next = this.sessionsWaiting.values().next();
+        if (next.done) return;
+        this.sessionsWaiting.delete(next.value);
+        this.fetchSession(next.value);
+      });
   }
 
   /**

@@ -1,5 +1,6 @@
 import { LRUCache } from 'lru-cache';
-import { KeyChange, type BuildContextResponse, type EntryInfo, type GetResponse, type GetSessionNodesResponse, type Node, type WatchResponse } from '../gen/contextcache/v1/context_cache';
+import { KeyChange, SessionChange, type BuildContextRequest, type BuildContextResponse, type EntryInfo, type GetResponse, type GetSessionNodesResponse, type Node, type WatchResponse } from '../gen/contextcache/v1/context_cache';
+import { buildFromHeld, heldSession, type HeldSession, type SessionsAtHand } from './near-context';
 
 /**
  * The client's near cache (L0): answers from this process's memory what the
@@ -17,6 +18,12 @@ import { KeyChange, type BuildContextResponse, type EntryInfo, type GetResponse,
  *  - degraded answers are never kept.
  * A stream that resumes without a gap keeps the contents: the events it
  * missed are replayed and applied before anything is served again.
+ *
+ * Sessions it holds are kept current rather than dropped: an append (this
+ * client's, or another's heard on the stream) whose previous version is
+ * exactly the version held is added in place; any other change drops the
+ * copy. From the sessions it holds it builds contexts in this process
+ * (near-context.ts), with the sidecar's rules.
  */
 
 export interface NearCacheOptions {
@@ -25,12 +32,30 @@ export interface NearCacheOptions {
   /** Keep entries at most this long, whatever their own TTL (default: their TTL). */
   maxTtlMs?: number;
   /**
-   * Also keep sessions read with getSessionNodes, and contexts built by
-   * buildContext that are complete (session found, nothing unresolved,
-   * missing, dropped or degraded), dropped when any session they were
-   * built from changes (default true).
+   * Also keep sessions read with getSessionNodes (or filled, or fetched to
+   * build contexts: see followSessions), and contexts built by buildContext
+   * that are complete (session found, nothing unresolved, missing, dropped
+   * or degraded), dropped when any session they were built from changes
+   * (default true).
    */
   sessions?: boolean;
+  /**
+   * Build contexts in this process from the sessions held, with the
+   * sidecar's rules, when the request counts no tokens (no max_tokens, no
+   * tokenizer) and every session it reads is held (default true when
+   * sessions are kept). Sessions a context needed and that were not held
+   * are fetched in the background for the next one.
+   */
+  buildContexts?: boolean;
+  /**
+   * Which sessions are fetched and then kept current (default 'read'):
+   * 'read' — those this client reads or builds contexts from; 'written' —
+   * also those appended to or filled through other clients, while the near
+   * cache is at most three quarters full (for apps behind a load balancer
+   * without session affinity, where the next turn of a conversation may
+   * come to any instance).
+   */
+  followSessions?: 'read' | 'written';
 }
 
 export interface NearCacheStats {
@@ -44,6 +69,12 @@ export interface NearCacheStats {
   evictions: number;
   /** Entries dropped by an invalidation (an event of the Watch stream, or this client's own write). */
   invalidations: number;
+  /** Appends added in place to a session held at exactly the version they were appended to. */
+  appendsApplied: number;
+  /** Contexts built in this process from held sessions (counted among the hits too). */
+  contextsBuilt: number;
+  /** Sessions fetched in the background to build contexts from (see followSessions). */
+  sessionsFetched: number;
   /** Times everything was dropped (Resync, a resume gap, the sidecar losing coherence). */
   flushes: number;
   /** Answers not kept because an invalidation or flush overtook them, or they were degraded. */
@@ -65,6 +96,8 @@ interface Kept {
   tags: readonly string[];
   entry: NearGetResponse | undefined;
   session: NearSessionResponse | undefined;
+  /** The session indexed for contexts (with `session`). */
+  held?: HeldSession;
   context?: NearContextResponse;
   /** The sessions a context was built from. */
   sessions?: readonly string[];
@@ -127,7 +160,19 @@ export class NearCache {
    * not kept.
    */
   private sessionEpoch = 0;
-  private readonly counters = { hits: 0, misses: 0, bypasses: 0, evictions: 0, invalidations: 0, flushes: 0, refusedInstalls: 0 };
+  private readonly counters = { hits: 0, misses: 0, bypasses: 0, evictions: 0, invalidations: 0, appendsApplied: 0, contextsBuilt: 0, sessionsFetched: 0, flushes: 0, refusedInstalls: 0 };
+  /** Which held session holds a short ID: for references across sessions. */
+  private readonly shortIdOwners = new Map<string, string>();
+  private readonly atHand: SessionsAtHand = {
+    held: (sessionId) => this.lru.peek(sessionKey(sessionId))?.held,
+    ownerOf: (shortId) => this.shortIdOwners.get(shortId),
+  };
+  /**
+   * Told of sessions worth fetching: one a context needed and that was not
+   * held, one held and dropped because an append could not be added in
+   * place, one written elsewhere (followSessions 'written'). Set by the client.
+   */
+  wantSession: (sessionId: string) => void = () => undefined;
   private epoch = 0;
   /** Whether the stream is up (a `started` arrived and nothing ended it since). */
   private streamUp = false;
@@ -139,13 +184,20 @@ export class NearCache {
   private isLive = false;
   private readonly liveWaiters = new Set<() => void>();
   readonly keepSessions: boolean;
+  readonly buildsContexts: boolean;
+  private readonly followsWritten: boolean;
 
   constructor(private readonly options: NearCacheOptions) {
     if (!Number.isSafeInteger(options.maxBytes) || options.maxBytes < 1024) {
       throw new RangeError(`nearCache.maxBytes is ${options.maxBytes}; use a whole number of bytes, at least 1024`);
     }
     if (options.maxTtlMs !== undefined && !(options.maxTtlMs > 0)) throw new RangeError(`nearCache.maxTtlMs is ${options.maxTtlMs}; use a positive number of milliseconds, or leave it unset`);
+    if (options.followSessions !== undefined && options.followSessions !== 'read' && options.followSessions !== 'written') {
+      throw new RangeError(`nearCache.followSessions is ${String(options.followSessions)}; use 'read' or 'written'`);
+    }
     this.keepSessions = options.sessions ?? true;
+    this.buildsContexts = this.keepSessions && (options.buildContexts ?? true);
+    this.followsWritten = this.keepSessions && options.followSessions === 'written';
     this.lru = new LRUCache<string, Kept>({
       maxSize: options.maxBytes,
       sizeCalculation: (kept, key) => keptBytes(key, kept),
@@ -156,6 +208,7 @@ export class NearCache {
       dispose: (kept, key, reason) => {
         this.unlinkTags(key, kept);
         this.unlinkContext(key, kept);
+        this.unlinkShortIds(kept);
         if (reason === 'evict') this.counters.evictions++;
       },
     });
@@ -272,7 +325,82 @@ export class NearCache {
     if (!this.keepSessions || !response.found || info === undefined) return false;
     if (!this.installable(sessionKey(sessionId), ticket, info)) return false;
     const kept: NearSessionResponse = Object.freeze({ ...response, info: Object.freeze({ ...info, waitedForFill: false }), lease: undefined, fromNearCache: true as const });
-    return this.install(sessionKey(sessionId), ticket, { version: info.version, tags: [], entry: undefined, session: kept }, info);
+    const held = heldSession(kept.nodes, info.version, info.source);
+    if (!this.install(sessionKey(sessionId), ticket, { version: info.version, tags: [], entry: undefined, session: kept, held }, info)) return false;
+    this.linkShortIds(sessionId, held);
+    return true;
+  }
+
+  /**
+   * The context the sidecar would build for `request`, built here from the
+   * sessions held (near-context.ts), counted as a hit; undefined when it
+   * cannot be (then the caller asks for a kept answer, which counts the
+   * miss or bypass). A session it needed and did not hold is asked for
+   * (wantSession), so that the next context can be built here.
+   */
+  buildContext(request: BuildContextRequest): NearContextResponse | undefined {
+    if (!this.buildsContexts || !this.isLive) return undefined;
+    const built = buildFromHeld(this.atHand, request);
+    if (built === undefined) {
+      if (this.lru.peek(sessionKey(request.sessionId))?.held === undefined) this.wantSession(request.sessionId);
+      return undefined;
+    }
+    this.lru.get(sessionKey(request.sessionId));
+    this.counters.hits++;
+    this.counters.contextsBuilt++;
+    return Object.assign(built, { fromNearCache: true as const });
+  }
+
+  /**
+   * A context the sidecar built: the sessions it read that are not held
+   * are asked for (wantSession), so that the next context can be built here.
+   */
+  contextAnswered(request: BuildContextRequest, response: BuildContextResponse): void {
+    if (!this.buildsContexts || !response.sessionFound) return;
+    const wanted = new Set([request.sessionId]);
+    for (const item of response.nodes) if (item.node !== undefined) wanted.add(item.node.sessionId);
+    for (const sessionId of wanted) if (this.lru.peek(sessionKey(sessionId))?.held === undefined) this.wantSession(sessionId);
+  }
+
+  /**
+   * A node was appended to a session (this client's append, answered, or
+   * another's, heard on the stream), taking it from `previousVersion` to
+   * `version`. A copy held at exactly `previousVersion` gets the node in
+   * place; one already at `version` or later has it; any other is out of
+   * date and goes (and is asked for again: it was in use).
+   */
+  appended(sessionId: string, node: Node, previousVersion: number, version: number): void {
+    const key = sessionKey(sessionId);
+    this.sessionChanged(sessionId);
+    const kept = this.lru.peek(key);
+    if (kept?.session !== undefined && kept.held !== undefined && kept.version >= version) return;
+    if (kept?.session !== undefined && kept.held !== undefined && previousVersion !== 0 && kept.version === previousVersion) {
+      const current = this.extended(kept, kept.held, kept.session, node, version);
+      if (version > (this.floors.get(key) ?? 0)) this.floors.set(key, version);
+      if (current !== undefined) {
+        this.counters.appendsApplied++;
+        return;
+      }
+    }
+    const held = kept?.held !== undefined;
+    this.invalidate(key, version, false);
+    if (held && !this.lru.has(key)) this.wantSession(sessionId);
+  }
+
+  /** `kept` with `node` added at `version`, in the LRU in its place (its expiry kept); undefined when it no longer fits. */
+  private extended(kept: Kept, held: HeldSession, session: NearSessionResponse, node: Node, version: number): Kept | undefined {
+    const key = sessionKey(node.sessionId);
+    const nodes = held.byId.has(node.id) ? session.nodes : [...session.nodes, node];
+    const response: NearSessionResponse = Object.freeze({ ...session, nodes, info: session.info && Object.freeze({ ...session.info, version }) });
+    const next: Kept = { ...kept, version, session: response, held: heldSession(nodes, version, held.source) };
+    const remaining = this.lru.getRemainingTTL(key);
+    if (keptBytes(key, next) > this.options.maxBytes || remaining <= 0) {
+      this.lru.delete(key);
+      return undefined;
+    }
+    this.lru.set(key, next, { ttl: Number.isFinite(remaining) ? remaining : 0, noUpdateTTL: false });
+    this.linkShortIds(node.sessionId, next.held!);
+    return next;
   }
 
   /** This client changed the key: whatever is held, and any read in flight, is superseded. */
@@ -331,16 +459,21 @@ export class NearCache {
         this.dropTags(event.value.tags);
         for (const key of event.value.keys) if (this.lru.delete(entryKey(key))) this.counters.invalidations++;
         break;
-      case 'sessionInvalidated':
-        this.sessionChanged(event.value.sessionId);
-        this.invalidate(sessionKey(event.value.sessionId), event.value.version, false);
+      case 'sessionInvalidated': {
+        const { sessionId, version, change } = event.value;
+        this.sessionChanged(sessionId);
+        this.invalidate(sessionKey(sessionId), version, false);
+        if (change === SessionChange.SESSION_CHANGE_FILLED) this.followWritten(sessionId);
         break;
-      case 'nodeAppended':
-        if (event.value.node !== undefined) {
-          this.sessionChanged(event.value.node.sessionId);
-          this.invalidate(sessionKey(event.value.node.sessionId), event.value.sessionVersion, false);
-        }
+      }
+      case 'nodeAppended': {
+        const { node, sessionVersion, previousSessionVersion } = event.value;
+        if (node === undefined) break;
+        const held = this.lru.has(sessionKey(node.sessionId));
+        this.appended(node.sessionId, node, previousSessionVersion, sessionVersion);
+        if (!held) this.followWritten(node.sessionId);
         break;
+      }
     }
     if (this.replaying > 0 && --this.replaying === 0) this.update();
   }
@@ -361,6 +494,7 @@ export class NearCache {
     this.lru.clear();
     this.keysByTag.clear();
     this.floors.clear();
+    this.shortIdOwners.clear();
   }
 
   stats(): NearCacheStats {
@@ -375,6 +509,7 @@ export class NearCache {
     this.contextsBySession.clear();
     this.keysByTag.clear();
     this.floors.clear();
+    this.shortIdOwners.clear();
   }
 
   private update(): void {
@@ -436,8 +571,28 @@ export class NearCache {
     }
   }
 
-  /** A session changed: contexts built from it go, and contexts being built now are not kept. */
-  private sessionChanged(sessionId: string): void {
+  /** A session written through another client: fetched when following written sessions and there is room for it. */
+  private followWritten(sessionId: string): void {
+    if (this.followsWritten && this.isLive && this.lru.calculatedSize <= this.options.maxBytes * 0.75 && !this.lru.has(sessionKey(sessionId))) this.wantSession(sessionId);
+  }
+
+  /** Counts a session fetched for contexts (by the client, on wantSession). */
+  fetchedSession(): void {
+    this.counters.sessionsFetched++;
+  }
+
+  private linkShortIds(sessionId: string, held: HeldSession): void {
+    for (const shortId of held.byShortId.keys()) this.shortIdOwners.set(shortId, sessionId);
+  }
+
+  private unlinkShortIds(kept: Kept): void {
+    const held = kept.held;
+    if (held === undefined) return;
+    for (const [shortId, node] of held.byShortId) if (this.shortIdOwners.get(shortId) === node.sessionId) this.shortIdOwners.delete(shortId);
+  }
+
+  /** A session changed (an event, or this client's write): contexts built from it go, and contexts being built now are not kept. */
+  sessionChanged(sessionId: string): void {
     this.sessionEpoch++;
     const keys = this.contextsBySession.get(sessionId);
     if (keys === undefined) return;

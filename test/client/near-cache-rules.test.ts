@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { BuildContextResponse, KeyChange, Node, ResyncReason, type EntryInfo, type WatchResponse } from '../../src/gen/contextcache/v1/context_cache';
+import { BuildContextRequest, BuildContextResponse, InclusionReason, KeyChange, Node, ResyncReason, SessionChange, type EntryInfo, type WatchResponse } from '../../src/gen/contextcache/v1/context_cache';
 import { NearCache } from '../../src/client/near-cache';
 
 /** The near cache's rules on their own: the messages of a Watch stream, and reads racing them. */
@@ -149,5 +149,108 @@ describe('the near cache', () => {
 
   it('refuses a bound that makes no sense, with a sentence', () => {
     expect(() => new NearCache({ maxBytes: 0 })).toThrow(/nearCache.maxBytes is 0/);
+    expect(() => new NearCache({ maxBytes: 1 << 20, followSessions: 'all' as never })).toThrow(/followSessions is all; use 'read' or 'written'/);
+  });
+});
+
+describe('sessions held by the near cache', () => {
+  const node = (sessionId: string, n: number, extra: Partial<Node> = {}) =>
+    Node.fromPartial({ id: `${sessionId}/${n}`, shortId: `${sessionId}-${n}`, sessionId, parentId: n === 0 ? '' : `${sessionId}/${n - 1}`, role: 2, content: `message ${n}`, createdAt: new Date(1_000 + n), ...extra });
+  const sessionOf = (sessionId: string, count: number, version: number) => ({ found: true, nodes: Array.from({ length: count }, (_, n) => node(sessionId, n)), info: info(version), lease: undefined });
+  const appendedEvent = (added: Node, previous: number, version: number) => message({ $case: 'nodeAppended', value: { node: added, sessionVersion: version, previousSessionVersion: previous } });
+  const request = (sessionId: string, extra: Partial<BuildContextRequest> = {}) => BuildContextRequest.fromPartial({ sessionId, includeRefs: true, ...extra });
+  const ids = (built: BuildContextResponse | undefined) => built?.nodes.map((item) => item.node!.id);
+
+  function holding(...sessions: [string, number, number][]): { near: NearCache; wanted: string[] } {
+    const near = liveCache();
+    const wanted: string[] = [];
+    near.wantSession = (sessionId) => wanted.push(sessionId);
+    for (const [sessionId, count, version] of sessions) expect(near.installSession(sessionId, near.ticket(), sessionOf(sessionId, count, version))).toBe(true);
+    return { near, wanted };
+  }
+
+  it('adds an append to the version it holds in place, ignores one it already has, and drops its copy (asking for it again) when an append went to another version', () => {
+    const { near, wanted } = holding(['s', 2, 10]);
+    near.apply(appendedEvent(node('s', 2), 10, 11));
+    expect(near.getSession('s')?.nodes.map((n) => n.id)).toEqual(['s/0', 's/1', 's/2']);
+    expect(near.getSession('s')?.info?.version).toBe(11);
+    // This client's own append, answered after the event of it arrived: nothing more to add.
+    near.appended('s', node('s', 2), 10, 11);
+    expect(near.getSession('s')?.nodes).toHaveLength(3);
+    // An append retried with an ID the session has: the version moves, the nodes do not (as the sidecar keeps a session).
+    near.appended('s', node('s', 1, { content: 'again' }), 11, 12);
+    expect(near.getSession('s')?.nodes.map((n) => n.content)).toEqual(['message 0', 'message 1', 'message 2']);
+    expect(near.stats().appendsApplied).toBe(2);
+    // An append to version 13: the copy at 12 missed one in between.
+    near.apply(appendedEvent(node('s', 4), 13, 14));
+    expect(near.hasSession('s')).toBe(false);
+    expect(wanted).toEqual(['s']);
+    // And a read of it in flight from before is refused.
+    expect(near.installSession('s', near.ticket(), sessionOf('s', 3, 12))).toBe(false);
+  });
+
+  it('never adds an append to a session the sidecar did not hold (previous version 0), nor keeps a copy past its bound', () => {
+    const { near } = holding(['s', 1, 10]);
+    near.appended('s', node('s', 1), 0, 11);
+    expect(near.hasSession('s')).toBe(false);
+
+    const small = new NearCache({ maxBytes: 4096 });
+    small.apply(started());
+    expect(small.installSession('t', small.ticket(), sessionOf('t', 1, 1))).toBe(true);
+    small.appended('t', node('t', 1, { content: 'x'.repeat(4096) }), 1, 2);
+    expect(small.hasSession('t')).toBe(false);
+    expect(small.stats().bytes).toBeLessThanOrEqual(4096);
+  });
+
+  it('builds a context from what it holds as the rules say, and nothing it cannot build whole', () => {
+    const { near, wanted } = holding(['chat', 4, 10], ['facts', 3, 20]);
+    near.appended('chat', node('chat', 4, { refs: ['facts-1'] }), 10, 11);
+    const built = near.buildContext(request('chat', { headNodeId: 'chat/4' }));
+    expect(built?.fromNearCache).toBe(true);
+    expect(ids(built)).toEqual(['facts/1', 'chat/0', 'chat/1', 'chat/2', 'chat/3', 'chat/4']);
+    expect(built?.nodes[0]).toMatchObject({ reason: InclusionReason.INCLUSION_REASON_REFERENCE, referencedBy: 'chat-4' });
+    expect(built).toMatchObject({ sessionFound: true, sessionVersion: 11, droppedNodes: 0, totalChars: 6 * 'message 0'.length, tokenizer: '' });
+    expect(ids(near.buildContext(request('chat', { headNodeId: 'chat/4', maxNodes: 2 })))).toEqual(['facts/1', 'chat/4']);
+    expect(near.stats()).toMatchObject({ contextsBuilt: 2, hits: 2 });
+    // What only the sidecar can answer: tokens to count, a head it does not hold, a session or a reference not held.
+    expect(near.buildContext(request('chat', { maxTokens: 100 }))).toBeUndefined();
+    expect(near.buildContext(request('chat', { tokenizer: 'o200k_base' }))).toBeUndefined();
+    expect(near.buildContext(request('chat', { headNodeId: 'chat/9' }))).toBeUndefined();
+    expect(near.buildContext(request('chat', { extraRefs: ['unknown-1'] }))).toBeUndefined();
+    expect(near.buildContext(request('other'))).toBeUndefined();
+    expect(wanted).toEqual(['other']);
+    // The referenced session goes: a context that needs it is no longer built here.
+    near.apply(message({ $case: 'sessionInvalidated', value: { sessionId: 'facts', change: SessionChange.SESSION_CHANGE_INVALIDATED, version: 21 } }));
+    expect(near.buildContext(request('chat', { headNodeId: 'chat/4' }))).toBeUndefined();
+    // Not live: nothing is built.
+    near.streamDown();
+    expect(near.buildContext(request('chat'))).toBeUndefined();
+  });
+
+  it('asks for the sessions a context read that it does not hold, and with followSessions "written" for those written elsewhere while it has room', () => {
+    const { near, wanted } = holding(['chat', 2, 10]);
+    near.contextAnswered(request('chat'), BuildContextResponse.fromPartial({ sessionFound: true, nodes: [{ node: node('facts', 0) }, { node: node('chat', 0) }] }));
+    expect(wanted).toEqual(['facts']);
+    near.apply(appendedEvent(node('elsewhere', 3), 5, 6));
+    expect(wanted).toEqual(['facts']);
+
+    const following = new NearCache({ maxBytes: 1 << 20, followSessions: 'written' });
+    const asked: string[] = [];
+    following.wantSession = (sessionId) => asked.push(sessionId);
+    following.apply(started());
+    following.apply(appendedEvent(node('elsewhere', 3), 5, 6));
+    following.apply(message({ $case: 'sessionInvalidated', value: { sessionId: 'filled', change: SessionChange.SESSION_CHANGE_FILLED, version: 3 } }));
+    following.apply(message({ $case: 'sessionInvalidated', value: { sessionId: 'gone', change: SessionChange.SESSION_CHANGE_INVALIDATED, version: 3 } }));
+    expect(asked).toEqual(['elsewhere', 'filled']);
+  });
+
+  it('finds references across the sessions it holds by short ID, and forgets the short IDs of a session it no longer holds', () => {
+    const { near } = holding(['a', 1, 1], ['b', 2, 1]);
+    near.appended('a', node('a', 1, { refs: ['b-1'] }), 1, 2);
+    expect(ids(near.buildContext(request('a')))).toEqual(['b/1', 'a/0', 'a/1']);
+    near.forgetSession('b');
+    expect(near.buildContext(request('a'))).toBeUndefined();
+    near.flush();
+    expect(near.buildContext(request('a'))).toBeUndefined();
   });
 });

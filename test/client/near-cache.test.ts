@@ -37,7 +37,7 @@ describe('the near cache on real sidecars', () => {
     expect(onB.nearCache!.stats()).toMatchObject({ hits: 1, invalidations: 1 });
   });
 
-  it('keeps sessions and getMany results, and drops a session appended to elsewhere', async () => {
+  it('keeps sessions and getMany results, and adds a node appended elsewhere to the session it holds', async () => {
     const onA = await nearClient(a.address);
     await b.client.putSessionNodes({ sessionId: 'near-s', nodes: [{ id: 'm1', role: 2, content: 'hi' }] });
     await b.client.set({ key: 'n/many', value: Buffer.from('m') });
@@ -50,13 +50,22 @@ describe('the near cache on real sidecars', () => {
       ['n/absent', false],
     ]);
     expect(onA.nearCache!.has('n/many')).toBe(true);
-    await b.client.appendNode({ node: { id: 'm2', sessionId: 'near-s', parentId: 'm1', role: 3, content: 'hello' } });
-    await waitFor(() => !onA.nearCache!.hasSession('near-s'), 'the near cache to drop the session');
-    expect((await onA.getSessionNodes({ sessionId: 'near-s' })).nodes.map((n) => n.id)).toEqual(['m1', 'm2']);
+    const appended = await b.client.appendNode({ node: { id: 'm2', sessionId: 'near-s', parentId: 'm1', role: 3, content: 'hello' } });
+    await waitFor(() => onA.nearCache!.stats().appendsApplied === 1, 'the near cache to add the node');
+    const after = await onA.getSessionNodes({ sessionId: 'near-s' });
+    expect(after.fromNearCache).toBe(true);
+    expect(after.nodes.map((n) => [n.id, n.content])).toEqual([
+      ['m1', 'hi'],
+      ['m2', 'hello'],
+    ]);
+    expect(after.info?.version).toBe(appended.sessionVersion);
+    // What the sidecar itself holds.
+    expect((await onA.call('getSessionNodes', { sessionId: 'near-s' })).nodes).toEqual(after.nodes);
   });
 
   it('keeps a complete built context, and drops it when a session it was built from changes on another sidecar', async () => {
-    const onA = await nearClient(a.address);
+    // Contexts kept as the sidecar answered them (the ones it cannot build itself, such as those that count tokens).
+    const onA = await nearClient(a.address, { nearCache: { maxBytes: 16 * MiB, buildContexts: false } });
     const filled = new Set<string>();
     onA.nearCache!.onMessage((m) => m.event?.$case === 'sessionInvalidated' && filled.add(m.event.value.sessionId));
     await b.client.putSessionNodes({ sessionId: 'near-ref', nodes: [{ id: 'f1', shortId: 'fact1', role: 2, content: 'a fact' }] });
@@ -74,6 +83,45 @@ describe('the near cache on real sidecars', () => {
     await waitFor(async () => (await onA.buildContext(request)).fromNearCache === undefined, 'the context to be dropped');
     const rebuilt = await onA.buildContext(request);
     expect(rebuilt.nodes[0]!.node!.content).toBe('a corrected fact');
+  });
+
+  it('builds contexts in the app\'s process once it holds the sessions: its own appends and those through another sidecar are added in place, and every context is the sidecar\'s', async () => {
+    const onA = await nearClient(a.address);
+    const onB = await nearClient(b.address);
+    await onB.putSessionNodes({ sessionId: 'local-facts', nodes: [0, 1, 2].map((n) => ({ id: `f${n}`, shortId: `fact${n}`, role: 2, content: `fact number ${n}` })) });
+    await onB.putSessionNodes({ sessionId: 'local-chat', nodes: [{ id: 'c0', shortId: 'chat0', role: 2, content: 'hello' }] });
+    const first = await onA.buildContext({ sessionId: 'local-chat', includeRefs: true });
+    expect(first.fromNearCache).toBeUndefined();
+    await waitFor(() => onA.nearCache!.hasSession('local-chat'), 'the session to be fetched for the next context');
+
+    // A conversation that grows through both clients, branching now and then, citing facts.
+    const ids = ['c0'];
+    let built = 0;
+    for (let turn = 1; turn <= 30; turn++) {
+      const writer = turn % 3 === 0 ? onB : onA;
+      const parentId = turn % 7 === 0 ? ids[turn >> 1]! : ids.at(-1)!;
+      const refs = turn % 4 === 0 ? [`fact${turn % 3}`] : [];
+      const id = `c${turn}`;
+      const appended = await writer.appendNode({ node: { id, shortId: `chat${turn}`, sessionId: 'local-chat', parentId, role: 2 + (turn % 2), content: `turn ${turn}`, refs } });
+      ids.push(id);
+      // A's near cache hears of B's appends on its stream: wait until it has this one.
+      await waitFor(async () => (await onA.getSessionNodes({ sessionId: 'local-chat' })).info?.version === appended.sessionVersion, `turn ${turn} in A's near cache`);
+      for (const request of [
+        { sessionId: 'local-chat', headNodeId: id, includeRefs: true },
+        { sessionId: 'local-chat', headNodeId: id, includeRefs: true, maxChars: 40 },
+        { sessionId: 'local-chat', headNodeId: id, maxNodes: 3, extraRefs: ['fact0'] },
+      ]) {
+        // `source` says where the sidecar read the session when the near cache fetched it: not compared.
+        const { fromNearCache, source: _local, ...context } = await onA.buildContext(request);
+        const { source: _sidecar, ...answer } = await onA.call('buildContext', request);
+        if (fromNearCache) built++;
+        expect(context).toEqual(answer);
+      }
+    }
+    // Every context after the facts' session was fetched too (the first one that cited a fact asked for it).
+    expect(built).toBeGreaterThanOrEqual(80);
+    expect(onA.nearCache!.stats()).toMatchObject({ sessionsFetched: 2 });
+    expect(onA.nearCache!.stats().appendsApplied).toBeGreaterThanOrEqual(30);
   });
 
   it('reads its own writes: a Set is kept, a Delete and a tag invalidation through it drop at once', async () => {

@@ -1,0 +1,113 @@
+import { InclusionReason, type BuildContextRequest, type BuildContextResponse, type Node } from '../gen/contextcache/v1/context_cache';
+import { assemble, conversationPath, referenceWalk, type Inclusion, type PromptSession, type Resolution } from '../prompt/context-rules';
+
+/**
+ * A context built in the application's process from the sessions its near
+ * cache holds, with the sidecar's own rules (src/prompt/context-rules.ts):
+ * the answer the sidecar would give, without the round trip. A chat turn
+ * appends a message and then builds the context that ends with it, so no
+ * earlier answer can serve it; the sessions can, once the near cache holds
+ * them and keeps them current (appends are added in place, see NearCache).
+ */
+
+/** A session the near cache holds, indexed as a context needs it. */
+export interface HeldSession extends PromptSession<Node> {
+  readonly version: number;
+  /** Where the sidecar read it when it was fetched (Source). */
+  readonly source: number;
+  readonly byShortId: ReadonlyMap<string, Node>;
+}
+
+/** What a build may read: the sessions held, and which of them holds a short ID. */
+export interface SessionsAtHand {
+  held(sessionId: string): HeldSession | undefined;
+  ownerOf(shortId: string): string | undefined;
+}
+
+/**
+ * Extra refs beyond this many go to the sidecar, which checks them against
+ * its own limit: a request the sidecar would refuse is never answered here.
+ */
+const MAX_LOCAL_EXTRA_REFS = 100;
+
+const REASONS: Record<Inclusion, InclusionReason> = {
+  conversation: InclusionReason.INCLUSION_REASON_CONVERSATION,
+  reference: InclusionReason.INCLUSION_REASON_REFERENCE,
+  'extra-ref': InclusionReason.INCLUSION_REASON_EXTRA_REF,
+  summary: InclusionReason.INCLUSION_REASON_SUMMARY,
+};
+
+const createdMs = (node: Node): number => node.createdAt?.getTime() ?? 0;
+
+/** Indexes a session's nodes (in order, each ID once) as the sidecar does (context/session.ts). */
+export function heldSession(nodes: readonly Node[], version: number, source: number): HeldSession {
+  const byId = new Map<string, Node>();
+  const byShortId = new Map<string, Node>();
+  const ordered: Node[] = [];
+  for (const node of nodes) {
+    if (byId.has(node.id)) continue;
+    byId.set(node.id, node);
+    if (node.shortId !== '') byShortId.set(node.shortId, node);
+    ordered.push(node);
+  }
+  return { nodes: ordered, byId, byShortId, version, source };
+}
+
+/**
+ * The context the sidecar would answer for `request`, or undefined when it
+ * cannot be built here: tokens to count (the sidecar counts them), a
+ * session or a referenced node not held, a head that is not in the session,
+ * a request the sidecar might refuse. Then the sidecar answers.
+ */
+export function buildFromHeld(at: SessionsAtHand, request: BuildContextRequest): BuildContextResponse | undefined {
+  if (request.maxTokens !== 0 || request.tokenizer !== '' || request.extraRefs.length > MAX_LOCAL_EXTRA_REFS) return undefined;
+  if (!(request.summaryThreshold >= 0 && request.summaryThreshold <= 1)) return undefined;
+  const session = at.held(request.sessionId);
+  if (session === undefined) return undefined;
+  const conversation = conversationPath(session, request.headNodeId);
+  if (conversation === undefined) return undefined;
+  const walk = referenceWalk(session, conversation, request.headNodeId, request);
+  let step = walk.next();
+  while (!step.done) {
+    const resolution = resolveHeld(at, session, step.value);
+    if (resolution === undefined) return undefined;
+    step = walk.next(resolution);
+  }
+  const budget = { maxNodes: request.maxNodes, maxChars: request.maxChars, maxTokens: 0 };
+  const built = assemble(conversation, step.value.items, budget, request.summaryThreshold, () => 0, createdMs);
+  return {
+    sessionFound: true,
+    nodes: built.items.map((item) => ({ node: item.node, reason: REASONS[item.reason], referencedBy: item.referencedBy, tokenCount: 0 })),
+    unresolvedShortIds: [],
+    missingSessionIds: [],
+    droppedNodes: built.droppedNodes,
+    totalChars: built.totalChars,
+    sessionVersion: session.version,
+    source: session.source,
+    degraded: false,
+    totalTokens: 0,
+    budgetUsed: built.budgetUsed,
+    needsSummary: built.needsSummary,
+    tokenizer: '',
+    uncutTokens: 0,
+  };
+}
+
+/**
+ * Short IDs resolved as the sidecar resolves them: in the context's own
+ * session first, then in the session that holds them. Undefined when any is
+ * not held: the sidecar may know it (its index, Redis), or report it.
+ */
+function resolveHeld(at: SessionsAtHand, session: HeldSession, shortIds: readonly string[]): Resolution<Node> | undefined {
+  const nodes = new Map<string, Node>();
+  for (const shortId of shortIds) {
+    let node = session.byShortId.get(shortId);
+    if (node === undefined) {
+      const owner = at.ownerOf(shortId);
+      node = owner === undefined ? undefined : at.held(owner)?.byShortId.get(shortId);
+    }
+    if (node === undefined) return undefined;
+    nodes.set(shortId, node);
+  }
+  return { nodes, unresolved: [], missingSessions: [], degraded: false };
+}

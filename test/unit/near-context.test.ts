@@ -1,0 +1,110 @@
+import fc from 'fast-check';
+import { describe, expect, it } from 'vitest';
+import { NearCache } from '../../src/client/near-cache';
+import { buildContext, type BuiltContext } from '../../src/context/build-context';
+import { BuildContextRequest, type BuildContextResponse, type EntryInfo } from '../../src/gen/contextcache/v1/context_cache';
+import type { NodeRecord } from '../../src/model/node';
+import { INCLUSION, nodeToProto } from '../../src/server/mapping';
+import { coreOnFakes, nodeRecord } from '../helpers/fakes';
+
+/**
+ * The near cache builds contexts with the sidecar's rules: for any sessions
+ * and any request it may answer, its context is the sidecar's, and it
+ * answers every request the sidecar answers whole from the same sessions.
+ */
+
+const info = (version: number): EntryInfo => ({ version, expiresAt: new Date(Date.now() + 60_000), tags: [], source: 1, sizeBytes: 1, waitedForFill: false, degraded: false });
+
+/** What both answers must agree on: the nodes in order with why they are there, and the figures. */
+function sidecarView(built: BuiltContext) {
+  return {
+    nodes: built.items.map((item) => [item.node.id, INCLUSION[item.reason], item.referencedBy]),
+    droppedNodes: built.droppedNodes,
+    totalChars: built.totalChars,
+    budgetUsed: built.budgetUsed,
+    needsSummary: built.needsSummary,
+  };
+}
+function nearView(built: BuildContextResponse) {
+  return {
+    nodes: built.nodes.map((item) => [item.node!.id, item.reason, item.referencedBy]),
+    droppedNodes: built.droppedNodes,
+    totalChars: built.totalChars,
+    budgetUsed: built.budgetUsed,
+    needsSummary: built.needsSummary,
+  };
+}
+
+const SESSIONS = ['s0', 's1', 's2'];
+const node = fc.record({
+  parent: fc.nat(),
+  size: fc.integer({ min: 0, max: 60 }),
+  time: fc.integer({ min: 0, max: 20 }),
+  pinned: fc.nat(9).map((roll) => roll < 2),
+  summaryOf: fc.option(fc.nat(), { nil: undefined }),
+  refs: fc.array(fc.tuple(fc.nat(SESSIONS.length - 1), fc.nat()), { maxLength: 2 }),
+});
+const scenario = fc.record({
+  sessions: fc.array(fc.array(node, { minLength: 1, maxLength: 12 }), { minLength: SESSIONS.length, maxLength: SESSIONS.length }),
+  head: fc.option(fc.nat(), { nil: undefined }),
+  maxNodes: fc.oneof(fc.constant(0), fc.nat(8)),
+  maxChars: fc.oneof(fc.constant(0), fc.nat(400)),
+  includeRefs: fc.boolean(),
+  extraRefs: fc.array(fc.tuple(fc.nat(SESSIONS.length - 1), fc.nat()), { maxLength: 2 }),
+  maxRefDepth: fc.nat(2),
+  summaryThreshold: fc.oneof(fc.constant(0), fc.double({ min: 0.1, max: 1, noNaN: true })),
+});
+
+type Scenario = typeof scenario extends fc.Arbitrary<infer T> ? T : never;
+
+/** Sessions of branching conversations (each node's parent an earlier node), with pins, summaries and references within and across sessions. */
+function sessionsOf(shapes: Scenario['sessions']): NodeRecord[][] {
+  const shortId = ([session, n]: [number, number]) => `${SESSIONS[session]}-${n % 14}`;
+  return shapes.map((nodes, s) =>
+    nodes.map((shape, n) => {
+      const parent = n === 0 ? '' : `${SESSIONS[s]}/n${shape.parent % n}`;
+      const summary = shape.summaryOf !== undefined && n > 0 && !shape.pinned ? `${SESSIONS[s]}/n${shape.summaryOf % n}` : undefined;
+      return nodeRecord(SESSIONS[s]!, n, {
+        parentId: parent,
+        content: 'x'.repeat(shape.size),
+        createdAt: 1_000 + shape.time,
+        ...(shape.pinned && { pinned: true }),
+        ...(summary !== undefined && { summarizesThrough: summary }),
+        refs: shape.refs.map(shortId),
+      });
+    }),
+  );
+}
+
+describe('contexts built by the near cache', () => {
+  it('are the sidecar\'s, for every request it builds, and it builds every one the sidecar answers whole', async () => {
+    let built = 0;
+    await fc.assert(
+      fc.asyncProperty(scenario, async (shape) => {
+        const sessions = sessionsOf(shape.sessions);
+        const core = coreOnFakes({ redis: false });
+        const near = new NearCache({ maxBytes: 64 << 20 });
+        near.apply({ sequence: 0, time: undefined, originSidecarId: 's', resumeToken: undefined, event: { $case: 'started', value: { sidecarId: 's', subscribed: false, resumed: false, replayedEvents: 0, coherent: true } } });
+        for (const nodes of sessions) {
+          await core.sessions.put(nodes[0]!.sessionId, nodes, '');
+          expect(near.installSession(nodes[0]!.sessionId, near.ticket(), { found: true, nodes: nodes.map(nodeToProto), info: info(1), lease: undefined })).toBe(true);
+        }
+        const main = sessions[0]!;
+        const headNodeId = shape.head === undefined ? '' : main[shape.head % main.length]!.id;
+        const extraRefs = shape.extraRefs.map(([session, n]) => `${SESSIONS[session]}-${n % 14}`);
+        const request = { sessionId: 's0', headNodeId, maxNodes: shape.maxNodes, maxChars: shape.maxChars, includeRefs: shape.includeRefs, extraRefs, maxRefDepth: shape.maxRefDepth, summaryThreshold: shape.summaryThreshold };
+        const fromSidecar = await buildContext(core.sessions, { ...request, maxTokens: 0, tokenizer: undefined });
+        const fromNear = near.buildContext(BuildContextRequest.fromPartial(request));
+        const whole = fromSidecar.unresolvedShortIds.length === 0 && fromSidecar.missingSessionIds.length === 0;
+        if (whole) expect(fromNear).toBeDefined();
+        if (fromNear === undefined) return;
+        built++;
+        expect(nearView(fromNear)).toEqual(sidecarView(fromSidecar));
+        expect(fromNear.nodes.map((item) => item.node)).toEqual(fromSidecar.items.map((item) => nodeToProto(item.node)));
+      }),
+      { numRuns: 400 },
+    );
+    // The property held for contexts actually built, many of them (the others reference short IDs no session holds).
+    expect(built).toBeGreaterThan(100);
+  });
+});
