@@ -1,8 +1,10 @@
 import { BinaryReader, BinaryWriter } from '@bufbuild/protobuf/wire';
+import { Server, ServerCredentials, type ServiceDefinition } from '@grpc/grpc-js';
 import fc from 'fast-check';
-import { describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { decodeBuildContextResponse, decodeGetManyResponse, decodeGetResponse, decodeGetSessionNodesResponse } from '../../src/client/codec';
-import { BuildContextResponse, GetManyResponse, GetResponse, GetSessionNodesResponse, Node, type EntryInfo, type Lease } from '../../src/gen/contextcache/v1/context_cache';
+import { ContextCacheClient, ContextCacheError, Status } from '../../src/client';
+import { BuildContextResponse, ContextCacheService, GetManyResponse, GetResponse, GetSessionNodesResponse, Node, type EntryInfo, type Lease } from '../../src/gen/contextcache/v1/context_cache';
 import { Timestamp } from '../../src/gen/google/protobuf/timestamp';
 import { WireError } from '../../src/wire/protobuf';
 
@@ -285,5 +287,31 @@ describe('the hand-written decoders where the generated code has rules of its ow
     ['a field that runs past its embedded message', [0x12, 0x07, 0x0a, 0x02, 0x0a, 0x03, 0x1a, 0x01, 0x61]],
   ])('refuses %s with a WireError', (_, wire) => {
     expect(() => decodeBuildContextResponse(Buffer.from(wire))).toThrow(WireError);
+  });
+});
+
+describe('a response the client cannot decode', () => {
+  let server: Server;
+  let client: ContextCacheClient;
+  beforeAll(async () => {
+    // A server that answers Get with bytes that are no GetResponse (a length past the end).
+    const get = ContextCacheService.get;
+    server = new Server();
+    server.addService({ get: { ...get, responseSerialize: (bytes: Buffer) => bytes } } as unknown as ServiceDefinition, {
+      get: (_: unknown, callback: (error: null, bytes: Buffer) => void) => callback(null, Buffer.from([0x12, 0x05, 0x0a])),
+    });
+    const port = await new Promise<number>((resolve, reject) => server.bindAsync('127.0.0.1:0', ServerCredentials.createInsecure(), (error, bound) => (error ? reject(error) : resolve(bound))));
+    client = new ContextCacheClient(`127.0.0.1:${port}`, { retry: false });
+  });
+  afterAll(async () => {
+    client.close();
+    await new Promise<void>((resolve) => server.tryShutdown(() => resolve()));
+  });
+
+  it('rejects the call with a ContextCacheError: INTERNAL, naming the parsing error', async () => {
+    const error = await client.get({ key: 'k' }).catch((caught: unknown) => caught);
+    expect(error).toBeInstanceOf(ContextCacheError);
+    expect((error as ContextCacheError).code).toBe(Status.INTERNAL);
+    expect((error as ContextCacheError).details).toBe('Response message parsing error: a field runs past the end');
   });
 });
