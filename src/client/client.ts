@@ -14,6 +14,7 @@ import {
   type Node,
   type WatchResponse,
 } from '../gen/contextcache/v1/context_cache';
+import { decodeBuildContextResponse, decodeGetManyResponse, decodeGetResponse, decodeGetSessionNodesResponse } from './codec';
 import { ContextCacheError, toContextCacheError } from './errors';
 import { getOrLoadEntry, getOrLoadSessionNodes, type LoadCounters, type LoadOptions, type LoadingPort } from './get-or-load';
 import { NearCache, type NearCacheOptions, type NearCacheStats, type NearContextResponse, type NearGetResponse, type NearSessionResponse } from './near-cache';
@@ -292,7 +293,7 @@ export class ContextCacheClient {
         this.raw.makeUnaryRequest(
           definition.path,
           definition.requestSerialize as (value: RequestOf<K>) => Buffer,
-          definition.responseDeserialize as (value: Buffer) => ResponseOf<K>,
+          (responseDecoders[method] ?? definition.responseDeserialize) as (value: Buffer) => ResponseOf<K>,
           full,
           callOptions,
           (error: ServiceError | null, response?: ResponseOf<K>) => (error ? reject(new ContextCacheError(error, method)) : resolve(response!)),
@@ -613,6 +614,14 @@ export class ContextCacheClient {
     };
   }
 }
+
+/** The hot responses' decoders, written by hand (./codec.ts); every other method's response is decoded by the generated code. */
+const responseDecoders: { [K in UnaryName]?: (bytes: Buffer) => ResponseOf<K> } = {
+  get: decodeGetResponse,
+  getMany: decodeGetManyResponse,
+  getSessionNodes: decodeGetSessionNodesResponse,
+  buildContext: decodeBuildContextResponse,
+};
 
 /** Each method's request codec, found by the request type's name in the generated module. */
 const requestCodecs = Object.fromEntries(

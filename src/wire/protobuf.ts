@@ -4,7 +4,9 @@ import { isUtf8 } from 'node:buffer';
  * The protobuf wire format, the parts our hand-written encoders and decoders
  * need (varints, length-delimited fields, google.protobuf.Timestamp), for
  * the messages the sidecar writes most: nodes and found Gets. Byte for byte
- * what the generated code writes (test/foundation/encoding.test.ts).
+ * what the generated code writes (test/foundation/encoding.test.ts). The
+ * reader also serves the client's hand-written decoders (client/codec.ts),
+ * so this file imports nothing but node:buffer.
  */
 
 /** Bytes of a varint; a negative number is sign-extended to 64 bits: always 10. */
@@ -104,8 +106,9 @@ export class WireReader {
     if (start < end && buffer[start]! < 128) return buffer[this.offset++]!;
     let value = 0;
     let scale = 1;
-    // Up to 7 bytes (49 bits) in floating point, exactly; longer ones with BigInt.
-    for (let i = 0; i < 7; i++) {
+    // Up to 8 bytes (56 bits) in floating point: exact below 2^53, since no partial sum exceeds the value (a
+    // version, microseconds since 1970, takes 8 bytes); longer ones (negative numbers: 10 bytes) with BigInt.
+    for (let i = 0; i < 8; i++) {
       if (this.offset >= end) throw new WireError('a varint runs past the end');
       const byte = buffer[this.offset++]!;
       value += (byte & 127) * scale;
@@ -123,6 +126,16 @@ export class WireReader {
     throw new WireError('a varint longer than 10 bytes');
   }
 
+  /** An int32 or enum field: the varint's low 32 bits, signed, as every protobuf reader keeps them. */
+  int32(): number {
+    return this.low32Bits() | 0;
+  }
+
+  /** A uint32 field: the varint's low 32 bits. */
+  uint32(): number {
+    return this.low32Bits() >>> 0;
+  }
+
   /**
    * Reads a length-delimited field's length and returns where its payload
    * ends; the reader is then at the payload's start (the caller reads it, or
@@ -136,10 +149,22 @@ export class WireReader {
 
   /** A string field: UTF-8, checked (a string that is not valid UTF-8 is not ours). */
   string(): string {
-    const end = this.payloadEnd();
-    const start = this.offset;
-    this.offset = end;
-    return utf8(this.buffer, start, end);
+    return this.text(utf8);
+  }
+
+  /**
+   * A string field as the generated (protobuf-es) decoders read it: invalid
+   * UTF-8 becomes U+FFFD, never an error. For the client, which must read
+   * the sidecar's answers as the generated code would.
+   */
+  lenientString(): string {
+    return this.text(lenientUtf8);
+  }
+
+  /** A double field (wire type 1): little-endian IEEE 754. */
+  double(): number {
+    this.advance(8);
+    return this.buffer.readDoubleLE(this.offset - 8);
   }
 
   /** Skips a field of the given wire type (unknown fields: written by a newer version). */
@@ -162,6 +187,22 @@ export class WireReader {
     }
   }
 
+  /** The low 32 bits of a varint, exact for any length (varint() rounds a value beyond 2^53, losing them). */
+  private low32Bits(): number {
+    const start = this.offset;
+    const value = this.varint();
+    if (this.offset - start <= 7) return value;
+    const b = this.buffer;
+    return (b[start]! & 127) | ((b[start + 1]! & 127) << 7) | ((b[start + 2]! & 127) << 14) | ((b[start + 3]! & 127) << 21) | ((b[start + 4]! & 15) << 28);
+  }
+
+  private text(decode: (buffer: Buffer, start: number, end: number) => string): string {
+    const end = this.payloadEnd();
+    const start = this.offset;
+    this.offset = end;
+    return decode(this.buffer, start, end);
+  }
+
   private advance(bytes: number): void {
     if (bytes > this.end - this.offset) throw new WireError('a field runs past the end');
     this.offset += bytes;
@@ -174,22 +215,53 @@ interface StringSlices {
 }
 
 /**
- * Valid UTF-8 as a string. Short strings (every ID) are checked for ASCII
- * here and take the faster latin1 path; longer ones are decoded as UTF-8
- * (V8's decoder is fast on ASCII too) and checked only if the result holds
- * a replacement character, which is what invalid UTF-8 decodes to — no
- * view and no second pass per string. Buffer's own slice methods, as
+ * Char codes to make short strings of, an array per length, reused: for up
+ * to 16 characters (most IDs), String.fromCharCode over them beats a native
+ * latin1Slice call (about half the time), and allocates nothing else.
+ */
+const CHAR_CODES = Array.from({ length: 17 }, (_, length) => new Array<number>(length).fill(0));
+
+/**
+ * A short string (every ID) that is all ASCII, made without the UTF-8
+ * decoder; undefined for any other. Buffer's own slice methods, as
  * protobufjs uses them: `toString` adds argument checks per call.
  */
-export function utf8(buffer: Buffer, start: number, end: number): string {
-  if (start === end) return '';
-  const slices = buffer as unknown as StringSlices;
-  if (end - start <= 64) {
-    let i = start;
-    while (i < end && buffer[i]! < 128) i++;
-    if (i === end) return slices.latin1Slice(start, end);
+function shortAscii(buffer: Buffer, start: number, end: number): string | undefined {
+  const length = end - start;
+  if (length === 0) return '';
+  if (length < CHAR_CODES.length) {
+    const codes = CHAR_CODES[length]!;
+    for (let i = 0; i < length; i++) {
+      const code = buffer[start + i]!;
+      if (code >= 128) return undefined;
+      codes[i] = code;
+    }
+    return String.fromCharCode.apply(String, codes);
   }
-  const text = slices.utf8Slice(start, end);
+  if (length > 64) return undefined;
+  let i = start;
+  while (i < end && buffer[i]! < 128) i++;
+  return i === end ? (buffer as unknown as StringSlices).latin1Slice(start, end) : undefined;
+}
+
+/**
+ * UTF-8 as a string, invalid sequences replaced by U+FFFD exactly as
+ * TextDecoder replaces them.
+ */
+function lenientUtf8(buffer: Buffer, start: number, end: number): string {
+  return shortAscii(buffer, start, end) ?? (buffer as unknown as StringSlices).utf8Slice(start, end);
+}
+
+/**
+ * Valid UTF-8 as a string. Beyond short ASCII, the text is decoded as UTF-8
+ * (V8's decoder is fast on ASCII too) and the bytes checked only if it holds
+ * a replacement character, which is what invalid UTF-8 decodes to — no view
+ * and no second pass per string.
+ */
+export function utf8(buffer: Buffer, start: number, end: number): string {
+  const ascii = shortAscii(buffer, start, end);
+  if (ascii !== undefined) return ascii;
+  const text = (buffer as unknown as StringSlices).utf8Slice(start, end);
   if (text.includes('\ufffd') && !isUtf8(buffer.subarray(start, end))) throw new WireError('a string that is not valid UTF-8');
   return text;
 }
