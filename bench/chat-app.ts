@@ -10,7 +10,8 @@
  * PostgreSQL of this machine kind (127.0.0.1:5432, database test); every
  * phase works in a schema of its own, dropped at the end.
  */
-import { ContextCacheClient, type GetStatsResponse } from '../src/client';
+import { monitorEventLoopDelay } from 'node:perf_hooks';
+import { ContextCacheClient, type GetStatsResponse, type NearCacheStats } from '../src/client';
 import { ChatApp, connectSidecar, type ChatAppStats } from '../examples/chat-app/app';
 import { addTotals, faultsOf, GroundTruth, type CheckTotals } from '../examples/chat-app/checker';
 import { addCounts, CONTEXT_READS, CountingPool, databaseUrl, freshSchemaName, sumOf, type QueryCounts } from '../examples/chat-app/db';
@@ -63,6 +64,10 @@ interface Phase {
   apps: ChatAppStats[];
   redisCommands: number;
   sidecarStats: GetStatsResponse[];
+  /** The app instances' near caches at the end of the phase (their counters run across phases). */
+  nearStats: NearCacheStats[];
+  /** This process's event-loop delay over the phase (p50, p99, max; ms): what every latency measured here may include. */
+  loopDelayMs: [number, number, number];
 }
 
 function latency(samplesMs: readonly number[]): LatencyStats {
@@ -124,13 +129,18 @@ async function run(): Promise<BenchReport> {
               },
             },
           ];
+      const loop = monitorEventLoopDelay({ resolution: 10 });
+      loop.enable();
       const result = await runWorkload({ ...options, apps, truth, sessionsOf, deviceClients: extra.devices ? deviceClients : undefined, events });
       // A restarted Redis counts from zero.
       const redisCommands = (await redisCommandsProcessed(redis)) - (extra.faults ? 0 : commandsBefore);
       apps.forEach((app) => app.close());
       const sidecarStats = mode === 'sidecar' ? await Promise.all(clients.map((client) => client.getStats())) : [];
       const samples = result.samples.filter((sample) => sample.atMs >= warmup * options.durationMs);
-      return { name, run: result, samples, queries: addCounts(pools.map((pool) => pool.snapshot())), apps: apps.map((app) => app.stats()), redisCommands, sidecarStats };
+      loop.disable();
+      const loopDelayMs: [number, number, number] = [loop.percentile(50) / 1e6, loop.percentile(99) / 1e6, loop.max / 1e6];
+      const nearStats = clients.map((client) => client.nearCache!.stats());
+      return { name, run: result, samples, queries: addCounts(pools.map((pool) => pool.snapshot())), apps: apps.map((app) => app.stats()), redisCommands, sidecarStats, nearStats, loopDelayMs };
     };
 
     const direct = await phase('direct', 'direct');
@@ -174,6 +184,8 @@ function report(options: WorkloadOptions, direct: Phase, cached: Phase, faults: 
   const fallbacks = (phase: Phase) => phase.apps.reduce((sum, app) => sum + Object.values(app.fallbacks).reduce((a, b) => a + b, 0), 0);
   const errors = direct.run.errors + cached.run.errors + faults.run.errors;
 
+  const nearSum = (counter: 'contextsBuilt' | 'appendsApplied' | 'sessionsFetched' | 'evictions' | 'flushes') =>
+    cached.nearStats.reduce((sum, stats, i) => sum + stats[counter] - (direct.nearStats[i]?.[counter] ?? 0), 0);
   const directContext = ms(contextMs(direct), 50);
   const cachedContext = ms(contextMs(cached), 50);
   const figures: Record<string, number> = {
@@ -192,6 +204,9 @@ function report(options: WorkloadOptions, direct: Phase, cached: Phase, faults: 
     sidecar_context_p99_ms: ms(contextMs(cached), 99),
     sidecar_context_hit_p50_ms: ms(contextMs(cached, (s) => s.hit), 50),
     sidecar_context_hit_p99_ms: ms(contextMs(cached, (s) => s.hit), 99),
+    near_cache_context_ratio: cached.samples.filter((s) => s.nearCache).length / turns(cached),
+    near_cache_context_p50_ms: ms(contextMs(cached, (s) => s.nearCache), 50),
+    near_cache_context_p99_ms: ms(contextMs(cached, (s) => s.nearCache), 99),
     sidecar_context_miss_p50_ms: ms(contextMs(cached, (s) => !s.hit), 50),
     sidecar_context_miss_p99_ms: ms(contextMs(cached, (s) => !s.hit), 99),
     context_p50_ratio: cachedContext / directContext,
@@ -239,6 +254,7 @@ function report(options: WorkloadOptions, direct: Phase, cached: Phase, faults: 
       ['context build p50', '309 → 162 ms', `${f(directContext)} ms`, `${f(cachedContext)} ms (${f(directContext / cachedContext, 1)}x faster)`, '≤ 1/20 of direct'],
       ['context build p99', '', `${f(figures.direct_context_p99_ms!)} ms`, `${f(figures.sidecar_context_p99_ms!)} ms`, '≤ 10 ms'],
       ['context build on a hit', '< 10 ms', '', `p50 ${f(figures.sidecar_context_hit_p50_ms!)} ms, p99 ${f(figures.sidecar_context_hit_p99_ms!)} ms`, ''],
+      ['… in the app\'s process (near cache)', '', '', `${pct(figures.near_cache_context_ratio!)} of contexts: p50 ${f(figures.near_cache_context_p50_ms!, 3)} ms, p99 ${f(figures.near_cache_context_p99_ms!)} ms`, ''],
       ['cache hit ratio', '≥ 90 %', '', pct(figures.hit_ratio!), '≥ 95 %'],
       ['DB load (context reads/turn)', '80 % less', f(reads(direct)), `${f(reads(cached), 3)} (${pct(figures.db_load_reduction!)} less)`, '≥ 90 % less'],
       ['DB queries/turn, writes included', '', f(allQueries(direct)), `${f(allQueries(cached))} (${pct(figures.db_total_query_reduction!)} less)`, ''],
@@ -259,6 +275,8 @@ function report(options: WorkloadOptions, direct: Phase, cached: Phase, faults: 
     `Sidecar phase hit ratio by ${Math.round(windowMs / 1000)}-s window: ${hitRatioByWindow.map(pct).join(', ')}; in the last third ${pct(lastThirdHitRatio)}.`,
     `Every turn checked: ${totals.turns} contexts, ${totals.messagesExpected} messages: ${totals.missingMessages} missing, ${totals.missingReferences} references missing, ${totals.outOfOrder} out of order, ${totals.unexpected} unexpected, ${totals.wrongContent} with wrong content; ${errors} turns failed outright.`,
     `Faults phase (a second device per user watching its conversation; Redis killed and restarted empty at 1/3, one sidecar SIGKILLed and restarted at 2/3): ${turns(faults)} turns, ${faultsOf(totalsOf(faults))} faults, hit ratio ${pct(figures.faults_hit_ratio!)}, ${figures.faults_fallback_contexts} contexts from PostgreSQL instead, ${figures.faults_failed_write_throughs} failed write-throughs repaired; sync: ${sync.live} live, ${sync.recovered} recovered after a resync or a lost stream, ${sync.missing} missed.`,
+    `Near caches of the 3 app instances in the sidecar phase: ${nearSum('contextsBuilt')} contexts built in-process, ${nearSum('appendsApplied')} appends added in place, ${nearSum('sessionsFetched')} sessions fetched, ${nearSum('evictions')} evictions, ${nearSum('flushes')} flushes; holding ${(cached.nearStats.reduce((sum, stats) => sum + stats.bytes, 0) / 2 ** 20).toFixed(0)} MiB (estimated) at the end.`,
+    `Event-loop delay of this process (the load generator and the 3 app instances), p50 / p99 / max: ${[direct, cached, faults].map((phase) => `${phase.name} ${phase.loopDelayMs.map((v) => f(v, 1)).join(' / ')} ms`).join('; ')}.`,
     `Redis commands per turn (sidecar phase): ${f(figures.redis_commands_per_turn!, 1)}. Sidecar L1 hit ratio (GetStats): ${pct(figures.sidecar_l1_hit_ratio!)}. DB time for context reads per turn: direct ${f(readMs(direct))} ms, sidecar ${f(readMs(cached), 3)} ms (${pct(figures.db_context_time_reduction!)} less).`,
     ...(failures.length > 0 ? ['First faults:', ...failures] : []),
     ...(firstErrors.length > 0 ? ['First errors:', ...firstErrors] : []),
@@ -271,6 +289,7 @@ function report(options: WorkloadOptions, direct: Phase, cached: Phase, faults: 
       row('sidecar: turn (2 writes + context)', cached.samples.map((s) => s.turnMs), cached, options.users),
       row('sidecar: context build', contextMs(cached), cached, options.users),
       row('sidecar: context build, hit', contextMs(cached, (s) => s.hit), cached, options.users),
+      row('sidecar: context build, in the app (near cache)', contextMs(cached, (s) => s.nearCache), cached, options.users),
       row('sidecar: context build, miss', contextMs(cached, (s) => !s.hit), cached, options.users),
       row('faults: context build', contextMs(faults), faults, options.users),
       row('sync: commit → second device', sync.latenciesMs, faults, options.users),

@@ -18,7 +18,7 @@
  * sidecar answers); a context the sidecar marks degraded (Redis away) or one
  * whose path has a gap is built from PostgreSQL instead.
  */
-import { ContextCacheClient, ContextCacheError, InclusionReason, Role, Status, type BuildContextResponse, type Node } from '../../src/client';
+import { ContextCacheClient, ContextCacheError, InclusionReason, Role, Status, type BuildContextResponse, type NearContextResponse, type Node } from '../../src/client';
 import { orderReferences, referencedShortIds, selectWithinBudget, type PromptContext } from './context';
 import type { ChatStore, Message, MessageRole, NewMessage } from './store';
 
@@ -34,6 +34,8 @@ export interface BuiltContext extends PromptContext {
   source: 'postgres' | 'sidecar';
   /** Sidecar mode: the first BuildContext answered it, nothing was loaded from PostgreSQL. */
   hit: boolean;
+  /** Sidecar mode: answered in the app's own process by the near cache, without a call. */
+  nearCache?: boolean;
   /** Sidecar mode: why it was built from PostgreSQL. */
   fallback?: FallbackReason;
 }
@@ -274,7 +276,7 @@ export class ChatApp {
       return (await this.store.loadSession(id)).map(toNode);
     };
     const deadline = this.deadlineMs;
-    const build = () => cache.buildContext({ sessionId, headNodeId: headId, includeRefs: true, maxChars: this.maxChars }, { loadSession, deadline });
+    const build = (): Promise<NearContextResponse> => cache.buildContext({ sessionId, headNodeId: headId, includeRefs: true, maxChars: this.maxChars }, { loadSession, deadline });
     /** Drops a cached session that lacks what PostgreSQL has, and fills it again. */
     const refill = async (id: string) => {
       await cache.invalidateSession({ sessionId: id }, this.call());
@@ -286,7 +288,7 @@ export class ChatApp {
     let repaired = false;
     try {
       for (let round = 0; round < MAX_ROUNDS; round++) {
-        let built: BuildContextResponse;
+        let built: NearContextResponse;
         try {
           built = await build();
         } catch (error) {
@@ -328,7 +330,7 @@ export class ChatApp {
         if (reasons.has('gap')) this.counters.repairs++;
         const hit = reasons.size === 0;
         if (hit) this.counters.hits++;
-        return { ...context, source: 'sidecar', hit };
+        return { ...context, source: 'sidecar', hit, nearCache: built.fromNearCache === true };
       }
     } catch {
       return this.fallback('unavailable', sessionId, headId);

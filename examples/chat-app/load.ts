@@ -210,6 +210,8 @@ export interface TurnSample {
   writesMs: number;
   source: 'postgres' | 'sidecar';
   hit: boolean;
+  /** The context was answered in the app's process (the near cache). */
+  nearCache: boolean;
 }
 
 export interface RunResult {
@@ -314,7 +316,7 @@ export async function runWorkload(options: RunOptions): Promise<RunResult> {
     const answer = await app.postMessage({ sessionId, parentId: question.id, role: 'assistant', content: sentence(random, random.int(100, 1200)) }, { onCommitted: (message) => committed(user, message) });
     const t3 = performance.now();
     user.heads.set(sessionId, answer.id);
-    samples.push({ atMs: t0 - started, turnMs: t3 - t0, contextMs: t2 - t1, writesMs: t1 - t0 + (t3 - t2), source: context.source, hit: context.hit });
+    samples.push({ atMs: t0 - started, turnMs: t3 - t0, contextMs: t2 - t1, writesMs: t1 - t0 + (t3 - t2), source: context.source, hit: context.hit, nearCache: context.nearCache === true });
   };
 
   const thinkTime = (random: Random) => random.int(options.thinkMs[0], options.thinkMs[1]);

@@ -1,6 +1,6 @@
 import { LRUCache } from 'lru-cache';
 import { KeyChange, SessionChange, type BuildContextRequest, type BuildContextResponse, type EntryInfo, type GetResponse, type GetSessionNodesResponse, type Node, type WatchResponse } from '../gen/contextcache/v1/context_cache';
-import { buildFromHeld, heldSession, type HeldSession, type SessionsAtHand } from './near-context';
+import { appendToHeld, buildFromHeld, heldSession, type HeldSession, type SessionsAtHand } from './near-context';
 
 /**
  * The client's near cache (L0): answers from this process's memory what the
@@ -98,6 +98,8 @@ interface Kept {
   session: NearSessionResponse | undefined;
   /** The session indexed for contexts (with `session`). */
   held?: HeldSession;
+  /** What it costs (keptBytes), computed once. */
+  bytes?: number;
   context?: NearContextResponse;
   /** The sessions a context was built from. */
   sessions?: readonly string[];
@@ -200,7 +202,7 @@ export class NearCache {
     this.followsWritten = this.keepSessions && options.followSessions === 'written';
     this.lru = new LRUCache<string, Kept>({
       maxSize: options.maxBytes,
-      sizeCalculation: (kept, key) => keptBytes(key, kept),
+      sizeCalculation: (kept, key) => (kept.bytes ??= keptBytes(key, kept)),
       ttlAutopurge: false,
       // The clock read on each TTL check: lru-cache's default arms a 1 ms timer per check (see the sidecar's CLOCK_PER_CHECK).
       ttlResolution: 0,
@@ -283,7 +285,7 @@ export class NearCache {
     const sessions = [...new Set(response.nodes.flatMap((item) => (item.node === undefined ? [] : [item.node.sessionId])))];
     const kept: Kept = { version: 0, tags: [], entry: undefined, session: undefined, context: Object.freeze({ ...response, fromNearCache: true as const }), sessions };
     const key = contextKey(request);
-    if (keptBytes(key, kept) > this.options.maxBytes) return false;
+    if ((kept.bytes = keptBytes(key, kept)) > this.options.maxBytes) return false;
     this.lru.set(key, kept, { ttl: this.options.maxTtlMs ?? 0 });
     for (const sessionId of sessions) {
       let keys = this.contextsBySession.get(sessionId);
@@ -387,20 +389,26 @@ export class NearCache {
     if (held && !this.lru.has(key)) this.wantSession(sessionId);
   }
 
-  /** `kept` with `node` added at `version`, in the LRU in its place (its expiry kept); undefined when it no longer fits. */
+  /**
+   * `kept` with `node` added at `version`, in the LRU in its place: its
+   * expiry, its links (tags, short IDs) and its size kept and added to, so
+   * an append costs the same whatever the session's length. Undefined when
+   * it no longer fits.
+   */
   private extended(kept: Kept, held: HeldSession, session: NearSessionResponse, node: Node, version: number): Kept | undefined {
     const key = sessionKey(node.sessionId);
-    const nodes = held.byId.has(node.id) ? session.nodes : [...session.nodes, node];
-    const response: NearSessionResponse = Object.freeze({ ...session, nodes, info: session.info && Object.freeze({ ...session.info, version }) });
-    const next: Kept = { ...kept, version, session: response, held: heldSession(nodes, version, held.source) };
-    const remaining = this.lru.getRemainingTTL(key);
-    if (keptBytes(key, next) > this.options.maxBytes || remaining <= 0) {
+    const next = appendToHeld(held, node, version);
+    const added = next.nodes !== held.nodes;
+    const bytes = (kept.bytes ?? keptBytes(key, kept)) + (added ? nodeBytes(node) : 0);
+    if (bytes > this.options.maxBytes) {
       this.lru.delete(key);
       return undefined;
     }
-    this.lru.set(key, next, { ttl: Number.isFinite(remaining) ? remaining : 0, noUpdateTTL: false });
-    this.linkShortIds(node.sessionId, next.held!);
-    return next;
+    const response: NearSessionResponse = Object.freeze({ ...session, nodes: next.nodes as Node[], info: session.info && Object.freeze({ ...session.info, version }) });
+    const extended: Kept = { ...kept, version, session: response, held: next, bytes };
+    this.lru.set(key, extended, { noUpdateTTL: true, noDisposeOnSet: true, size: bytes });
+    if (added && node.shortId !== '') this.shortIdOwners.set(node.shortId, node.sessionId);
+    return extended;
   }
 
   /** This client changed the key: whatever is held, and any read in flight, is superseded. */
@@ -538,7 +546,7 @@ export class NearCache {
     let ttl = expiresAt === 0 ? 0 : expiresAt - now;
     if (expiresAt !== 0 && ttl <= 0) return false;
     if (this.options.maxTtlMs !== undefined) ttl = ttl === 0 ? this.options.maxTtlMs : Math.min(ttl, this.options.maxTtlMs);
-    if (keptBytes(key, kept) > this.options.maxBytes) return false;
+    if ((kept.bytes = keptBytes(key, kept)) > this.options.maxBytes) return false;
     this.lru.set(key, kept, { ttl });
     for (const tag of kept.tags) {
       let keys = this.keysByTag.get(tag);

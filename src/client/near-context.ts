@@ -10,12 +10,17 @@ import { assemble, conversationPath, referenceWalk, type Inclusion, type PromptS
  * them and keeps them current (appends are added in place, see NearCache).
  */
 
-/** A session the near cache holds, indexed as a context needs it. */
+/**
+ * A session the near cache holds, indexed as a context needs it. The
+ * indexes are shared by the states of one held session and only grow
+ * (appendToHeld): a session only grows, and a build reads it synchronously.
+ */
 export interface HeldSession extends PromptSession<Node> {
   readonly version: number;
   /** Where the sidecar read it when it was fetched (Source). */
   readonly source: number;
-  readonly byShortId: ReadonlyMap<string, Node>;
+  readonly byId: Map<string, Node>;
+  readonly byShortId: Map<string, Node>;
 }
 
 /** What a build may read: the sessions held, and which of them holds a short ID. */
@@ -51,6 +56,19 @@ export function heldSession(nodes: readonly Node[], version: number, source: num
     ordered.push(node);
   }
   return { nodes: ordered, byId, byShortId, version, source };
+}
+
+/**
+ * The session with `node` appended, at `version`: a new list of nodes,
+ * frozen (a list handed out stays as it was), the indexes added to, in O(1) but for
+ * the list. A node whose ID the session has already is not added again, as
+ * the sidecar keeps a session (an append retried).
+ */
+export function appendToHeld(held: HeldSession, node: Node, version: number): HeldSession {
+  if (held.byId.has(node.id)) return { ...held, version };
+  held.byId.set(node.id, node);
+  if (node.shortId !== '') held.byShortId.set(node.shortId, node);
+  return { ...held, nodes: Object.freeze([...held.nodes, node]), version };
 }
 
 /**
