@@ -13,6 +13,9 @@ export interface SessionState extends SizedValue {
   readonly byShortId: ReadonlyMap<string, NodeRecord>;
 }
 
+/** What a node costs the state beyond itself: its slots in the list and the two indexes. */
+const NODE_BOOKKEEPING_BYTES = 100;
+
 /**
  * Builds the state from nodes in order. A node ID seen twice (an AppendNode
  * the app retried) keeps its first position.
@@ -27,12 +30,20 @@ export function buildSession(sessionId: string, nodes: readonly NodeRecord[]): S
     byId.set(node.id, node);
     if (node.shortId !== '') byShortId.set(node.shortId, node);
     ordered.push(node);
-    sizeBytes += nodeSize(node) + 100;
+    sizeBytes += nodeSize(node) + NODE_BOOKKEEPING_BYTES;
   }
   return { sessionId, nodes: ordered, byId, byShortId, sizeBytes };
 }
 
+/**
+ * The state with `node` appended: the indexes copied (a reader of the older
+ * state keeps what it read) and added to, the size added to — not
+ * recomputed node by node, which made each append cost as much as reading
+ * the whole session again.
+ */
 export function appendToSession(state: SessionState, node: NodeRecord): SessionState {
   if (state.byId.has(node.id)) return state;
-  return buildSession(state.sessionId, [...state.nodes, node]);
+  const byId = new Map(state.byId).set(node.id, node);
+  const byShortId = node.shortId === '' ? state.byShortId : new Map(state.byShortId).set(node.shortId, node);
+  return { sessionId: state.sessionId, nodes: [...state.nodes, node], byId, byShortId, sizeBytes: state.sizeBytes + nodeSize(node) + NODE_BOOKKEEPING_BYTES };
 }

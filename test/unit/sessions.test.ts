@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import type { SessionState } from '../../src/context/session';
+import { appendToSession, buildSession, type SessionState } from '../../src/context/session';
 import { isCacheError } from '../../src/errors';
 import { l1Key } from '../../src/model/subject';
 import { coreOnFakes, nodeRecord, nodeRecords } from '../helpers/fakes';
@@ -206,5 +206,20 @@ describe('short IDs across sessions', () => {
     expect(resolved.nodes.get('mine-1')?.id).toBe('mine/n1');
     expect(resolved.unresolved).toEqual(['theirs-0']);
     expect(core.tiers.counters.l2Errors).toBe(1);
+  });
+});
+
+describe('a session state', () => {
+  it('appended to is the state built from the longer list (nodes, indexes, size), and the state it came from is unchanged', () => {
+    const nodes = nodeRecords('s', 5).map((node, n) => (n === 2 ? { ...node, shortId: '' } : node));
+    const before = buildSession('s', nodes.slice(0, 4));
+    const after = appendToSession(before, nodes[4]!);
+    expect(after).toEqual(buildSession('s', nodes));
+    expect(ids(before)).toEqual(['s/n0', 's/n1', 's/n2', 's/n3']);
+    expect([before.byId.size, before.byShortId.size]).toEqual([4, 3]);
+    // A node it holds already (an append retried): the same state.
+    expect(appendToSession(after, { ...nodes[1]!, content: 'again' })).toBe(after);
+    // A node without a short ID leaves the short-ID index as it was.
+    expect(appendToSession(after, { ...nodeRecord('s', 9), shortId: '' }).byShortId).toBe(after.byShortId);
   });
 });
