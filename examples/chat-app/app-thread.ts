@@ -109,12 +109,12 @@ export class AppThread implements ChatAppInstance {
   readonly ready: Promise<void>;
   private readonly worker: Worker;
   private readonly waiting = new Map<number, Waiting>();
-  private nextId = 1;
+  private nextCallId = 1;
   /** The onCommitted hooks of writes in flight, by commitId. */
   private readonly commitHooks = new Map<number, CommitHook>();
   private nextCommitId = 1;
   private started!: { resolve(): void; reject(error: Error): void };
-  /** Why the worker can no longer answer (it failed or exited). */
+  /** Why the worker can no longer answer (it failed, exited or was closed). */
   private gone: Error | undefined;
   private closing: Promise<void> | undefined;
 
@@ -209,10 +209,10 @@ export class AppThread implements ChatAppInstance {
 
   private call<M extends Method>(method: M, args: Parameters<AppWorkerCalls[M]>): Promise<Answer<M>> {
     if (this.gone !== undefined) return Promise.reject(this.gone);
-    const id = this.nextId++;
+    const id = this.nextCallId++;
     return new Promise<Answer<M>>((resolve, reject) => {
       this.waiting.set(id, { resolve: resolve as (value: unknown) => void, reject });
-      this.worker.postMessage({ kind: 'call', id, method, args } as AppCall satisfies ToAppWorker);
+      this.worker.postMessage({ kind: 'call', id, method, args } as AppCall);
     });
   }
 
