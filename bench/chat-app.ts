@@ -6,17 +6,25 @@
  * checked against what was written. A third phase adds a second device per
  * user (Watch) and takes Redis and one sidecar away mid-run.
  *
+ * Each of the 3 app instances runs in a worker thread of its own (its own
+ * event loop and heap, its own PostgreSQL pool and sidecar client), as an
+ * app pod runs alone: the latencies the apps measure are not queued behind
+ * the load generator, the other instances or their garbage. This thread
+ * keeps the simulated users, the checker, the second devices and the
+ * faults.
+ *
  * BENCH_SCALE scales users and phase length. DATABASE_URL overrides the
  * PostgreSQL of this machine kind (127.0.0.1:5432, database test); every
  * phase works in a schema of its own, dropped at the end.
  */
-import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { ContextCacheClient, type GetStatsResponse, type NearCacheStats } from '../src/client';
-import { ChatApp, connectSidecar, type ChatAppStats } from '../examples/chat-app/app';
+import type { ChatAppStats } from '../examples/chat-app/app';
+import { AppThread } from '../examples/chat-app/app-thread';
 import { addTotals, faultsOf, GroundTruth, type CheckTotals } from '../examples/chat-app/checker';
 import { addCounts, CONTEXT_READS, CountingPool, databaseUrl, freshSchemaName, sumOf, type QueryCounts } from '../examples/chat-app/db';
 import { runWorkload, seedHistory, type RunResult, type WorkloadOptions } from '../examples/chat-app/load';
 import { ChatStore } from '../examples/chat-app/store';
+import { ThreadLoadWatch, type ThreadLoad } from '../examples/chat-app/thread-load';
 import { startRedis, type TestRedis } from '../test/helpers/redis';
 import { startDeployedSidecar, type DeployedSidecar } from './deployed';
 import { formatTable, percentile, runCleanup, summarize, type Bench, type BenchReport, type BenchResult, type LatencyStats } from './lib';
@@ -64,10 +72,14 @@ interface Phase {
   apps: ChatAppStats[];
   redisCommands: number;
   sidecarStats: GetStatsResponse[];
-  /** The app instances' near caches at the end of the phase (their counters run across phases). */
+  /** The app instances' near caches at the end of the phase (each instance's client lives for its phase). */
   nearStats: NearCacheStats[];
-  /** This process's event-loop delay over the phase (p50, p99, max; ms): what every latency measured here may include. */
-  loopDelayMs: [number, number, number];
+  /** This thread (the load generator) over the phase: what every turn latency includes. */
+  mainLoad: ThreadLoad;
+  /** Each app thread over the phase: what its contexts' latencies include. */
+  appLoads: ThreadLoad[];
+  /** The process's resident set at the end of the phase, bytes: every thread's. */
+  rssBytes: number;
 }
 
 function latency(samplesMs: readonly number[]): LatencyStats {
@@ -97,22 +109,23 @@ async function run(): Promise<BenchReport> {
       cleanup.push(() => sidecar.close());
       sidecars.push(sidecar);
     }
-    const clients = sidecars.map((sidecar) => connectSidecar(sidecar.address));
     const deviceClients = sidecars.map((sidecar) => new ContextCacheClient(sidecar.address));
-    cleanup.push(() => [...clients, ...deviceClients].forEach((client) => client.close()));
+    cleanup.push(() => deviceClients.forEach((client) => client.close()));
 
     const phase = async (name: string, mode: 'direct' | 'sidecar', extra: { devices?: boolean; faults?: boolean } = {}): Promise<Phase> => {
-      // One pool per app instance (pod), each in the phase's own schema.
+      // The phase's own schema, made and seeded from this thread through a pool of its own (the apps' pools count only the run).
       const schema = freshSchemaName(`bench_${name.replace(/\W/g, '_')}`);
-      const pools = Array.from({ length: SIDECARS }, () => new CountingPool({ schema, maxConnections: 8 }));
-      cleanup.push(() => Promise.all(pools.map((pool) => pool.close())));
-      const stores = pools.map((pool) => new ChatStore(pool));
-      await stores[0]!.createSchema();
-      cleanup.push(() => stores[0]!.dropSchema());
+      const setupPool = new CountingPool({ schema, maxConnections: 8 });
+      cleanup.push(() => setupPool.close());
+      const setup = new ChatStore(setupPool);
+      await setup.createSchema();
+      cleanup.push(() => setup.dropSchema());
       const truth = new GroundTruth();
-      const sessionsOf = await seedHistory(stores[0]!, truth, options);
-      pools.forEach((pool) => pool.resetCounts());
-      const apps = stores.map((store, i) => new ChatApp({ store, mode, cache: mode === 'sidecar' ? clients[i] : undefined, maxChars: MAX_CHARS }));
+      const sessionsOf = await seedHistory(setup, truth, options);
+      // One app instance (pod) per sidecar, each in its own thread with its own pool and client, started for this phase.
+      const apps = sidecars.map((sidecar) => new AppThread({ mode, schema, maxConnections: 8, maxChars: MAX_CHARS, sidecarAddress: mode === 'sidecar' ? sidecar.address : undefined }));
+      cleanup.push(() => Promise.all(apps.map((app) => app.close())));
+      await Promise.all(apps.map((app) => app.ready));
       const warmup = extra.faults ? 0 : WARMUP_FRACTION;
       let commandsBefore = await redisCommandsProcessed(redis);
       const events = extra.faults
@@ -124,23 +137,42 @@ async function run(): Promise<BenchReport> {
             {
               at: warmup,
               run: async () => {
-                pools.forEach((pool) => pool.resetCounts());
+                await Promise.all(apps.map((app) => app.resetQueryCounts()));
                 commandsBefore = await redisCommandsProcessed(redis);
               },
             },
           ];
-      const loop = monitorEventLoopDelay({ resolution: 10 });
-      loop.enable();
+      const mainThread = new ThreadLoadWatch();
+      cleanup.push(() => mainThread.close());
       const result = await runWorkload({ ...options, apps, truth, sessionsOf, deviceClients: extra.devices ? deviceClients : undefined, events });
+      const mainLoad = mainThread.read();
+      mainThread.close();
+      const appLoads = await Promise.all(apps.map((app) => app.threadLoad()));
+      const rssBytes = process.memoryUsage().rss;
       // A restarted Redis counts from zero.
       const redisCommands = (await redisCommandsProcessed(redis)) - (extra.faults ? 0 : commandsBefore);
-      apps.forEach((app) => app.close());
-      const sidecarStats = mode === 'sidecar' ? await Promise.all(clients.map((client) => client.getStats())) : [];
+      const [appStats, queries, sidecarStats, nearStats] = await Promise.all([
+        Promise.all(apps.map((app) => app.stats())),
+        Promise.all(apps.map((app) => app.queryCounts())),
+        Promise.all(apps.map((app) => app.sidecarStats())),
+        Promise.all(apps.map((app) => app.nearCacheStats())),
+      ]);
+      await Promise.all(apps.map((app) => app.close()));
       const samples = result.samples.filter((sample) => sample.atMs >= warmup * options.durationMs);
-      loop.disable();
-      const loopDelayMs: [number, number, number] = [loop.percentile(50) / 1e6, loop.percentile(99) / 1e6, loop.max / 1e6];
-      const nearStats = clients.map((client) => client.nearCache!.stats());
-      return { name, run: result, samples, queries: addCounts(pools.map((pool) => pool.snapshot())), apps: apps.map((app) => app.stats()), redisCommands, sidecarStats, nearStats, loopDelayMs };
+      return {
+        name,
+        run: result,
+        samples,
+        queries: addCounts(queries),
+        apps: appStats,
+        redisCommands,
+        // Direct mode's apps have no client.
+        sidecarStats: sidecarStats.flatMap((stats) => stats ?? []),
+        nearStats: nearStats.flatMap((stats) => stats ?? []),
+        mainLoad,
+        appLoads,
+        rssBytes,
+      };
     };
 
     const direct = await phase('direct', 'direct');
@@ -150,6 +182,19 @@ async function run(): Promise<BenchReport> {
   } finally {
     await runCleanup(cleanup);
   }
+}
+
+const MIB = 2 ** 20;
+
+/** A phase's threads as figures: `<prefix>_main_…` for this thread, `<prefix>_app_<n>_…` for each app thread, and the process's RSS. */
+function threadFigures(prefix: string, phase: Phase): Record<string, number> {
+  const ofThread = (thread: string, load: ThreadLoad) => ({
+    [`${prefix}_${thread}_loop_delay_p50_ms`]: load.loopDelayMs.p50,
+    [`${prefix}_${thread}_loop_delay_p99_ms`]: load.loopDelayMs.p99,
+    [`${prefix}_${thread}_loop_delay_max_ms`]: load.loopDelayMs.max,
+    [`${prefix}_${thread}_heap_used_mib`]: load.heapUsedBytes / MIB,
+  });
+  return Object.assign(ofThread('main', phase.mainLoad), ...phase.appLoads.map((load, i) => ofThread(`app_${i + 1}`, load)), { [`${prefix}_rss_mib`]: phase.rssBytes / MIB });
 }
 
 function totalsOf(phase: Phase): CheckTotals {
@@ -184,8 +229,7 @@ function report(options: WorkloadOptions, direct: Phase, cached: Phase, faults: 
   const fallbacks = (phase: Phase) => phase.apps.reduce((sum, app) => sum + Object.values(app.fallbacks).reduce((a, b) => a + b, 0), 0);
   const errors = direct.run.errors + cached.run.errors + faults.run.errors;
 
-  const nearSum = (counter: 'contextsBuilt' | 'appendsApplied' | 'sessionsFetched' | 'evictions' | 'flushes') =>
-    cached.nearStats.reduce((sum, stats, i) => sum + stats[counter] - (direct.nearStats[i]?.[counter] ?? 0), 0);
+  const nearSum = (counter: 'contextsBuilt' | 'appendsApplied' | 'sessionsFetched' | 'evictions' | 'flushes') => cached.nearStats.reduce((sum, stats) => sum + stats[counter], 0);
   const directContext = ms(contextMs(direct), 50);
   const cachedContext = ms(contextMs(cached), 50);
   const figures: Record<string, number> = {
@@ -207,6 +251,9 @@ function report(options: WorkloadOptions, direct: Phase, cached: Phase, faults: 
     near_cache_context_ratio: cached.samples.filter((s) => s.nearCache).length / turns(cached),
     near_cache_context_p50_ms: ms(contextMs(cached, (s) => s.nearCache), 50),
     near_cache_context_p99_ms: ms(contextMs(cached, (s) => s.nearCache), 99),
+    // A near-cache context may follow loads from PostgreSQL (its sessions were missing at first): on a hit it is the in-process build alone.
+    near_cache_hit_context_p50_ms: ms(contextMs(cached, (s) => s.nearCache && s.hit), 50),
+    near_cache_hit_context_p99_ms: ms(contextMs(cached, (s) => s.nearCache && s.hit), 99),
     sidecar_context_miss_p50_ms: ms(contextMs(cached, (s) => !s.hit), 50),
     sidecar_context_miss_p99_ms: ms(contextMs(cached, (s) => !s.hit), 99),
     context_p50_ratio: cachedContext / directContext,
@@ -244,6 +291,9 @@ function report(options: WorkloadOptions, direct: Phase, cached: Phase, faults: 
     sync_missing_messages: sync.missing,
     sync_latency_p50_ms: ms(sync.latenciesMs, 50),
     sync_latency_p99_ms: ms(sync.latenciesMs, 99),
+    ...threadFigures('direct', direct),
+    ...threadFigures('sidecar', cached),
+    ...threadFigures('faults', faults),
   };
 
   const f = (n: number, digits = 2) => (Number.isFinite(n) ? n.toFixed(digits) : '-');
@@ -254,11 +304,11 @@ function report(options: WorkloadOptions, direct: Phase, cached: Phase, faults: 
       ['context build p50', '309 → 162 ms', `${f(directContext)} ms`, `${f(cachedContext)} ms (${f(directContext / cachedContext, 1)}x faster)`, '≤ 1/20 of direct'],
       ['context build p99', '', `${f(figures.direct_context_p99_ms!)} ms`, `${f(figures.sidecar_context_p99_ms!)} ms`, '≤ 10 ms'],
       ['context build on a hit', '< 10 ms', '', `p50 ${f(figures.sidecar_context_hit_p50_ms!)} ms, p99 ${f(figures.sidecar_context_hit_p99_ms!)} ms`, ''],
-      ['… in the app\'s process (near cache)', '', '', `${pct(figures.near_cache_context_ratio!)} of contexts: p50 ${f(figures.near_cache_context_p50_ms!, 3)} ms, p99 ${f(figures.near_cache_context_p99_ms!)} ms`, ''],
+      ['… in the app\'s process (near cache)', '', '', `${pct(figures.near_cache_context_ratio!)} of contexts: p50 ${f(figures.near_cache_context_p50_ms!, 3)} ms, p99 ${f(figures.near_cache_context_p99_ms!)} ms; on a hit p50 ${f(figures.near_cache_hit_context_p50_ms!, 3)} ms, p99 ${f(figures.near_cache_hit_context_p99_ms!)} ms`, ''],
       ['cache hit ratio', '≥ 90 %', '', pct(figures.hit_ratio!), '≥ 95 %'],
       ['DB load (context reads/turn)', '80 % less', f(reads(direct)), `${f(reads(cached), 3)} (${pct(figures.db_load_reduction!)} less)`, '≥ 90 % less'],
       ['DB queries/turn, writes included', '', f(allQueries(direct)), `${f(allQueries(cached))} (${pct(figures.db_total_query_reduction!)} less)`, ''],
-      ['turn p50 / p99', '', `${f(figures.direct_turn_p50_ms!)} / ${f(figures.direct_turn_p99_ms!)} ms`, `${f(figures.sidecar_turn_p50_ms!)} / ${f(figures.sidecar_turn_p99_ms!)} ms`, ''],
+      ['turn p50 / p99 (hops to the app included)', '', `${f(figures.direct_turn_p50_ms!)} / ${f(figures.direct_turn_p99_ms!)} ms`, `${f(figures.sidecar_turn_p50_ms!)} / ${f(figures.sidecar_turn_p99_ms!)} ms`, ''],
       ['concurrent users', '1,000', String(options.users), String(options.users), '1,000'],
       ['multi-device sync', 'yes', '', `p50 ${f(figures.sync_latency_p50_ms!)} ms, p99 ${f(figures.sync_latency_p99_ms!)} ms; ${sync.missing} of ${sync.messages} missed`, 'every message'],
       ['missing / out of order', '', `${totalsOf(direct).missingMessages + totalsOf(direct).missingReferences} / ${totalsOf(direct).outOfOrder}`, `${totalsOf(cached).missingMessages + totalsOf(cached).missingReferences + totalsOf(faults).missingMessages + totalsOf(faults).missingReferences} / ${totalsOf(cached).outOfOrder + totalsOf(faults).outOfOrder} (faults phase included)`, '0 / 0'],
@@ -270,13 +320,21 @@ function report(options: WorkloadOptions, direct: Phase, cached: Phase, faults: 
     '',
     comparison,
     '',
-    `${options.users} users, ${options.durationMs / 1000} s per phase (at most ${options.maxTurnsPerUser} turns each), think time ${options.thinkMs[0] / 1000}-${options.thinkMs[1] / 1000} s, ${options.history.sessionsPerUser} earlier conversations each of ${options.history.messages[0]}-${options.history.messages[1]} messages, budget ${MAX_CHARS} chars; PostgreSQL ${new URL(databaseUrl()).host}, 3 sidecars (dist/main.js) + 1 Redis child; users hop between the 3 app instances at random each turn.`,
+    `${options.users} users, ${options.durationMs / 1000} s per phase (at most ${options.maxTurnsPerUser} turns each), think time ${options.thinkMs[0] / 1000}-${options.thinkMs[1] / 1000} s, ${options.history.sessionsPerUser} earlier conversations each of ${options.history.messages[0]}-${options.history.messages[1]} messages, budget ${MAX_CHARS} chars; PostgreSQL ${new URL(databaseUrl()).host}, 3 sidecars (dist/main.js) + 1 Redis child; 3 app instances, each in a worker thread of its own with its own PostgreSQL pool and sidecar client; users hop between them at random each turn.`,
     `Latency, hit and load figures: the turns begun after the first ${Math.round(WARMUP_FRACTION * options.durationMs / 1000)} s of each phase (every user's first reads of its conversations are cold); hit ratio in that warm-up: ${pct(coldHitRatio)}. The faults phase is counted whole.`,
     `Sidecar phase hit ratio by ${Math.round(windowMs / 1000)}-s window: ${hitRatioByWindow.map(pct).join(', ')}; in the last third ${pct(lastThirdHitRatio)}.`,
     `Every turn checked: ${totals.turns} contexts, ${totals.messagesExpected} messages: ${totals.missingMessages} missing, ${totals.missingReferences} references missing, ${totals.outOfOrder} out of order, ${totals.unexpected} unexpected, ${totals.wrongContent} with wrong content; ${errors} turns failed outright.`,
     `Faults phase (a second device per user watching its conversation; Redis killed and restarted empty at 1/3, one sidecar SIGKILLed and restarted at 2/3): ${turns(faults)} turns, ${faultsOf(totalsOf(faults))} faults, hit ratio ${pct(figures.faults_hit_ratio!)}, ${figures.faults_fallback_contexts} contexts from PostgreSQL instead, ${figures.faults_failed_write_throughs} failed write-throughs repaired; sync: ${sync.live} live, ${sync.recovered} recovered after a resync or a lost stream, ${sync.missing} missed.`,
-    `Near caches of the 3 app instances in the sidecar phase: ${nearSum('contextsBuilt')} contexts built in-process, ${nearSum('appendsApplied')} appends added in place, ${nearSum('sessionsFetched')} sessions fetched, ${nearSum('evictions')} evictions, ${nearSum('flushes')} flushes; holding ${(cached.nearStats.reduce((sum, stats) => sum + stats.bytes, 0) / 2 ** 20).toFixed(0)} MiB (estimated) at the end.`,
-    `Event-loop delay of this process (the load generator and the 3 app instances), p50 / p99 / max: ${[direct, cached, faults].map((phase) => `${phase.name} ${phase.loopDelayMs.map((v) => f(v, 1)).join(' / ')} ms`).join('; ')}.`,
+    `Near caches of the 3 app instances in the sidecar phase: ${nearSum('contextsBuilt')} contexts built in-process, ${nearSum('appendsApplied')} appends added in place, ${nearSum('sessionsFetched')} sessions fetched, ${nearSum('evictions')} evictions, ${nearSum('flushes')} flushes; holding ${(cached.nearStats.reduce((sum, stats) => sum + stats.bytes, 0) / MIB).toFixed(0)} MiB (estimated) at the end.`,
+    'Context build: timed by each app around its own buildContext, in its own thread. Turn: timed by the load generator in the main thread, so it also holds the hops to the app\'s thread and back (3 calls, 2 commit notices each answered before the write-through goes on) and the main thread\'s event-loop delay. Event-loop delay is sampled every 10 ms, the interval included (an idle loop reads about 10 ms).',
+    ...[direct, cached, faults].map(
+      (phase) =>
+        `Event-loop delay p50 / p99 / max and heap used at the end, per thread, ${phase.name}: ` +
+        [['main (load generator, checker, devices)', phase.mainLoad] as const, ...phase.appLoads.map((load, i) => [`app ${i + 1}`, load] as const)]
+          .map(([thread, load]) => `${thread} ${f(load.loopDelayMs.p50, 1)} / ${f(load.loopDelayMs.p99, 1)} / ${f(load.loopDelayMs.max, 1)} ms, ${(load.heapUsedBytes / MIB).toFixed(0)} MiB`)
+          .join('; ') +
+        `; process RSS ${(phase.rssBytes / MIB).toFixed(0)} MiB.`,
+    ),
     `Redis commands per turn (sidecar phase): ${f(figures.redis_commands_per_turn!, 1)}. Sidecar L1 hit ratio (GetStats): ${pct(figures.sidecar_l1_hit_ratio!)}. DB time for context reads per turn: direct ${f(readMs(direct))} ms, sidecar ${f(readMs(cached), 3)} ms (${pct(figures.db_context_time_reduction!)} less).`,
     ...(failures.length > 0 ? ['First faults:', ...failures] : []),
     ...(firstErrors.length > 0 ? ['First errors:', ...firstErrors] : []),
@@ -290,6 +348,7 @@ function report(options: WorkloadOptions, direct: Phase, cached: Phase, faults: 
       row('sidecar: context build', contextMs(cached), cached, options.users),
       row('sidecar: context build, hit', contextMs(cached, (s) => s.hit), cached, options.users),
       row('sidecar: context build, in the app (near cache)', contextMs(cached, (s) => s.nearCache), cached, options.users),
+      row('sidecar: context build, in the app (near cache), hit', contextMs(cached, (s) => s.nearCache && s.hit), cached, options.users),
       row('sidecar: context build, miss', contextMs(cached, (s) => !s.hit), cached, options.users),
       row('faults: context build', contextMs(faults), faults, options.users),
       row('sync: commit → second device', sync.latenciesMs, faults, options.users),

@@ -38,6 +38,34 @@ export interface BuiltContext extends PromptContext {
   nearCache?: boolean;
   /** Sidecar mode: why it was built from PostgreSQL. */
   fallback?: FallbackReason;
+  /** How long the build took, ms, measured by the app around its own work: what its request handler waited, whatever thread called it. */
+  buildMs: number;
+}
+
+/** A context as the build paths make it; buildContext adds the time they took. */
+type UntimedContext = Omit<BuiltContext, 'buildMs'>;
+
+/** What a write tells its caller on the way: `onCommitted` runs once the message is committed, and the write-through waits for it. */
+export interface PostHooks {
+  onCommitted?: (message: Message) => void | Promise<void>;
+}
+
+/**
+ * An instance of the chat app (a pod) as the load generator drives it:
+ * `ChatApp` in the caller's thread, or `AppThread` (app-thread.ts), the
+ * same app in a worker thread of its own.
+ */
+export interface ChatAppInstance {
+  readonly mode: Mode;
+  startConversation(userId: string, title?: string): Promise<string>;
+  deleteConversation(sessionId: string): Promise<void>;
+  postMessage(message: NewMessage, hooks?: PostHooks): Promise<Message>;
+  buildContext(sessionId: string, headId: string): Promise<BuiltContext>;
+  conversationMessages(sessionId: string): Promise<Message[]>;
+  repaired(timeoutMs?: number): Promise<boolean>;
+  /** Answered at once in this thread; a request to a worker. */
+  stats(): ChatAppStats | Promise<ChatAppStats>;
+  close(): void | Promise<void>;
 }
 
 export interface ChatAppOptions {
@@ -149,7 +177,7 @@ export function isWholePath(context: PromptContext, headId: string): boolean {
   return Number.isInteger(first.depth) && (first.depth === 0 ? first.parentId === '' : context.droppedNodes >= first.depth);
 }
 
-export class ChatApp {
+export class ChatApp implements ChatAppInstance {
   readonly mode: Mode;
   private readonly store: ChatStore;
   private readonly cache: ContextCacheClient | undefined;
@@ -190,11 +218,13 @@ export class ChatApp {
   /**
    * Writes a message (a reply, or a branch when its parent is an older
    * message): committed in PostgreSQL, then written through. `onCommitted`
-   * runs between the two (the moment other devices may start to see it).
+   * runs between the two (the moment other devices may start to see it),
+   * and the write-through waits for it: whoever watches for the message
+   * knows of it before the sidecar can announce it.
    */
-  async postMessage(message: NewMessage, hooks: { onCommitted?: (message: Message) => void } = {}): Promise<Message> {
+  async postMessage(message: NewMessage, hooks: PostHooks = {}): Promise<Message> {
     const stored = await this.store.insertMessage(message);
-    hooks.onCommitted?.(stored);
+    await hooks.onCommitted?.(stored);
     if (this.cache !== undefined) {
       try {
         await this.cache.appendNode({ node: toNode(stored) }, this.call());
@@ -214,10 +244,9 @@ export class ChatApp {
 
   /** The prompt context for the conversation ending at `headId`. */
   async buildContext(sessionId: string, headId: string): Promise<BuiltContext> {
-    this.counters.contexts++;
-    if (this.cache === undefined) return { ...(await this.fromPostgres(sessionId, headId)), source: 'postgres', hit: false };
-    if (this.repairOverflow || this.pendingRepairs.has(sessionId)) return this.fallback('unrepaired', sessionId, headId);
-    return this.throughSidecar(this.cache, sessionId, headId);
+    const started = performance.now();
+    const built = await this.build(sessionId, headId);
+    return { ...built, buildMs: performance.now() - started };
   }
 
   /**
@@ -268,7 +297,14 @@ export class ChatApp {
     clearTimeout(this.repairTimer);
   }
 
-  private async throughSidecar(cache: ContextCacheClient, sessionId: string, headId: string): Promise<BuiltContext> {
+  private async build(sessionId: string, headId: string): Promise<UntimedContext> {
+    this.counters.contexts++;
+    if (this.cache === undefined) return { ...(await this.fromPostgres(sessionId, headId)), source: 'postgres', hit: false };
+    if (this.repairOverflow || this.pendingRepairs.has(sessionId)) return this.fallback('unrepaired', sessionId, headId);
+    return this.throughSidecar(this.cache, sessionId, headId);
+  }
+
+  private async throughSidecar(cache: ContextCacheClient, sessionId: string, headId: string): Promise<UntimedContext> {
     // Sessions the cache lacks are loaded from PostgreSQL and filled under fill leases by the client (buildContext with loadSession).
     let loads = 0;
     const loadSession = async (id: string) => {
@@ -339,7 +375,7 @@ export class ChatApp {
     return this.fallback('incomplete', sessionId, headId);
   }
 
-  private async fallback(reason: FallbackReason, sessionId: string, headId: string): Promise<BuiltContext> {
+  private async fallback(reason: FallbackReason, sessionId: string, headId: string): Promise<UntimedContext> {
     this.counters.fallbacks[reason]++;
     return { ...(await this.fromPostgres(sessionId, headId)), source: 'postgres', hit: false, fallback: reason };
   }

@@ -1,6 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { ContextCacheClient } from '../../src/client';
 import { ChatApp, connectSidecar } from '../../examples/chat-app/app';
+import { AppThread } from '../../examples/chat-app/app-thread';
 import { createChecker, faultsOf, GroundTruth } from '../../examples/chat-app/checker';
 import { CONTEXT_READS, CountingPool, freshSchemaName, sumOf } from '../../examples/chat-app/db';
 import { runWorkload, seedHistory, type WorkloadOptions } from '../../examples/chat-app/load';
@@ -168,6 +169,49 @@ describe('chat app on PostgreSQL', () => {
     expect(again.hit).toBe(true);
     expect(again.conversation).toHaveLength(3);
     app.close();
+  });
+
+  it('runs the app in a worker thread as in this one: onCommitted runs in the calling thread before the write-through, errors come back as errors, and its pool, near cache and thread are read by request', async () => {
+    const store = await freshStore();
+    const app = new AppThread({ mode: 'sidecar', schema: store.db.schema, maxConnections: 2, maxChars: 0, sidecarAddress: sidecars[0]!.address });
+    try {
+      await app.ready;
+      const sessionId = await app.startConversation('user-thread');
+      const seen: string[] = [];
+      let started!: () => void;
+      const watching = new Promise<void>((resolve) => (started = resolve));
+      const watch = clients[1]!.watchResumable({ sessionIds: [sessionId] }, (message) => {
+        if (message.event?.$case === 'started') started();
+        if (message.event?.$case === 'nodeAppended') seen.push('appended');
+      });
+      try {
+        await watching;
+        const hook = async () => {
+          seen.push('committed');
+          // Long enough for an append made meanwhile to reach the watch: none must be.
+          await new Promise((resolve) => setTimeout(resolve, 200));
+          seen.push('hook done');
+        };
+        const message = await app.postMessage({ sessionId, parentId: '', role: 'user', content: 'from the calling thread' }, { onCommitted: hook });
+        await expect.poll(() => seen).toEqual(['committed', 'hook done', 'appended']);
+
+        const context = await app.buildContext(sessionId, message.id);
+        expect(context.conversation.map((m) => m.content)).toEqual(['from the calling thread']);
+        expect(context.conversation[0]!.createdAt).toBeInstanceOf(Date);
+        expect(context.buildMs).toBeGreaterThan(0);
+      } finally {
+        watch.close();
+      }
+      await expect(app.postMessage({ sessionId: 'no-such-session', parentId: '', role: 'user', content: 'lost' })).rejects.toThrow('session no-such-session does not exist');
+      expect((await app.queryCounts()).count.write).toBe(3);
+      expect((await app.stats()).contexts).toBe(1);
+      expect((await app.nearCacheStats())?.maxBytes).toBeGreaterThan(0);
+      expect((await app.sidecarStats())?.sidecarId).not.toBe('');
+      expect((await app.threadLoad()).heapUsedBytes).toBeGreaterThan(0);
+    } finally {
+      await app.close();
+    }
+    await expect(app.stats()).rejects.toThrow('closed');
   });
 
   it('counts a context that lacks a message, has one out of order, or one from another branch', () => {
