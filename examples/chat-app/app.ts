@@ -117,8 +117,14 @@ const MAX_ROUNDS = 4;
 const ROLE_TO_PROTO: Record<MessageRole, Role> = { system: Role.ROLE_SYSTEM, user: Role.ROLE_USER, assistant: Role.ROLE_ASSISTANT, tool: Role.ROLE_TOOL };
 const ROLE_FROM_PROTO = new Map<Role, MessageRole>(Object.entries(ROLE_TO_PROTO).map(([role, proto]) => [proto, role as MessageRole]));
 
-/** What an app instance's near cache may hold (sessions and complete contexts, kept coherent by its Watch stream). */
-const NEAR_CACHE_BYTES = 64 * 1024 * 1024;
+/**
+ * What an app instance's near cache may hold (sessions and complete
+ * contexts, kept coherent by its Watch stream): sized to the conversations
+ * in use. Every instance may get any user's next turn, so each holds them
+ * all: at 1,000 users, ~2,400 conversations of ~45 messages, about 170 MiB
+ * by the near cache's estimate (~120 MiB of heap).
+ */
+const NEAR_CACHE_BYTES = 256 * 1024 * 1024;
 
 /**
  * The client of an app instance's sidecar, with a near cache in the app's
