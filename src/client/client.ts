@@ -426,9 +426,15 @@ export class ContextCacheClient {
    * since only then are its references' sessions known. Each session is
    * loaded at most once per call; the last answer is returned as it is.
    */
-  async buildContext(request: DeepPartial<RequestOf<'buildContext'>>, options: BuildContextOptions = {}): Promise<NearContextResponse> {
+  buildContext(request: DeepPartial<RequestOf<'buildContext'>>, options: BuildContextOptions = {}): Promise<NearContextResponse> {
+    // Built in this process: whole (every session it read is held), nothing to load, no chain of promises.
+    const local = this.localContext(request);
+    return local !== undefined ? Promise.resolve(local) : this.buildContextLoading(request, options);
+  }
+
+  private async buildContextLoading(request: DeepPartial<RequestOf<'buildContext'>>, options: BuildContextOptions): Promise<NearContextResponse> {
     const { loadSession, sessionTtlMs, ...call } = options;
-    let built = await this.buildContextOnce(request, call);
+    let built = await this.buildContextOnce(request, call, false);
     if (loadSession === undefined) return built;
     const tried = new Set<string>();
     // A session that was not cached has references nobody could see yet: the second answer names their sessions.
@@ -450,11 +456,11 @@ export class ContextCacheClient {
    * if kept, else the sidecar's (whose sessions are then fetched for the
    * next one).
    */
-  private async buildContextOnce(request: DeepPartial<RequestOf<'buildContext'>>, call: ClientCallOptions): Promise<NearContextResponse> {
+  private async buildContextOnce(request: DeepPartial<RequestOf<'buildContext'>>, call: ClientCallOptions, buildLocally = true): Promise<NearContextResponse> {
     const near = this.near;
     if (near === undefined || !near.keepSessions) return this.call('buildContext', request, call);
     const full = BuildContextRequest.fromPartial(request);
-    const local = near.buildContext(full);
+    const local = buildLocally ? near.buildContext(full) : undefined;
     if (local !== undefined) return local;
     const canonical = JSON.stringify(BuildContextRequest.toJSON(full));
     const hit = near.getContext(canonical);
@@ -464,6 +470,12 @@ export class ContextCacheClient {
     near.installContext(canonical, ticket, built);
     near.contextAnswered(full, built);
     return built;
+  }
+
+  /** The context the near cache builds from the sessions it holds, if it can (see NearCache.buildContext). */
+  private localContext(request: DeepPartial<RequestOf<'buildContext'>>): NearContextResponse | undefined {
+    const near = this.near;
+    return near === undefined || !near.buildsContexts ? undefined : near.buildContext(BuildContextRequest.fromPartial(request));
   }
 
   /** Whether a write answered with `scope` reached what the near cache mirrors (see NearCache.keepsLocalWrites). */
