@@ -11,7 +11,7 @@ import type { NodeRecord } from '../src/model/node';
 import { chatSession, englishParagraphs } from './compression';
 import { startDeployedSidecar, TRANSPORTS, type DeployedSidecar } from './deployed';
 import { startBenchSidecar, scaled } from './harness';
-import { measureLatency, ratio, runCleanup, startBenchRedis, type Bench, type BenchReport, type LatencyStats } from './lib';
+import { latencyRow, measureLatency, median, medianResult, ratio, rounds, runCleanup, startBenchRedis, type Bench, type BenchReport, type LatencyStats } from './lib';
 
 export const REFS = 10;
 
@@ -93,20 +93,18 @@ async function measureSizes(a: ContextCacheClient, b: ContextCacheClient, direct
     const request = { sessionId: hot.main[0]!.sessionId, includeRefs: true };
     const check = await a.buildContext(request);
     if (check.nodes.length !== nodes + REFS) throw new Error(`expected ${nodes + REFS} nodes, got ${check.nodes.length}`);
-    const l1 = await measureLatency(() => a.buildContext(request), { warmup: Math.min(200, iterations), iterations });
+    await measureLatency(() => a.buildContext(request), { warmup: Math.min(200, iterations), iterations: 0 });
 
     // Cold: many sessions B has never seen, one BuildContext each (main and referenced sessions from Redis).
     const warmup = 10;
     const cold = Array.from({ length: coldSessions + warmup }, (_, i) => fixture(`cold${nodes}x${i}`, nodes, paragraphs, (i + 1) * 53));
     for (const f of cold) await load(a, direct, f);
     let next = 0;
-    const l2 = await measureLatency(
-      async () => {
-        const built = await b.buildContext({ sessionId: cold[next++]!.main[0]!.sessionId, includeRefs: true });
-        if (built.source !== Source.SOURCE_L2 || built.nodes.length !== nodes + REFS) throw new Error('expected a full context from L2');
-      },
-      { warmup, iterations: coldSessions },
-    );
+    const l2Call = async () => {
+      const built = await b.buildContext({ sessionId: cold[next++]!.main[0]!.sessionId, includeRefs: true });
+      if (built.source !== Source.SOURCE_L2 || built.nodes.length !== nodes + REFS) throw new Error('expected a full context from L2');
+    };
+    await measureLatency(l2Call, { warmup, iterations: 0 });
     // The usual case of a sidecar that has run a while: the referenced sessions are hot in L1,
     // the conversation itself comes from Redis. Each call a session B has not read, citing `hot`'s refs.
     const citing = Array.from({ length: coldSessions + warmup }, (_, i) => {
@@ -117,26 +115,38 @@ async function measureSizes(a: ContextCacheClient, b: ContextCacheClient, direct
     for (const main of citing) await a.putSessionNodes({ sessionId: main[0]!.sessionId, nodes: main.map(toProto) });
     await b.buildContext(request); // B now holds hot's referenced sessions in L1
     let nextCiting = 0;
-    const l2Warm = await measureLatency(
-      async () => {
-        const built = await b.buildContext({ sessionId: citing[nextCiting++]![0]!.sessionId, includeRefs: true });
-        if (built.source !== Source.SOURCE_L2 || built.nodes.length !== nodes + REFS) throw new Error('expected a full context, the session from L2');
-      },
-      { warmup, iterations: coldSessions },
-    );
-    const directStats = await measureLatency(() => assembleDirectly(direct, hot.main[0]!.sessionId), { warmup: Math.min(200, iterations), iterations });
+    const l2WarmCall = async () => {
+      const built = await b.buildContext({ sessionId: citing[nextCiting++]![0]!.sessionId, includeRefs: true });
+      if (built.source !== Source.SOURCE_L2 || built.nodes.length !== nodes + REFS) throw new Error('expected a full context, the session from L2');
+    };
+    await measureLatency(l2WarmCall, { warmup, iterations: 0 });
+    await measureLatency(() => assembleDirectly(direct, hot.main[0]!.sessionId), { warmup: Math.min(200, iterations), iterations: 0 });
+    // Rounds that alternate the targets (L1, L2, L2 with warm references, direct), so that a burst of load from elsewhere hits every side of a ratio.
+    const perRound = (count: number) => Math.max(1, Math.floor(count / rounds()));
+    const runs: { l1: LatencyStats; l2: LatencyStats; l2Warm: LatencyStats; direct: LatencyStats }[] = [];
+    for (let round = 0; round < rounds(); round++) {
+      runs.push({
+        l1: await measureLatency(() => a.buildContext(request), { warmup: 0, iterations: perRound(iterations) }),
+        l2: await measureLatency(l2Call, { warmup: 0, iterations: perRound(coldSessions) }),
+        l2Warm: await measureLatency(l2WarmCall, { warmup: 0, iterations: perRound(coldSessions) }),
+        direct: await measureLatency(() => assembleDirectly(direct, hot.main[0]!.sessionId), { warmup: 0, iterations: perRound(iterations) }),
+      });
+    }
+    const medianOf = (pick: (run: (typeof runs)[number]) => LatencyStats) => medianResult('', runs.map((run) => latencyRow('', pick(run)))).latency;
+    const [l1, l2, l2Warm, directStats] = [medianOf((run) => run.l1), medianOf((run) => run.l2), medianOf((run) => run.l2Warm), medianOf((run) => run.direct)];
+    const l2OverDirectP50 = median(runs.map((run) => run.l2.p50Us / run.direct.p50Us));
     results.push(
       { name: `${label}BuildContext ${nodes} nodes + ${REFS} refs, L1`, latency: l1 },
       { name: `${label}BuildContext ${nodes} nodes + ${REFS} refs, L2`, latency: l2 },
       { name: `${label}  same, referenced sessions in L1`, latency: l2Warm },
       { name: `${label}direct Redis assembly, ${nodes} nodes`, latency: directStats },
     );
-    const measuredFigures = { l1P50Us: l1.p50Us, l1P99Us: l1.p99Us, l2P50Us: l2.p50Us, l2P99Us: l2.p99Us, l2WarmP50Us: l2Warm.p50Us, directP50Us: directStats.p50Us, l2OverDirectP50: l2.p50Us / directStats.p50Us };
+    const measuredFigures = { l1P50Us: l1.p50Us, l1P99Us: l1.p99Us, l2P50Us: l2.p50Us, l2P99Us: l2.p99Us, l2WarmP50Us: l2Warm.p50Us, directP50Us: directStats.p50Us, l2OverDirectP50 };
     for (const [name, value] of Object.entries(measuredFigures)) figures[`${tag}.${nodes}.${name}`] = value;
     notes.push(
       `${label}${nodes} nodes: L1 p50 ${(l1.p50Us / 1000).toFixed(2)} ms / p99 ${(l1.p99Us / 1000).toFixed(2)} ms; ` +
         `L2 p50 ${(l2.p50Us / 1000).toFixed(2)} ms / p99 ${(l2.p99Us / 1000).toFixed(2)} ms (refs in L1: p50 ${(l2Warm.p50Us / 1000).toFixed(2)} ms); ` +
-        `direct p50 ${(directStats.p50Us / 1000).toFixed(2)} ms. L1/direct p50 ${ratio(l1.p50Us, directStats.p50Us)}, L2/direct p50 ${ratio(l2.p50Us, directStats.p50Us)}`,
+        `direct p50 ${(directStats.p50Us / 1000).toFixed(2)} ms. L1/direct p50 ${ratio(l1.p50Us, directStats.p50Us)}, L2/direct p50 ${l2OverDirectP50.toFixed(2)}x (median of the rounds' ratios)`,
     );
   }
   return { results, notes, figures };
@@ -183,6 +193,7 @@ export const context: Bench = {
       }
       notes.push(
         'The sidecar figures include the gRPC round trip and decoding every node on the client; the direct figure is ioredis in this process, without gRPC.',
+        `Each size: ${rounds()} rounds (BENCH_ROUNDS) alternating L1, L2, L2 with warm references and the direct assembly; rows are the medians of the rounds' figures.`,
         `Redis: ${redis.describe}.`,
       );
       return {

@@ -190,7 +190,7 @@ export function rounds(): number {
   return Math.max(1, Math.round(Number(process.env.BENCH_ROUNDS ?? '3') || 3));
 }
 
-function median(values: number[]): number {
+export function median(values: readonly number[]): number {
   const sorted = [...values].sort((a, b) => a - b);
   const middle = sorted.length >> 1;
   return sorted.length % 2 === 1 ? sorted[middle]! : (sorted[middle - 1]! + sorted[middle]!) / 2;

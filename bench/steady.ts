@@ -19,7 +19,7 @@ import { ContextCacheClient } from '../src/client';
 import { freePort } from '../test/helpers/redis';
 import { processCpuMs, processRss, startDeployedSidecar, type DeployedSidecar } from './deployed';
 import { scaled } from './harness';
-import { ratio, summarize, type Bench, type BenchReport, type BenchResult, type LatencyStats } from './lib';
+import { median, medianResult, rounds, summarize, type Bench, type BenchReport, type BenchResult, type LatencyStats } from './lib';
 
 const MiB = 1024 * 1024;
 const VALUE = Buffer.alloc(1024, 'v');
@@ -161,13 +161,42 @@ async function measure(target: Target, rate: number, seconds: number): Promise<R
 
 const row = (r: Row): BenchResult => ({ name: `${r.target} @ ${r.rate}/s`, latency: r.latency, throughput: { calls: r.latency.calls, concurrency: 0, seconds: 0, callsPerSecond: r.rate } });
 
+/**
+ * One rate on one transport: the sidecar and the echo measured in
+ * alternating rounds (sidecar, echo, sidecar, …), so that a burst of load
+ * from elsewhere on this shared machine hits both sides of a ratio alike.
+ * Each ratio is the median of the rounds' own ratios; each row, the median
+ * of the rounds' figures.
+ */
+async function pairedRounds(sidecar: Target, echo: Target, rate: number, seconds: number) {
+  const pairs: [Row, Row][] = [];
+  for (let round = 0; round < rounds(); round++) pairs.push([await measure(sidecar, rate, seconds), await measure(echo, rate, seconds)]);
+  const rowOf = (side: 0 | 1): Row => {
+    const runs = pairs.map((pair) => pair[side]);
+    const last = runs.at(-1)!;
+    return { ...last, latency: medianResult('', runs.map(row)).latency, errors: runs.reduce((sum, r) => sum + r.errors, 0), cpuPer1000Ms: median(runs.map((r) => r.cpuPer1000Ms)) };
+  };
+  const ratioOf = (pick: (r: Row) => number) => median(pairs.map(([s, e]) => pick(s) / pick(e)));
+  return {
+    sidecar: rowOf(0),
+    echo: rowOf(1),
+    ratios: {
+      cpuRatio: ratioOf((r) => r.cpuPer1000Ms),
+      p50Ratio: ratioOf((r) => r.latency.p50Us),
+      p99Ratio: ratioOf((r) => r.latency.p99Us),
+      p999Ratio: ratioOf((r) => r.latency.p999Us),
+    },
+  };
+}
+
 export const steady: Bench = {
   name: 'steady',
   async run(): Promise<BenchReport> {
-    const seconds = Math.max(3, Math.round(10 * Number(process.env.BENCH_SCALE ?? '1')));
+    const seconds = Math.max(2, Math.round(5 * Number(process.env.BENCH_SCALE ?? '1')));
     const rates = [500, 1000, 5000];
     const dir = mkdtempSync(join(tmpdir(), 'cc-steady-'));
     const rows: Row[] = [];
+    const ratios = new Map<string, Awaited<ReturnType<typeof pairedRounds>>['ratios']>();
     try {
       for (const transport of ['tcp', 'unix'] as const) {
         const listen = async (name: string) => (transport === 'tcp' ? `127.0.0.1:${await freePort()}` : `unix:${join(dir, `${name}.sock`)}`);
@@ -175,8 +204,9 @@ export const steady: Bench = {
         const echo = await echoTarget(await listen('echo'), `echo ${transport}`);
         try {
           for (const rate of rates) {
-            rows.push(await measure(sidecar, rate, seconds));
-            rows.push(await measure(echo, rate, seconds));
+            const paired = await pairedRounds(sidecar, echo, rate, seconds);
+            rows.push(paired.sidecar, paired.echo);
+            ratios.set(`${transport}.${rate}`, paired.ratios);
           }
         } finally {
           await Promise.all([sidecar.close(), echo.close()]);
@@ -191,29 +221,29 @@ export const steady: Bench = {
       for (const rate of rates) {
         const s = rows.find((r) => r.target === `sidecar ${transport}` && r.rate === rate)!;
         const e = rows.find((r) => r.target === `echo ${transport}` && r.rate === rate)!;
-        notes.push(
-          `${transport} @ ${rate}/s — sidecar / echo: RSS ${(s.server.rss / MiB).toFixed(0)} / ${(e.server.rss / MiB).toFixed(0)} MiB (${ratio(s.server.rss, e.server.rss)}), ` +
-            `heap used/total ${(s.server.heapUsed / MiB).toFixed(0)}/${(s.server.heapTotal / MiB).toFixed(0)} vs ${(e.server.heapUsed / MiB).toFixed(0)}/${(e.server.heapTotal / MiB).toFixed(0)} MiB, ` +
-            `CPU per 1,000 calls ${s.cpuPer1000Ms.toFixed(0)} / ${e.cpuPer1000Ms.toFixed(0)} ms (${ratio(s.cpuPer1000Ms, e.cpuPer1000Ms)}), ` +
-            `p99 ${ratio(s.latency.p99Us, e.latency.p99Us)}, p99.9 ${ratio(s.latency.p999Us, e.latency.p999Us)}${s.errors + e.errors > 0 ? `, errors ${s.errors}/${e.errors}` : ''}`,
-        );
         const key = `${transport}.${rate}`;
+        const paired = ratios.get(key)!;
+        const x = (value: number) => `${value.toFixed(2)}x`;
+        notes.push(
+          `${transport} @ ${rate}/s — sidecar / echo: RSS ${(s.server.rss / MiB).toFixed(0)} / ${(e.server.rss / MiB).toFixed(0)} MiB (${x(s.server.rss / e.server.rss)}), ` +
+            `heap used/total ${(s.server.heapUsed / MiB).toFixed(0)}/${(s.server.heapTotal / MiB).toFixed(0)} vs ${(e.server.heapUsed / MiB).toFixed(0)}/${(e.server.heapTotal / MiB).toFixed(0)} MiB, ` +
+            `CPU per 1,000 calls ${s.cpuPer1000Ms.toFixed(0)} / ${e.cpuPer1000Ms.toFixed(0)} ms (${x(paired.cpuRatio)}), ` +
+            `p50 ${x(paired.p50Ratio)}, p99 ${x(paired.p99Ratio)}, p99.9 ${x(paired.p999Ratio)}${s.errors + e.errors > 0 ? `, errors ${s.errors}/${e.errors}` : ''}`,
+        );
         Object.assign(figures, {
           [`${key}.sidecarRss`]: s.server.rss,
           [`${key}.echoRss`]: e.server.rss,
           [`${key}.rssRatio`]: s.server.rss / e.server.rss,
           [`${key}.sidecarHeapUsed`]: s.server.heapUsed,
           [`${key}.sidecarHeapTotal`]: s.server.heapTotal,
-          [`${key}.cpuRatio`]: s.cpuPer1000Ms / e.cpuPer1000Ms,
+          ...Object.fromEntries(Object.entries(paired).map(([name, value]) => [`${key}.${name}`, value])),
           [`${key}.sidecarCpuPer1000Ms`]: s.cpuPer1000Ms,
           [`${key}.echoCpuPer1000Ms`]: e.cpuPer1000Ms,
-          [`${key}.p50Ratio`]: s.latency.p50Us / e.latency.p50Us,
-          [`${key}.p99Ratio`]: s.latency.p99Us / e.latency.p99Us,
-          [`${key}.p999Ratio`]: s.latency.p999Us / e.latency.p999Us,
         });
       }
     }
-    return { title: `Steady open-loop Gets of 1 KiB, sidecar (L1-only) and a bare grpc-js echo server, each as its own process, ${seconds} s per rate (Node ${process.version})`, results: rows.map(row), notes, figures };
+    notes.push(`Each rate: ${rounds()} rounds of ${seconds} s on each server, alternating (BENCH_ROUNDS); rows are the medians of the rounds' figures, ratios the medians of the rounds' own ratios.`);
+    return { title: `Steady open-loop Gets of 1 KiB, sidecar (L1-only) and a bare grpc-js echo server, each as its own process (Node ${process.version})`, results: rows.map(row), notes, figures };
   },
 };
 
