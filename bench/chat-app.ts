@@ -21,7 +21,7 @@ import { ContextCacheClient, type GetStatsResponse, type NearCacheStats } from '
 import type { ChatAppStats } from '../examples/chat-app/app';
 import { AppThread } from '../examples/chat-app/app-thread';
 import { addTotals, faultsOf, GroundTruth, type CheckTotals } from '../examples/chat-app/checker';
-import { addCounts, CONTEXT_READS, CountingPool, databaseUrl, freshSchemaName, sumOf, type QueryCounts } from '../examples/chat-app/db';
+import { addCounts, CONTEXT_READS, CountingPool, databaseUrl, freshSchemaName, sumOf, type QueryCounts, type QueryKind } from '../examples/chat-app/db';
 import { runWorkload, seedHistory, type RunResult, type WorkloadOptions } from '../examples/chat-app/load';
 import { ChatStore } from '../examples/chat-app/store';
 import { ThreadLoadWatch, type ThreadLoad } from '../examples/chat-app/thread-load';
@@ -206,6 +206,7 @@ function report(options: WorkloadOptions, direct: Phase, cached: Phase, faults: 
   const contextMs = (phase: Phase, pick: (s: RunResult['samples'][number]) => boolean = () => true) => phase.samples.filter(pick).map((s) => s.contextMs);
   const reads = (phase: Phase) => sumOf(phase.queries, CONTEXT_READS) / turns(phase);
   const readMs = (phase: Phase) => sumOf(phase.queries, CONTEXT_READS, 'ms') / turns(phase);
+  const meanMs = (phase: Phase, kind: QueryKind) => phase.queries.ms[kind] / phase.queries.count[kind];
   const allQueries = (phase: Phase) => sumOf(phase.queries, ['context-path', 'context-refs', 'load-session', 'lookup-short-ids', 'sync-read', 'write']) / turns(phase);
   const hitRatio = (phase: Phase) => phase.samples.filter((s) => s.hit).length / turns(phase);
   const coldSamples = cached.run.samples.filter((s) => s.atMs < WARMUP_FRACTION * options.durationMs);
@@ -335,7 +336,7 @@ function report(options: WorkloadOptions, direct: Phase, cached: Phase, faults: 
           .join('; ') +
         `; process RSS ${(phase.rssBytes / MIB).toFixed(0)} MiB.`,
     ),
-    `Redis commands per turn (sidecar phase): ${f(figures.redis_commands_per_turn!, 1)}. Sidecar L1 hit ratio (GetStats): ${pct(figures.sidecar_l1_hit_ratio!)}. DB time for context reads per turn: direct ${f(readMs(direct))} ms, sidecar ${f(readMs(cached), 3)} ms (${pct(figures.db_context_time_reduction!)} less).`,
+    `Redis commands per turn (sidecar phase): ${f(figures.redis_commands_per_turn!, 1)}. Sidecar L1 hit ratio (GetStats): ${pct(figures.sidecar_l1_hit_ratio!)}. DB time for context reads per turn: direct ${f(readMs(direct))} ms, sidecar ${f(readMs(cached), 3)} ms (${pct(figures.db_context_time_reduction!)} less). Mean time per query (pool wait included): direct path ${f(meanMs(direct, 'context-path'))} ms, references ${f(meanMs(direct, 'context-refs'))} ms; sidecar session loads ${f(meanMs(cached, 'load-session'))} ms.`,
     ...(failures.length > 0 ? ['First faults:', ...failures] : []),
     ...(firstErrors.length > 0 ? ['First errors:', ...firstErrors] : []),
   ];
