@@ -56,6 +56,18 @@ export function imageRuntimeEnv(): Record<string, string> {
   return Object.fromEntries([...dockerfile.matchAll(/\b(MALLOC_[A-Z_]+|NODE_OPTIONS)=(\S+)/g)].map((match) => [match[1]!, match[2]!]));
 }
 
+/**
+ * The image's runtime settings, with BENCH_SIDECAR_NODE_OPTIONS added to
+ * its NODE_OPTIONS: to profile the sidecars of any benchmark as deployed
+ * (`BENCH_SIDECAR_NODE_OPTIONS='--cpu-prof --cpu-prof-dir=/tmp/prof'`:
+ * one profile per sidecar process, written when it exits).
+ */
+function runtimeEnv(): Record<string, string> {
+  const env = imageRuntimeEnv();
+  const extra = process.env.BENCH_SIDECAR_NODE_OPTIONS?.trim();
+  return extra ? { ...env, NODE_OPTIONS: [env.NODE_OPTIONS, extra].filter(Boolean).join(' ') } : env;
+}
+
 /** Builds dist/ when it is missing, so `npm run bench` works on a fresh clone. */
 function ensureBuilt(): void {
   if (existsSync(join(ROOT, 'dist', 'main.js'))) return;
@@ -103,7 +115,7 @@ export async function startDeployedSidecar(env: Record<string, string>, options:
         CONTEXT_CACHE_LISTEN: listen.address,
         CONTEXT_CACHE_ADMIN_LISTEN: `127.0.0.1:${adminPort}`,
         CONTEXT_CACHE_LOG_LEVEL: 'warn',
-        ...imageRuntimeEnv(),
+        ...runtimeEnv(),
         ...env,
       },
       stdio: ['ignore', 'inherit', options.inspect ? 'pipe' : 'inherit'],

@@ -248,11 +248,17 @@ export class ChatApp implements ChatAppInstance {
     if (this.cache !== undefined) await this.cache.invalidateSession({ sessionId }, this.call()).catch(() => this.invalidateAfterFailure(sessionId));
   }
 
-  /** The prompt context for the conversation ending at `headId`. */
-  async buildContext(sessionId: string, headId: string): Promise<BuiltContext> {
+  /**
+   * The prompt context for the conversation ending at `headId`: built in
+   * this process when the near cache holds what it needs (synchronously: no
+   * call, no promise to wait behind other requests'), else through the
+   * sidecar, else from PostgreSQL.
+   */
+  buildContext(sessionId: string, headId: string): Promise<BuiltContext> {
     const started = performance.now();
-    const built = await this.build(sessionId, headId);
-    return { ...built, buildMs: performance.now() - started };
+    const local = this.fromNearCache(sessionId, headId);
+    if (local !== undefined) return Promise.resolve({ ...local, buildMs: performance.now() - started });
+    return this.build(sessionId, headId).then((built) => ({ ...built, buildMs: performance.now() - started }));
   }
 
   /**
@@ -303,6 +309,22 @@ export class ChatApp implements ChatAppInstance {
     clearTimeout(this.repairTimer);
   }
 
+  /** The context the near cache builds, when it can and the path it gives is whole (else the build below repairs it). */
+  private fromNearCache(sessionId: string, headId: string): UntimedContext | undefined {
+    if (this.cache?.nearCache === undefined || this.repairOverflow || this.pendingRepairs.has(sessionId)) return undefined;
+    const built = this.cache.nearCache.buildContext(this.contextRequest(sessionId, headId));
+    if (built === undefined) return undefined;
+    const context = fromResponse(built);
+    if (!isWholePath(context, headId)) return undefined;
+    this.counters.contexts++;
+    this.counters.hits++;
+    return { ...context, source: 'sidecar', hit: true, nearCache: true };
+  }
+
+  private contextRequest(sessionId: string, headId: string) {
+    return { sessionId, headNodeId: headId, includeRefs: true, maxChars: this.maxChars };
+  }
+
   private async build(sessionId: string, headId: string): Promise<UntimedContext> {
     this.counters.contexts++;
     if (this.cache === undefined) return { ...(await this.fromPostgres(sessionId, headId)), source: 'postgres', hit: false };
@@ -318,7 +340,7 @@ export class ChatApp implements ChatAppInstance {
       return (await this.store.loadSession(id)).map(toNode);
     };
     const deadline = this.deadlineMs;
-    const build = (): Promise<NearContextResponse> => cache.buildContext({ sessionId, headNodeId: headId, includeRefs: true, maxChars: this.maxChars }, { loadSession, deadline });
+    const build = (): Promise<NearContextResponse> => cache.buildContext(this.contextRequest(sessionId, headId), { loadSession, deadline });
     /** Drops a cached session that lacks what PostgreSQL has, and fills it again. */
     const refill = async (id: string) => {
       await cache.invalidateSession({ sessionId: id }, this.call());

@@ -98,6 +98,13 @@ export interface NearCacheView {
    * call `get`). For hot paths that cannot afford a promise.
    */
   get(key: string): NearGetResponse | undefined;
+  /**
+   * The context `buildContext` would answer without a call, synchronously:
+   * built from the sessions held (the sidecar's rules), or undefined (not
+   * every session it reads is held, tokens to count, not live: then call
+   * `buildContext`). For hot paths that cannot afford a promise.
+   */
+  buildContext(request: DeepPartial<BuildContextRequest>): NearContextResponse | undefined;
   /** Whether the key's value is held (counts nothing). */
   has(key: string): boolean;
   hasSession(sessionId: string): boolean;
@@ -249,6 +256,7 @@ export class ContextCacheClient {
         whenLive: (timeoutMs = 10_000) => near.whenLive(timeoutMs),
         stats: () => near.stats(),
         get: (key) => near.getEntry(key),
+        buildContext: (request) => this.localContext(request),
         has: (key) => near.has(key),
         hasSession: (sessionId) => near.hasSession(sessionId),
         onMessage: (listener) => {
