@@ -52,6 +52,19 @@ export function conversationPath<N extends PromptNode>(session: PromptSession<N>
   if (headNodeId === '') return session.nodes;
   const head = session.byId.get(headNodeId);
   if (head === undefined) return undefined;
+  // A path without a cycle has at most as many nodes as the session: only one with a cycle
+  // (parent links written out of order) walks further, and is walked again, stopping at the repeat.
+  const path: N[] = [];
+  const longest = session.nodes.length;
+  for (let node: N | undefined = head; node !== undefined; node = session.byId.get(node.parentId)) {
+    if (path.length === longest) return pathBeforeRepeat(session, head);
+    path.push(node);
+  }
+  return path.reverse();
+}
+
+/** The path from `head` through its parents up to (not including) the first node met twice. */
+function pathBeforeRepeat<N extends PromptNode>(session: PromptSession<N>, head: N): N[] {
   const path: N[] = [];
   const seen = new Set<string>();
   for (let node: N | undefined = head; node !== undefined && !seen.has(node.id); node = session.byId.get(node.parentId)) {

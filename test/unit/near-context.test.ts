@@ -2,6 +2,7 @@ import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { NearCache } from '../../src/client/near-cache';
 import { buildContext, type BuiltContext } from '../../src/context/build-context';
+import { conversationPath } from '../../src/prompt/context-rules';
 import { BuildContextRequest, type BuildContextResponse, type EntryInfo } from '../../src/gen/contextcache/v1/context_cache';
 import type { NodeRecord } from '../../src/model/node';
 import { INCLUSION, nodeToProto } from '../../src/server/mapping';
@@ -106,5 +107,27 @@ describe('contexts built by the near cache', () => {
     );
     // The property held for contexts actually built, many of them (the others reference short IDs no session holds).
     expect(built).toBeGreaterThan(100);
+  });
+});
+
+describe('the conversation path', () => {
+  const session = (links: [string, string][]) => {
+    const nodes = links.map(([id, parentId]) => ({ id, shortId: '', parentId, content: id, refs: [] }));
+    return { nodes, byId: new Map(nodes.map((node) => [node.id, node])) };
+  };
+  const ids = (path: readonly { id: string }[] | undefined) => path?.map((node) => node.id);
+
+  it('follows parent links from the head to the root, whichever branch the head is on', () => {
+    const branching = session([['a', ''], ['b', 'a'], ['c', 'b'], ['c2', 'b'], ['d', 'c2']]);
+    expect(ids(conversationPath(branching, 'd'))).toEqual(['a', 'b', 'c2', 'd']);
+    expect(ids(conversationPath(branching, 'c'))).toEqual(['a', 'b', 'c']);
+    expect(ids(conversationPath(branching, ''))).toEqual(['a', 'b', 'c', 'c2', 'd']);
+    expect(conversationPath(branching, 'zz')).toBeUndefined();
+  });
+
+  it('stops at the first node met twice when parent links make a cycle (written out of order)', () => {
+    expect(ids(conversationPath(session([['x', 'y'], ['y', 'x']]), 'x'))).toEqual(['y', 'x']);
+    expect(ids(conversationPath(session([['a', ''], ['b', 'd'], ['c', 'b'], ['d', 'c'], ['e', 'd']]), 'e'))).toEqual(['b', 'c', 'd', 'e']);
+    expect(ids(conversationPath(session([['s', 's']]), 's'))).toEqual(['s']);
   });
 });
