@@ -183,7 +183,8 @@ describe('a Sentinel setup: 1 master, 1 replica, 3 sentinels', () => {
     await sentinel.waitUntilHealthy();
     expect((await master.command('INFO', 'replication'))?.toString()).toContain(`master_port:${promoted.port}`);
     expect((await master.command('GET', 'k'))?.toString()).toBe('after');
-  });
+    // The steps' own bounds (a failover within 15 s, a write within 15 s, health within 45 s) are what this test holds; the test's timeout only has to exceed their sum (30 s did not, on a loaded machine).
+  }, 90_000);
 
   it('stop() ends every process it started, and a second stop() is harmless', async () => {
     const ports = [sentinel.master().port, sentinel.replica().port, ...sentinel.sentinelNodes.map((node) => node.port)];
