@@ -26,7 +26,7 @@ import { runWorkload, seedHistory, type RunResult, type WorkloadOptions } from '
 import { ChatStore } from '../examples/chat-app/store';
 import { ThreadLoadWatch, type ThreadLoad } from '../examples/chat-app/thread-load';
 import { startRedis, type TestRedis } from '../test/helpers/redis';
-import { startDeployedSidecar, type DeployedSidecar } from './deployed';
+import { compiledAppWorker, startDeployedSidecar, type DeployedSidecar } from './deployed';
 import { formatTable, percentile, runCleanup, summarize, type Bench, type BenchReport, type BenchResult, type LatencyStats } from './lib';
 
 const SIDECARS = 3;
@@ -101,6 +101,8 @@ async function run(): Promise<BenchReport> {
   const options = sizes();
   const cleanup: (() => Promise<unknown> | unknown)[] = [];
   try {
+    // Both modes run the app compiled (an app pod runs JavaScript), each instance in a thread of its own.
+    const compiledWorker = compiledAppWorker();
     const redis = await startRedis();
     cleanup.push(() => redis.stop());
     const sidecars: DeployedSidecar[] = [];
@@ -123,7 +125,7 @@ async function run(): Promise<BenchReport> {
       const truth = new GroundTruth();
       const sessionsOf = await seedHistory(setup, truth, options);
       // One app instance (pod) per sidecar, each in its own thread with its own pool and client, started for this phase.
-      const apps = sidecars.map((sidecar) => new AppThread({ mode, schema, maxConnections: 8, maxChars: MAX_CHARS, sidecarAddress: mode === 'sidecar' ? sidecar.address : undefined }));
+      const apps = sidecars.map((sidecar) => new AppThread({ mode, schema, maxConnections: 8, maxChars: MAX_CHARS, sidecarAddress: mode === 'sidecar' ? sidecar.address : undefined, compiledWorker }));
       cleanup.push(() => Promise.all(apps.map((app) => app.close())));
       await Promise.all(apps.map((app) => app.ready));
       const warmup = extra.faults ? 0 : WARMUP_FRACTION;

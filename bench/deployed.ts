@@ -76,6 +76,20 @@ function ensureBuilt(): void {
   if (result.status !== 0) throw new Error('npm run build failed; the deployed benchmarks need dist/');
 }
 
+/**
+ * The example app and the client it loads compiled to JavaScript
+ * (tsconfig.bench.json → dist-bench/), fresh for each run: an app measured
+ * as deployed runs compiled code, as the sidecar does — not through tsx,
+ * whose esbuild keeps every function's name by a call per closure made.
+ * Returns the compiled app worker's path.
+ */
+export function compiledAppWorker(): string {
+  const tsc = join(ROOT, 'node_modules', '.bin', 'tsc');
+  const result = spawnSync(tsc, ['-p', 'tsconfig.bench.json'], { cwd: ROOT, stdio: 'inherit' });
+  if (result.status !== 0) throw new Error('tsc -p tsconfig.bench.json failed; the chat-app benchmark runs the app compiled');
+  return join(ROOT, 'dist-bench', 'examples', 'chat-app', 'app-worker.js');
+}
+
 export interface DeployedOptions {
   /** Opens the inspector on a free loopback port, for collectGarbage(). */
   inspect?: boolean;

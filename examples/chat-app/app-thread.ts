@@ -27,6 +27,12 @@ export interface AppThreadOptions {
   maxChars: number;
   /** The sidecar of this instance (sidecar mode); the worker connects its own client to it. */
   sidecarAddress?: string;
+  /**
+   * The worker's module compiled to JavaScript (app-worker.js, with the app
+   * and the client it loads), run as an app runs deployed; default: this
+   * folder's app-worker.ts, run through tsx.
+   */
+  compiledWorker?: string;
 }
 
 /** What the worker answers: the app's calls, and what a harness reads from an app pod. */
@@ -121,7 +127,10 @@ export class AppThread implements ChatAppInstance {
   constructor(options: AppThreadOptions) {
     this.mode = options.mode;
     this.ready = new Promise((resolve, reject) => (this.started = { resolve, reject }));
-    this.worker = new Worker(WORKER_MODULE, { workerData: options, execArgv: workerExecArgv() });
+    this.worker =
+      options.compiledWorker === undefined
+        ? new Worker(WORKER_MODULE, { workerData: options, execArgv: workerExecArgv() })
+        : new Worker(options.compiledWorker, { workerData: options, execArgv: [] });
     this.worker.on('message', (message: FromAppWorker) => this.onMessage(message));
     this.worker.on('error', (error) => this.fail(error));
     this.worker.on('exit', (code) => this.fail(new Error(`the app thread exited (code ${code})`)));
