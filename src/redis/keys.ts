@@ -18,7 +18,7 @@ import type { Subject } from '../model/subject';
  *   cc:<ns>:lockw:<resource> hash: each waiter's deadline (Redis ms); both expire with the last waiter
  *   cc:<ns>:fence:<resource> the fencing counter of a lock's resource, no TTL
  *   cc:<ns>:epoch            written once; missing after a reconnect means Redis lost its data
- *   cc:<ns>:recovery:<id>    taken by the sidecar that flushes the namespace after a failover (10 min)
+ *   cc:<ns>:recovery:<id>    claimed by the sidecar flushing the namespace after a failover (30 s, refreshed), then "done" (10 min)
  *   cc:<ns>:events           the Pub/Sub channel of invalidations and context events
  *   cc:<ns>:locks            the Pub/Sub channel of lock wake-ups, on every lock master
  *

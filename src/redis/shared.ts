@@ -4,7 +4,7 @@ import type { Logger } from '../log';
 import { Bus } from './bus';
 import type { ValueCodec } from './codec';
 import type { HostPort } from '../config';
-import { backoffDelay, linkOptions, RedisLink } from './connection';
+import { linkOptions, RedisLink } from './connection';
 import { DataLossDetector, type DataLossDetails } from './data-loss';
 import { RedisEntryStore } from './entry-store';
 import type { KeySpace } from './keys';
@@ -12,13 +12,8 @@ import { RedisLeaseStore } from './leases';
 import { Mutex } from './mutex';
 import { namespaceFlushed } from './scripts/namespace-flushed';
 import { ScriptRunner } from './scripts/script';
+import { NamespaceRecovery } from './recovery';
 import { RedisSessionStore } from './session-store';
-
-/** How long a sidecar's claim on a recovery lasts: others seeing the same new state of Redis leave the flush to it. */
-const RECOVERY_CLAIM_MS = 10 * 60_000;
-
-/** Attempts at the recovery flush (with backoff, about a minute in all) before the next detected change takes over. */
-const MAX_RECOVERY_ATTEMPTS = 20;
 
 /** The nodes (masters and replicas) the command link knows of a Cluster; none off a Cluster. */
 function clusterEndpoints(link: RedisLink): HostPort[] {
@@ -56,11 +51,7 @@ export class RedisTier implements SharedTier {
   private readonly dataLoss: DataLossDetector;
   private readonly scripts: ScriptRunner;
   private readonly dataLostListeners: (() => void)[] = [];
-  private closed = false;
-  private readonly sidecarId: string;
-  private readonly log: Logger;
-  /** Namespace flushes after a failover or a restart that this sidecar carried out (the others found it claimed). */
-  readonly recoveries = { flushed: 0, claimedElsewhere: 0, failed: 0 };
+  private readonly recovery: NamespaceRecovery;
 
   private readonly config: RedisConfig;
 
@@ -83,9 +74,14 @@ export class RedisTier implements SharedTier {
     this.leases = new RedisLeaseStore(new Mutex([this.link.client], config.redis!.db), keys, this.link, (id, error) => log.warn({ subject: id, err: error.message }, 'unusable lease key in Redis; removed'));
     this.bus = new Bus(this.subscriber, keys.channel, sidecarId, log, config.pubsubHeartbeatMs);
     this.dataLoss = new DataLossDetector(this.link, keys, log, config.pubsubHeartbeatMs);
-    this.dataLoss.on('data-lost', (details: DataLossDetails) => void this.recover(details));
-    this.sidecarId = sidecarId;
-    this.log = log;
+    this.recovery = new NamespaceRecovery(this.link, keys, sidecarId, (refresh) => this.flushNamespace(refresh), log);
+    // Every sidecar drops its own L1 at once (the claimer after its flush); all hear of the flush itself on the bus.
+    this.dataLoss.on('data-lost', (details: DataLossDetails) => void this.recovery.recover(details.identity, () => this.dataLostListeners.forEach((listener) => listener())));
+  }
+
+  /** Namespace flushes after a failover or a restart that this sidecar carried out (claimedElsewhere: another one did). */
+  get recoveries(): { readonly flushed: number; readonly claimedElsewhere: number; readonly failed: number } {
+    return this.recovery.counts;
   }
 
   get connected(): boolean {
@@ -111,7 +107,7 @@ export class RedisTier implements SharedTier {
    * master; UNLINK: freed off Redis's main thread, one key per command as
    * they may lie in different slots), then announces it.
    */
-  async flushNamespace(): Promise<void> {
+  async flushNamespace(betweenPages: () => Promise<void> = async () => undefined): Promise<void> {
     const client = this.link.client;
     const servers = this.link.cluster?.nodes('master') ?? [client];
     for (const server of servers) {
@@ -121,46 +117,11 @@ export class RedisTier implements SharedTier {
           const [next, found] = await this.link.command(server.scan(cursor, 'MATCH', match, 'COUNT', 1000), 'SCAN');
           if (found.length > 0) await this.link.batch(found.map((key) => ({ key, queue: (p) => p.unlink(key) })), 'UNLINK');
           cursor = next;
+          await betweenPages();
         } while (cursor !== '0');
       }
     }
     await this.link.command(this.scripts.run(namespaceFlushed), namespaceFlushed.name);
-  }
-
-  /**
-   * Redis lost data, or a master was replaced by a replica that may lack the
-   * last acknowledged writes: what it holds may be older than what apps were
-   * told was written. One sidecar — the one that claims the recovery key for
-   * this new state of Redis — flushes the namespace there (every sidecar
-   * hears of it and resynchronizes); every sidecar resynchronizes its own L1
-   * at once, the claimer after its flush. Should the flush fail, the claim
-   * is given up so that the next sidecar to notice tries again.
-   */
-  private async recover(details: DataLossDetails, attempt = 0): Promise<void> {
-    if (this.closed) return;
-    const key = this.keys.recovery(details.identity);
-    try {
-      const claimed = await this.link.command(this.link.client.set(key, this.sidecarId, 'PX', RECOVERY_CLAIM_MS, 'NX'), 'SET');
-      if (claimed === 'OK') {
-        await this.flushNamespace();
-        this.recoveries.flushed++;
-        this.log.warn({ identity: details.identity }, 'flushed the namespace in Redis after it lost data or a master was replaced');
-      } else {
-        this.recoveries.claimedElsewhere++;
-      }
-    } catch (error) {
-      // Redis is likely still settling (a failover in progress): give the claim up and try again,
-      // until the flush is done here or another sidecar claims it.
-      this.recoveries.failed++;
-      this.log.warn({ err: (error as Error).message, attempt }, 'could not flush the namespace after Redis lost data or a master was replaced; retrying');
-      await this.link.command(this.link.client.del(key), 'DEL').catch(() => undefined);
-      if (attempt < MAX_RECOVERY_ATTEMPTS) {
-        const timer = setTimeout(() => void this.recover(details, attempt + 1), backoffDelay(attempt, 200, 5000));
-        timer.unref();
-      }
-    } finally {
-      for (const listener of this.dataLostListeners) listener();
-    }
   }
 
   /** The deployment as this sidecar sees it, for GetStats and /metrics. */
@@ -207,7 +168,7 @@ export class RedisTier implements SharedTier {
   }
 
   async close(): Promise<void> {
-    this.closed = true;
+    this.recovery.close();
     this.bus.stop();
     this.dataLoss.stop();
     await Promise.all([this.subscriber.close(), this.link.close()]);

@@ -84,7 +84,9 @@ describe('on a Sentinel-managed primary', () => {
     const coherentAfterMs = Date.now() - killedAt;
     await load.stop();
     // Noticed at the link's reconnection, or at worst by the 5 s periodic check, then claimed and flushed (retried while the failover settles).
-    await waitFor(() => a.sidecar.redis!.recoveries.flushed + b.sidecar.redis!.recoveries.flushed > recoveriesBefore, 'a recovery flush', 20_000);
+    await waitFor(() => a.sidecar.redis!.recoveries.flushed + b.sidecar.redis!.recoveries.flushed > recoveriesBefore, 'a recovery flush', 20_000).catch((error: Error) => {
+      throw new Error(`${error.message}; recoveries: A ${JSON.stringify(a.sidecar.redis!.recoveries)}, B ${JSON.stringify(b.sidecar.redis!.recoveries)}`);
+    });
     await coherent(a, b);
     expect((await a.client.getStats()).l2!.topology!.nodes[0]!.address).toBe(`127.0.0.1:${failover.master.port}`);
     expect(await load.staleReads()).toEqual([]);
