@@ -7,10 +7,13 @@
  *
  *  - write (a message):   INSERT, committed; then AppendNode (write-through).
  *  - branch:              the same; the new message's parent is an older message.
- *  - read (a prompt):     client.buildContext(request, { loadSession }): the sessions
- *                         the sidecar reports missing are loaded from PostgreSQL and
- *                         filled under fill leases (one loader per session across
- *                         all sidecars), then the context is built again.
+ *  - read (a prompt):     client.buildContext(request): a hit is answered by the near
+ *                         cache in this process, or by the sidecar. On a miss (sessions
+ *                         the sidecar reports missing) the context comes from PostgreSQL
+ *                         at once, and the sessions are loaded from PostgreSQL and
+ *                         filled in the background with client.getOrLoadSession, under
+ *                         fill leases (one loader per session across all sidecars): the
+ *                         turn never waits for a fill, the next one hits.
  *  - delete:              DELETE, committed; then InvalidateSession.
  *
  * And what keeps every prompt complete when parts fail: a write-through
@@ -92,6 +95,8 @@ export interface ChatAppStats {
   misses: Record<MissReason, number>;
   /** Cached paths with a gap, repaired by invalidating and filling again. */
   repairs: number;
+  /** Background fills that failed (the next miss of the session tries again). */
+  failedFills: number;
   /** Write-throughs (AppendNode, InvalidateSession) that failed, then repaired by an invalidation. */
   writeThroughFailures: number;
   /** Of those, the ones not repaired within REPAIR_WAIT_MS, left to the background repair. */
@@ -111,8 +116,8 @@ const MAX_PENDING_REPAIRS = 10_000;
 const REPAIR_WAIT_MS = 5_000;
 /** How often failed write-throughs are retried as invalidations in the background. */
 const REPAIR_INTERVAL_MS = 200;
-/** BuildContext rounds (each may fill sessions) before the context is built from PostgreSQL instead. */
-const MAX_ROUNDS = 4;
+/** Sessions filled into the cache in the background at once, by one instance. */
+const MAX_BACKGROUND_FILLS = 256;
 
 const ROLE_TO_PROTO: Record<MessageRole, Role> = { system: Role.ROLE_SYSTEM, user: Role.ROLE_USER, assistant: Role.ROLE_ASSISTANT, tool: Role.ROLE_TOOL };
 const ROLE_FROM_PROTO = new Map<Role, MessageRole>(Object.entries(ROLE_TO_PROTO).map(([role, proto]) => [proto, role as MessageRole]));
@@ -194,12 +199,16 @@ export class ChatApp implements ChatAppInstance {
   private repairTimer: NodeJS.Timeout | undefined;
   private repairing = false;
   private closed = false;
+  /** Sessions being filled in the background, and who waits for there to be none. */
+  private readonly filling = new Set<string>();
+  private readonly fillWaiters: (() => void)[] = [];
   private readonly counters = {
     contexts: 0,
     hits: 0,
     fallbacks: { unavailable: 0, degraded: 0, incomplete: 0, unrepaired: 0 } as Record<FallbackReason, number>,
     misses: { loaded: 0, 'unplaced-reference': 0, gap: 0 } as Record<MissReason, number>,
     repairs: 0,
+    failedFills: 0,
     writeThroughFailures: 0,
     unrepairedWrites: 0,
   };
@@ -292,6 +301,18 @@ export class ChatApp implements ChatAppInstance {
     };
   }
 
+  /** Resolves when no session is being filled in the background (or after `timeoutMs`, false). */
+  fillsSettled(timeoutMs = 10_000): Promise<boolean> {
+    if (this.filling.size === 0) return Promise.resolve(true);
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => resolve(false), timeoutMs);
+      this.fillWaiters.push(() => {
+        clearTimeout(timer);
+        resolve(true);
+      });
+    });
+  }
+
   /** Resolves when every failed write-through is repaired (or after `timeoutMs`, false). */
   async repaired(timeoutMs = 10_000): Promise<boolean> {
     const deadline = Date.now() + timeoutMs;
@@ -332,75 +353,69 @@ export class ChatApp implements ChatAppInstance {
     return this.throughSidecar(this.cache, sessionId, headId);
   }
 
+  /**
+   * One BuildContext, without loading anything: a hit is answered from it.
+   * A miss (a session the cache lacks, a reference it cannot place, a path
+   * with a gap) is answered from PostgreSQL at once — what direct mode does,
+   * no slower — while the cache is filled in the background, under fill
+   * leases (one loader per session across all sidecars): the user's next
+   * turn, seconds later, is a hit. A turn never waits for a fill.
+   */
   private async throughSidecar(cache: ContextCacheClient, sessionId: string, headId: string): Promise<UntimedContext> {
-    // Sessions the cache lacks are loaded from PostgreSQL and filled under fill leases by the client (buildContext with loadSession).
-    let loads = 0;
-    const loadSession = async (id: string) => {
-      loads++;
-      return (await this.store.loadSession(id)).map(toNode);
-    };
-    const deadline = this.deadlineMs;
-    const build = (): Promise<NearContextResponse> => cache.buildContext(this.contextRequest(sessionId, headId), { loadSession, deadline });
-    /** Drops a cached session that lacks what PostgreSQL has, and fills it again. */
-    const refill = async (id: string) => {
-      await cache.invalidateSession({ sessionId: id }, this.call());
-      await cache.getOrLoadSession(id, () => loadSession(id), { deadline });
-    };
-    const reasons = new Set<MissReason>();
-    const lookedUp = new Set<string>();
-    const inDatabase = new Set<string>();
-    let repaired = false;
+    let built: NearContextResponse;
     try {
-      for (let round = 0; round < MAX_ROUNDS; round++) {
-        let built: NearContextResponse;
-        try {
-          built = await build();
-        } catch (error) {
-          // The head is not in the cached session: it missed a write-through. Invalidate and fill again, once.
-          if (!(error instanceof ContextCacheError && error.code === Status.NOT_FOUND) || repaired) throw error;
-          reasons.add('gap');
-          repaired = true;
-          await refill(sessionId);
-          continue;
-        }
-        if (loads > 0) reasons.add('loaded');
-        // Loaded and filled, and still not there (a fill refused because the session changed meanwhile): PostgreSQL it is.
-        if (!built.sessionFound || built.missingSessionIds.length > 0) break;
-        // Redis is away: this sidecar's copy may lack what was written through other sidecars.
-        if (built.degraded) return this.fallback('degraded', sessionId, headId);
-        // References the cache cannot place (sessions it never held, or its short-ID index lost them): PostgreSQL knows their sessions.
-        const unplaced = built.unresolvedShortIds.filter((id) => !lookedUp.has(id));
-        if (unplaced.length > 0) {
-          const owners = await this.store.sessionsOfShortIds(unplaced);
-          unplaced.forEach((id) => lookedUp.add(id));
-          for (const id of owners.keys()) inDatabase.add(id);
-          if (owners.size > 0) {
-            reasons.add('unplaced-reference');
-            await Promise.all([...new Set(owners.values())].map(refill));
-            continue;
-          }
-        }
-        // A reference PostgreSQL holds that the cache still cannot place: the prompt would lack it.
-        if (built.unresolvedShortIds.some((id) => inDatabase.has(id))) break;
-        const context = fromResponse(built);
-        if (!isWholePath(context, headId)) {
-          if (repaired) break;
-          reasons.add('gap');
-          repaired = true;
-          await refill(sessionId);
-          continue;
-        }
-        for (const reason of reasons) this.counters.misses[reason]++;
-        if (reasons.has('gap')) this.counters.repairs++;
-        const hit = reasons.size === 0;
-        if (hit) this.counters.hits++;
-        return { ...context, source: 'sidecar', hit, nearCache: built.fromNearCache === true };
-      }
-    } catch {
+      built = await cache.buildContext(this.contextRequest(sessionId, headId), this.call());
+    } catch (error) {
+      // The head is not in the cached session: it missed a write-through. Filled again in the background.
+      if (error instanceof ContextCacheError && error.code === Status.NOT_FOUND) return this.miss('gap', sessionId, headId, [], [sessionId]);
       return this.fallback('unavailable', sessionId, headId);
     }
-    for (const reason of reasons) this.counters.misses[reason]++;
-    return this.fallback('incomplete', sessionId, headId);
+    // Redis is away: this sidecar's copy may lack what was written through other sidecars.
+    if (built.degraded) return this.fallback('degraded', sessionId, headId);
+    const missing = built.sessionFound ? built.missingSessionIds : [sessionId, ...built.missingSessionIds];
+    if (missing.length > 0) return this.miss('loaded', sessionId, headId, missing, []);
+    // References the cache cannot place: sessions it never held (or whose short-ID index it lost). PostgreSQL knows their sessions.
+    if (built.unresolvedShortIds.length > 0) {
+      const owners = await this.store.sessionsOfShortIds(built.unresolvedShortIds);
+      if (owners.size > 0) return this.miss('unplaced-reference', sessionId, headId, [], [...new Set(owners.values())]);
+    }
+    const context = fromResponse(built);
+    if (!isWholePath(context, headId)) return this.miss('gap', sessionId, headId, [], [sessionId]);
+    this.counters.hits++;
+    return { ...context, source: 'sidecar', hit: true, nearCache: built.fromNearCache === true };
+  }
+
+  /** A miss: the context from PostgreSQL now; `load` filled and `refill` dropped and filled again, in the background. */
+  private async miss(reason: MissReason, sessionId: string, headId: string, load: string[], refill: string[]): Promise<UntimedContext> {
+    this.counters.misses[reason]++;
+    if (reason === 'gap') this.counters.repairs++;
+    for (const id of load) this.fillInBackground(id, false);
+    for (const id of refill) this.fillInBackground(id, true);
+    return { ...(await this.fromPostgres(sessionId, headId)), source: 'postgres', hit: false };
+  }
+
+  /**
+   * Loads a session from PostgreSQL into the cache (`replace`: dropping the
+   * cached copy first), off the turn's path: each session once at a time,
+   * at most MAX_BACKGROUND_FILLS at once (past them a miss only answers
+   * from PostgreSQL; the next miss tries again). A failure is left alone
+   * for the same reason.
+   */
+  private fillInBackground(sessionId: string, replace: boolean): void {
+    const cache = this.cache;
+    if (cache === undefined || this.closed || this.filling.has(sessionId) || this.filling.size >= MAX_BACKGROUND_FILLS) return;
+    this.filling.add(sessionId);
+    const fill = async () => {
+      if (replace) await cache.invalidateSession({ sessionId }, this.call());
+      // The turn goes on meanwhile: its answer's append refuses a fill that loaded before it; the next try holds it.
+      await cache.getOrLoadSession(sessionId, async () => (await this.store.loadSession(sessionId)).map(toNode), { deadline: this.deadlineMs, staleRetries: 2 });
+    };
+    void fill()
+      .catch(() => (this.counters.failedFills++))
+      .finally(() => {
+        this.filling.delete(sessionId);
+        if (this.filling.size === 0) for (const resolve of this.fillWaiters.splice(0)) resolve();
+      });
   }
 
   private async fallback(reason: FallbackReason, sessionId: string, headId: string): Promise<UntimedContext> {

@@ -36,6 +36,13 @@ export interface LoadOptions {
   leaseWaitMs?: number;
   /** Deadline of each call, absolute or ms from now (default: the client's lease deadline). */
   deadline?: Date | number;
+  /**
+   * Times to read, load and fill again when a fill is refused as stale
+   * (default 0: the loaded value is returned, uncached). For a caller that
+   * loads to warm the cache rather than to answer: the write that refused
+   * the fill has landed by the next try, which usually fills.
+   */
+  staleRetries?: number;
 }
 
 /** What the helpers need of the client. */
@@ -63,56 +70,93 @@ function isStale(error: unknown): boolean {
   return toContextCacheError(error).code === Status.ABORTED;
 }
 
-export async function getOrLoadEntry(
+/** One read, load and fill, and whether its fill was refused as stale. */
+type Attempt<T> = () => Promise<{ value: T; stale: boolean }>;
+
+/** Runs `attempt` again while its fill is refused as stale, up to `staleRetries` more times. */
+async function retryingStale<T>(staleRetries: number | undefined, attempt: Attempt<T>): Promise<T> {
+  for (let retries = staleRetries ?? 0; ; retries--) {
+    const { value, stale } = await attempt();
+    if (!stale || retries <= 0) return value;
+  }
+}
+
+/** Stores a loaded value under its lease; true when refused as stale. */
+async function fill(port: LoadingPort, counters: LoadCounters, write: () => Promise<unknown>): Promise<boolean> {
+  try {
+    await write();
+    counters.filled++;
+    return false;
+  } catch (error) {
+    if (isStale(error)) {
+      counters.staleFills++;
+      return true;
+    }
+    port.onFillError(error);
+    return false;
+  }
+}
+
+export function getOrLoadEntry(
   port: LoadingPort,
   counters: LoadCounters,
   key: string,
   loader: () => Promise<Buffer | Uint8Array | string>,
   options: LoadOptions,
 ): Promise<Buffer> {
+  return retryingStale(options.staleRetries, () => loadEntryOnce(port, counters, key, loader, options));
+}
+
+async function loadEntryOnce(
+  port: LoadingPort,
+  counters: LoadCounters,
+  key: string,
+  loader: () => Promise<Buffer | Uint8Array | string>,
+  options: LoadOptions,
+): Promise<{ value: Buffer; stale: boolean }> {
   const call = { deadline: options.deadline };
   const read = await port.get({ key, leaseOnMiss: true, leaseTtl: duration(options.leaseTtlMs), leaseWait: duration(options.leaseWaitMs) }, call);
-  if (read.found) return read.value;
+  if (read.found) return { value: read.value, stale: false };
   const loaded = await loader();
   const value = typeof loaded === 'string' ? Buffer.from(loaded) : Buffer.isBuffer(loaded) ? loaded : Buffer.from(loaded.buffer, loaded.byteOffset, loaded.byteLength);
   if (read.lease === undefined) {
     counters.uncached++;
-    return value;
+    return { value, stale: false };
   }
-  try {
-    await port.set({ key, value, ttl: duration(options.ttlMs), tags: options.tags ?? [], leaseToken: read.lease.token }, call);
-    counters.filled++;
-  } catch (error) {
-    if (isStale(error)) counters.staleFills++;
-    else port.onFillError(error);
-  }
-  return value;
+  const token = read.lease.token;
+  const stale = await fill(port, counters, () => port.set({ key, value, ttl: duration(options.ttlMs), tags: options.tags ?? [], leaseToken: token }, call));
+  return { value, stale };
 }
 
-export async function getOrLoadSessionNodes(
+export function getOrLoadSessionNodes(
   port: LoadingPort,
   counters: LoadCounters,
   sessionId: string,
   loader: () => Promise<DeepPartial<Node>[]>,
   options: Omit<LoadOptions, 'tags'>,
 ): Promise<Node[]> {
+  return retryingStale(options.staleRetries, () => loadSessionOnce(port, counters, sessionId, loader, options));
+}
+
+async function loadSessionOnce(
+  port: LoadingPort,
+  counters: LoadCounters,
+  sessionId: string,
+  loader: () => Promise<DeepPartial<Node>[]>,
+  options: Omit<LoadOptions, 'tags'>,
+): Promise<{ value: Node[]; stale: boolean }> {
   const call = { deadline: options.deadline };
   const read = await port.getSessionNodes({ sessionId, leaseOnMiss: true, leaseTtl: duration(options.leaseTtlMs), leaseWait: duration(options.leaseWaitMs) }, call);
-  if (read.found) return read.nodes;
+  if (read.found) return { value: read.nodes, stale: false };
   const nodes = await loader();
   const full = nodes.map((node) => fullNode(node, sessionId));
   if (read.lease === undefined) {
     counters.uncached++;
-    return full;
+    return { value: full, stale: false };
   }
-  try {
-    await port.putSessionNodes({ sessionId, nodes: full, ttl: duration(options.ttlMs), leaseToken: read.lease.token }, call);
-    counters.filled++;
-  } catch (error) {
-    if (isStale(error)) counters.staleFills++;
-    else port.onFillError(error);
-  }
-  return full;
+  const token = read.lease.token;
+  const stale = await fill(port, counters, () => port.putSessionNodes({ sessionId, nodes: full, ttl: duration(options.ttlMs), leaseToken: token }, call));
+  return { value: full, stale };
 }
 
 /** A loaded node as the sidecar returns it: every field set (the proto's defaults), session_id filled in. */

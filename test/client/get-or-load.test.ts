@@ -54,6 +54,35 @@ describe('get-or-load across sidecars', () => {
     expect(Buffer.from((await a.client.get({ key: 'raced' })).value).toString()).toBe('newer');
   });
 
+  it('with staleRetries, a session fill refused because of an append meanwhile is loaded and filled again, with the append', async () => {
+    const loading = client(a.address, false);
+    const database = [{ id: 'w1', role: 2, content: 'question' }];
+    let loads = 0;
+    const nodes = await loading.getOrLoadSession('warm-s', async () => {
+      loads++;
+      const loaded = [...database];
+      if (loads === 1) {
+        // Another pod commits an answer and writes it through while this load is on its way: the first fill is refused.
+        database.push({ id: 'w2', parentId: 'w1', role: 3, content: 'answer' } as (typeof database)[number]);
+        await b.client.appendNode({ node: { ...database[1]!, sessionId: 'warm-s' } });
+      }
+      return loaded;
+    }, { staleRetries: 1 });
+    expect(loads).toBe(2);
+    expect(nodes.map((node) => node.id)).toEqual(['w1', 'w2']);
+    expect(loading.loadStats()).toMatchObject({ staleFills: 1, filled: 1 });
+    expect((await b.client.getSessionNodes({ sessionId: 'warm-s' })).nodes.map((node) => node.id)).toEqual(['w1', 'w2']);
+    // Without retries the refused fill's value is returned as it was, uncached.
+    const once = client(a.address, false);
+    const first = await once.getOrLoadSession('warm-once', async () => {
+      await b.client.appendNode({ node: { id: 'x2', sessionId: 'warm-once', parentId: 'x1', role: 3, content: 'answer' } });
+      return [{ id: 'x1', role: 2, content: 'question' }];
+    });
+    expect(first.map((node) => node.id)).toEqual(['x1']);
+    expect(once.loadStats()).toMatchObject({ staleFills: 1, filled: 0 });
+    expect((await b.client.getSessionNodes({ sessionId: 'warm-once' })).found).toBe(false);
+  });
+
   it('a loader that fails rejects its callers with its own error', async () => {
     const loading = client(b.address);
     const error = await rejectionOf(loading.getOrLoad('failing', async () => Promise.reject(new Error('database down')), { leaseTtlMs: 200 }));
