@@ -1,5 +1,5 @@
 import { InclusionReason, type BuildContextRequest, type BuildContextResponse, type Node } from '../gen/contextcache/v1/context_cache';
-import { assemble, conversationPath, referenceWalk, type Inclusion, type PromptSession, type Resolution } from '../prompt/context-rules';
+import { assemble, conversationPath, pathFacts, referenceWalk, type Inclusion, type PathMemo, type PromptSession, type Resolution } from '../prompt/context-rules';
 
 /**
  * A context built in the application's process from the sessions its near
@@ -16,6 +16,7 @@ import { assemble, conversationPath, referenceWalk, type Inclusion, type PromptS
  * (appendToHeld): a session only grows, and a build reads it synchronously.
  */
 export interface HeldSession extends PromptSession<Node> {
+  readonly pathMemo: PathMemo<Node>;
   readonly version: number;
   /** Where the sidecar read it when it was fetched (Source). */
   readonly source: number;
@@ -55,7 +56,7 @@ export function heldSession(nodes: readonly Node[], version: number, source: num
     if (node.shortId !== '') byShortId.set(node.shortId, node);
     ordered.push(node);
   }
-  return { nodes: ordered, byId, byShortId, version, source };
+  return { nodes: ordered, byId, byShortId, version, source, pathMemo: {} };
 }
 
 /**
@@ -92,7 +93,7 @@ export function buildFromHeld(at: SessionsAtHand, request: BuildContextRequest):
     step = walk.next(resolution);
   }
   const budget = { maxNodes: request.maxNodes, maxChars: request.maxChars, maxTokens: 0 };
-  const built = assemble(conversation, step.value.items, budget, request.summaryThreshold, () => 0, createdMs);
+  const built = assemble(conversation, step.value.items, budget, request.summaryThreshold, () => 0, createdMs, pathFacts(session, conversation));
   return {
     sessionFound: true,
     nodes: built.items.map((item) => ({ node: item.node, reason: REASONS[item.reason], referencedBy: item.referencedBy, tokenCount: 0 })),

@@ -23,6 +23,67 @@ export interface PromptNode {
 export interface PromptSession<N extends PromptNode> {
   readonly nodes: readonly N[];
   readonly byId: ReadonlyMap<string, N>;
+  /**
+   * Where conversationPath keeps the last whole path it walked (opt-in: a
+   * session that is read again and again as it grows, as the near cache's
+   * are). A chat's next head is two nodes below the last one: only those
+   * two are walked.
+   */
+  readonly pathMemo?: PathMemo<N>;
+}
+
+/** The last path walked to a root (a node with no parent): it cannot change, since nodes and their parent links do not. */
+export interface PathMemo<N extends PromptNode> {
+  head?: N;
+  path?: readonly N[];
+  /** What a context reads of `path`'s nodes, once a build asked (kept as the path grows). */
+  facts?: PathFacts;
+}
+
+/** A reference a conversation node makes. */
+interface Ref {
+  readonly shortId: string;
+  readonly reason: Inclusion;
+  readonly referencedBy: string;
+}
+
+/**
+ * What the budget and the reference walk read of each node of a path, by
+ * position, kept apart from the nodes: dense arrays a build reads without
+ * touching every node (on a long path, memory latency, not arithmetic, is
+ * what a build costs). Never changed once made: a longer path gets new ones.
+ */
+export interface PathFacts {
+  /** The content length of each node. */
+  readonly chars: readonly number[];
+  /** Positions of pinned nodes. */
+  readonly pinned: readonly number[];
+  /** Positions of the nodes that may be summaries (summarizes_through set, not pinned). */
+  readonly summaryCandidates: readonly number[];
+  /** The references of each node that makes some, oldest node first, each node's in its order. */
+  readonly refs: readonly (readonly Ref[])[];
+}
+
+/** The facts of `path`, those of its first `from` nodes being `before`. */
+function factsOf<N extends PromptNode>(path: readonly N[], before?: PathFacts, from = 0): PathFacts {
+  const chars = before === undefined ? [] : before.chars.slice();
+  const pinned = before === undefined ? [] : before.pinned.slice();
+  const summaryCandidates = before === undefined ? [] : before.summaryCandidates.slice();
+  const refs = before === undefined ? [] : before.refs.slice();
+  for (let at = from; at < path.length; at++) {
+    const node = path[at]!;
+    chars.push(node.content.length);
+    if (node.pinned) pinned.push(at);
+    else if (node.summarizesThrough) summaryCandidates.push(at);
+    if (node.refs.length > 0) refs.push(node.refs.map((shortId) => ({ shortId, reason: 'reference' as const, referencedBy: node.shortId })));
+  }
+  return { chars, pinned, summaryCandidates, refs };
+}
+
+/** The facts of a conversation path: remembered with the session's path when it is the one remembered. */
+export function pathFacts<N extends PromptNode>(session: PromptSession<N>, conversation: readonly N[]): PathFacts {
+  const memo = session.pathMemo;
+  return memo !== undefined && memo.path === conversation ? (memo.facts ??= factsOf(conversation)) : factsOf(conversation);
 }
 
 export type Inclusion = 'conversation' | 'reference' | 'extra-ref' | 'summary';
@@ -39,6 +100,9 @@ export interface ContextItem<N extends PromptNode> {
 /** The share of the budget past which a context needs a summary: the convention of the memory stores (agent-memory-server summarizes at 70 % of the window). */
 export const DEFAULT_SUMMARY_THRESHOLD = 0.7;
 
+/** References looked for along the conversation one by one before a set of its IDs is built. */
+const SCANS_BEFORE_SET = 4;
+
 /** Follows at most this many levels of references, whatever the request says. */
 const MAX_REF_LEVELS = 8;
 
@@ -52,15 +116,31 @@ export function conversationPath<N extends PromptNode>(session: PromptSession<N>
   if (headNodeId === '') return session.nodes;
   const head = session.byId.get(headNodeId);
   if (head === undefined) return undefined;
+  const memo = session.pathMemo;
+  if (memo?.head === head) return memo.path;
   // A path without a cycle has at most as many nodes as the session: only one with a cycle
   // (parent links written out of order) walks further, and is walked again, stopping at the repeat.
   const path: N[] = [];
   const longest = session.nodes.length;
+  let prefix: readonly N[] | undefined;
   for (let node: N | undefined = head; node !== undefined; node = session.byId.get(node.parentId)) {
+    // The rest of the way is the remembered path (it ends at a root, so its length bounds no cycle).
+    if (node === memo?.head) {
+      prefix = memo.path;
+      break;
+    }
     if (path.length === longest) return pathBeforeRepeat(session, head);
     path.push(node);
   }
-  return path.reverse();
+  path.reverse();
+  const whole = prefix === undefined ? path : prefix.concat(path);
+  if (memo !== undefined && whole[0]!.parentId === '') {
+    const facts = prefix !== undefined && memo.facts !== undefined ? factsOf(whole, memo.facts, prefix.length) : undefined;
+    memo.head = head;
+    memo.path = whole;
+    memo.facts = facts;
+  }
+  return whole;
 }
 
 /** The path from `head` through its parents up to (not including) the first node met twice. */
@@ -119,20 +199,29 @@ export function* referenceWalk<N extends PromptNode>(
   headNodeId: string,
   request: ReferenceRequest,
 ): Generator<string[], References<N>, Resolution<N>> {
-  // Whether a node is already in the context, by ID: asked only of resolved references, so a
-  // context without any builds no set of its conversation (a cached context's hot path).
+  // Whether a node is already in the context, by ID: asked only of resolved references. Only
+  // this session's node of that ID can be on the path (the path is made of them): the first
+  // few are looked for along it by identity (a prompt names a reference or two, and the
+  // nodes themselves are not read); past them a set of the path's IDs is built once.
   let pathIds: Set<string> | undefined;
-  const onPath = (id: string) => (headNodeId === '' ? session.byId.has(id) : (pathIds ??= new Set(conversation.map((node) => node.id))).has(id));
+  let lookups = 0;
+  const onPath = (id: string): boolean => {
+    if (headNodeId === '') return session.byId.has(id);
+    if (pathIds === undefined && ++lookups <= SCANS_BEFORE_SET) {
+      const own = session.byId.get(id);
+      return own !== undefined && conversation.includes(own);
+    }
+    return (pathIds ??= new Set(conversation.map((node) => node.id))).has(id);
+  };
   const referencedIds = new Set<string>();
   const found: References<N> = { items: [], unresolved: new Set(), missingSessions: new Set(), degraded: false };
   const visitedShortIds = new Set<string>();
 
-  let frontier: { shortId: string; reason: Inclusion; referencedBy: string }[] = request.extraRefs.map((shortId) => ({ shortId, reason: 'extra-ref' as const, referencedBy: '' }));
+  let frontier: Ref[] = request.extraRefs.map((shortId) => ({ shortId, reason: 'extra-ref' as const, referencedBy: '' }));
   if (request.includeRefs) {
-    for (let at = conversation.length - 1; at >= 0; at--) {
-      const node = conversation[at]!;
-      for (const shortId of node.refs) frontier.push({ shortId, reason: 'reference', referencedBy: node.shortId });
-    }
+    // The conversation's references, from its newest node.
+    const groups = pathFacts(session, conversation).refs;
+    for (let group = groups.length - 1; group >= 0; group--) for (const ref of groups[group]!) frontier.push(ref);
   }
   const levels = Math.min(MAX_REF_LEVELS, request.maxRefDepth + 1);
   for (let level = 0; level < levels && frontier.length > 0; level++) {
@@ -199,15 +288,15 @@ interface Summary<N extends PromptNode> {
  * while its session was not cached, so it could not be checked) cannot
  * stand in for anything here and counts as an ordinary node.
  */
-function summariesOf<N extends PromptNode>(conversation: readonly N[]): Summary<N>[] {
+function summariesOf<N extends PromptNode>(conversation: readonly N[], candidates: readonly number[]): Summary<N>[] {
   let position: Map<string, number> | undefined;
   const summaries: Summary<N>[] = [];
-  conversation.forEach((node, at) => {
-    if (!node.summarizesThrough || node.pinned) return;
+  for (const at of candidates) {
+    const node = conversation[at]!;
     position ??= new Map(conversation.map((n, index) => [n.id, index]));
-    const through = position.get(node.summarizesThrough);
+    const through = position.get(node.summarizesThrough!);
     if (through !== undefined && through < at) summaries.push({ node, at, through });
-  });
+  }
   return summaries;
 }
 
@@ -224,7 +313,13 @@ function summariesOf<N extends PromptNode>(conversation: readonly N[]): Summary<
  * Summaries are otherwise left out: a context never holds both a summary
  * and everything it covers. When everything fits, nothing is cut.
  */
-export function applyBudget<N extends PromptNode>(conversation: readonly N[], references: readonly ContextItem<N>[], budget: Budget, tokensOf: (node: N) => number): Selection<N> {
+export function applyBudget<N extends PromptNode>(
+  conversation: readonly N[],
+  references: readonly ContextItem<N>[],
+  budget: Budget,
+  tokensOf: (node: N) => number,
+  facts: PathFacts = factsOf(conversation),
+): Selection<N> {
   const limit: Cost = { nodes: budget.maxNodes || Infinity, chars: budget.maxChars || Infinity, tokens: budget.maxTokens || Infinity };
   const used: Cost = { nodes: 0, chars: 0, tokens: 0 };
   // Each node's tokens, asked once: conversation positions, then references (this loop is the hot path of a cached context).
@@ -236,19 +331,21 @@ export function applyBudget<N extends PromptNode>(conversation: readonly N[], re
     used.chars += sign * chars;
     used.tokens += sign * count;
   };
-  const fitsAt = (at: number) => fits(conversation[at]!.content.length, tokens[at]!);
-  const addAt = (at: number, sign = 1) => add(conversation[at]!.content.length, tokens[at]!, sign);
+  const chars = facts.chars;
+  const fitsAt = (at: number) => fits(chars[at]!, tokens[at]!);
+  const addAt = (at: number, sign = 1) => add(chars[at]!, tokens[at]!, sign);
   const addReference = (r: number) => add(references[r]!.node.content.length, refTokens[r]!, 1);
 
-  const summaries = summariesOf(conversation);
+  const summaries = summariesOf(conversation, facts.summaryCandidates);
   const isSummary = summaries.length === 0 ? undefined : new Set(summaries.map((summary) => summary.at));
+  const isPinned = facts.pinned.length === 0 ? undefined : new Set(facts.pinned);
   // Positions on the path of the ordinary conversation nodes: neither pinned nor summaries.
   const ordinary: number[] = [];
-  for (let at = 0; at < conversation.length; at++) if (!conversation[at]!.pinned && !isSummary?.has(at)) ordinary.push(at);
+  for (let at = 0; at < conversation.length; at++) if (!isPinned?.has(at) && !isSummary?.has(at)) ordinary.push(at);
 
   // The uncut context: pinned nodes, references, and the conversation with the newest summary in place of what it covers.
   const newest = summaries.at(-1);
-  for (let at = 0; at < conversation.length; at++) if (conversation[at]!.pinned) addAt(at);
+  for (const at of facts.pinned) addAt(at);
   if (newest !== undefined) addAt(newest.at);
   for (const at of ordinary) if (newest === undefined || at > newest.through) addAt(at);
   for (let r = 0; r < references.length; r++) addReference(r);
@@ -268,7 +365,7 @@ export function applyBudget<N extends PromptNode>(conversation: readonly N[], re
   }
 
   used.nodes = used.chars = used.tokens = 0;
-  for (let at = 0; at < conversation.length; at++) if (conversation[at]!.pinned) addAt(at);
+  for (const at of facts.pinned) addAt(at);
   const keptReference = references.map((item) => item.node.pinned === true);
   for (let r = 0; r < references.length; r++) if (keptReference[r]) addReference(r);
   let first = ordinary.length - 1; // the oldest ordinary node kept
@@ -303,7 +400,7 @@ export function applyBudget<N extends PromptNode>(conversation: readonly N[], re
   const lastDropped = first > 0 ? ordinary[first - 1]! : -1;
   const selected: ContextItem<N>[] = [];
   for (let at = 0; at < conversation.length; at++) {
-    if (conversation[at]!.pinned || (at >= keptFrom && !isSummary?.has(at))) selected.push(withTokens(at, 'conversation'));
+    if (isPinned?.has(at) || (at >= keptFrom && !isSummary?.has(at))) selected.push(withTokens(at, 'conversation'));
     if (at === lastDropped && standIn !== undefined) selected.push(withTokens(standIn.at, 'summary'));
   }
   const keptReferences = referencesWithTokens((r) => keptReference[r]!);
@@ -368,8 +465,10 @@ export function assemble<N extends PromptNode>(
   summaryThreshold: number,
   tokensOf: (node: N) => number,
   timeOf: (node: N) => number,
+  /** The conversation's facts, when the caller has them (pathFacts). */
+  facts?: PathFacts,
 ): Assembled<N> {
-  const kept = applyBudget(conversation, references, budget, tokensOf);
+  const kept = applyBudget(conversation, references, budget, tokensOf, facts);
   const shares = budgetShares(budget, kept.used, kept.uncut, summaryThreshold || DEFAULT_SUMMARY_THRESHOLD);
   const orderedReferences = kept.references.sort((x, y) => timeOf(x.node) - timeOf(y.node));
   return {

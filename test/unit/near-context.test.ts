@@ -1,6 +1,7 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { NearCache } from '../../src/client/near-cache';
+import { appendToHeld, buildFromHeld, heldSession, type HeldSession } from '../../src/client/near-context';
 import { buildContext, type BuiltContext } from '../../src/context/build-context';
 import { conversationPath } from '../../src/prompt/context-rules';
 import { BuildContextRequest, type BuildContextResponse, type EntryInfo } from '../../src/gen/contextcache/v1/context_cache';
@@ -107,6 +108,47 @@ describe('contexts built by the near cache', () => {
     );
     // The property held for contexts actually built, many of them (the others reference short IDs no session holds).
     expect(built).toBeGreaterThan(100);
+  });
+});
+
+describe('a session the near cache holds as it grows', () => {
+  it('gives the contexts of the same nodes held afresh: what a build remembers of a path follows every append, in any order', () => {
+    let compared = 0;
+    fc.assert(
+      fc.property(
+        scenario,
+        fc.array(fc.tuple(fc.nat(), fc.nat()), { maxLength: 6 }),
+        fc.array(fc.nat(), { minLength: 1, maxLength: 30 }),
+        (shape, swaps, picks) => {
+          const sessions = sessionsOf(shape.sessions).map((nodes) => nodes.map(nodeToProto));
+          const others = new Map(sessions.slice(1).map((nodes) => [nodes[0]!.sessionId, heldSession(nodes, 1, 1)]));
+          const owners = new Map(sessions.slice(1).flatMap((nodes) => nodes.filter((node) => node.shortId !== '').map((node) => [node.shortId, node.sessionId] as const)));
+          const main = sessions[0]!;
+          // Appended in an order where some children may come before their parents (written out of order).
+          const order = main.map((_, index) => index);
+          for (const [i, j] of swaps) [order[i % order.length], order[j % order.length]] = [order[j % order.length]!, order[i % order.length]!];
+          const extraRefs = shape.extraRefs.map(([session, n]) => `${SESSIONS[session]}-${n % 14}`);
+          const request = (headNodeId: string) =>
+            BuildContextRequest.fromPartial({ sessionId: 's0', headNodeId, maxNodes: shape.maxNodes, maxChars: shape.maxChars, includeRefs: shape.includeRefs, extraRefs, maxRefDepth: shape.maxRefDepth, summaryThreshold: shape.summaryThreshold });
+          const atHand = (held: HeldSession) => ({ held: (id: string) => (id === 's0' ? held : others.get(id)), ownerOf: (shortId: string) => (held.byShortId.has(shortId) ? 's0' : owners.get(shortId)) });
+
+          let held = heldSession([main[order[0]!]!], 1, 1);
+          for (let step = 1; step <= order.length; step++) {
+            const appended = order.slice(0, step).map((index) => main[index]!);
+            // Builds at the newest node and at another one held, as turns and regenerated answers do.
+            for (const pick of [appended.at(-1)!.id, appended[picks[step % picks.length]! % appended.length]!.id]) {
+              const grown = buildFromHeld(atHand(held), request(pick));
+              const afresh = heldSession(appended, held.version, 1);
+              expect(grown).toEqual(buildFromHeld(atHand(afresh), request(pick)));
+              compared++;
+            }
+            if (step < order.length) held = appendToHeld(held, main[order[step]!]!, step + 1);
+          }
+        },
+      ),
+      { numRuns: 300 },
+    );
+    expect(compared).toBeGreaterThan(1000);
   });
 });
 
