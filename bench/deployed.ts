@@ -5,7 +5,7 @@
  * operator would.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { inspectorCall } from '../test/helpers/inspector';
@@ -68,9 +68,22 @@ function runtimeEnv(): Record<string, string> {
   return extra ? { ...env, NODE_OPTIONS: [env.NODE_OPTIONS, extra].filter(Boolean).join(' ') } : env;
 }
 
-/** Builds dist/ when it is missing, so `npm run bench` works on a fresh clone. */
+/** The newest modification time of the files under `dir` (recursively), in ms. */
+function newestMtime(dir: string): number {
+  let newest = 0;
+  for (const entry of readdirSync(dir, { withFileTypes: true, recursive: true })) {
+    if (entry.isFile()) newest = Math.max(newest, statSync(join(entry.parentPath, entry.name)).mtimeMs);
+  }
+  return newest;
+}
+
+/**
+ * Builds dist/ when it is missing or older than a file of src/, so that
+ * `npm run bench` works on a fresh clone and never measures a stale build.
+ */
 function ensureBuilt(): void {
-  if (existsSync(join(ROOT, 'dist', 'main.js'))) return;
+  const main = join(ROOT, 'dist', 'main.js');
+  if (existsSync(main) && statSync(main).mtimeMs >= newestMtime(join(ROOT, 'src'))) return;
   const tsc = join(ROOT, 'node_modules', '.bin', 'tsc');
   const result = spawnSync(tsc, ['-p', 'tsconfig.json'], { cwd: ROOT, stdio: 'inherit' });
   if (result.status !== 0) throw new Error('npm run build failed; the deployed benchmarks need dist/');

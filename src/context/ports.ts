@@ -25,6 +25,12 @@ export interface StoredAppend {
  */
 export interface SessionL2 {
   getMany(sessionIds: readonly string[]): Promise<(StoredSession | undefined)[]>;
+  /**
+   * As getMany, but each session's `nodes` are only those whose short IDs
+   * its set holds (in session order): what a reference needs of a session
+   * this sidecar does not hold, without decoding the rest of it.
+   */
+  pickMany(sessionIds: readonly string[], shortIds: readonly ReadonlySet<string>[]): Promise<(StoredSession | undefined)[]>;
   /** The fill after a miss; 'stale' when the lease no longer holds. */
   put(sessionId: string, nodes: readonly NodeRecord[], ttlMs: number, leaseToken: string): Promise<{ version: number; expiresAt: number } | 'stale'>;
   append(node: NodeRecord): Promise<StoredAppend>;

@@ -5,7 +5,7 @@ import type { Entry, Tier, WriteScope } from '../model/entry';
 import type { AppendedHint, CacheEvent } from '../model/events';
 import type { NodeRecord } from '../model/node';
 import { l1Key, type Subject } from '../model/subject';
-import type { SessionL2, TokenCounter } from './ports';
+import type { SessionL2, StoredSession, TokenCounter } from './ports';
 import { appendToSession, buildSession, type SessionState } from './session';
 import { TokenCounts } from './tokens';
 import { CountBoundedMap } from '../cache/bounded';
@@ -21,6 +21,12 @@ const sessionKey = (sessionId: string): string => l1Key('session', sessionId);
  * turn appends, cost less to count again than to rewrite the session for.
  */
 const WRITE_BACK_MIN_CHARS = 16 * 1024;
+
+/**
+ * Sessions remembered as referenced once (their IDs: at most a few MiB),
+ * so that the second reference to one reads it whole into L1.
+ */
+const PICKED_SESSIONS = 20_000;
 
 export interface SessionRead {
   session: SessionState;
@@ -55,6 +61,11 @@ export class SessionStore {
   nodeWanted: (sessionId: string) => boolean = () => false;
   /** short ID → session ID for sessions this sidecar has seen; verified against the session on use. */
   private readonly shortIdIndex = new CountBoundedMap<string, string>(200_000);
+  /**
+   * Sessions a reference picked nodes out of lately (see resolveShortIds):
+   * referenced again, they are read whole and kept.
+   */
+  private readonly pickedOnce = new CountBoundedMap<string, true>(PICKED_SESSIONS);
 
   /** Token counts of the nodes, each counted once per tokenizer and kept on the node. */
   readonly tokens: TokenCounts;
@@ -210,6 +221,24 @@ export class SessionStore {
     return { kind: 'session', sessionId, change: 'invalidated', version };
   }
 
+  /**
+   * The nodes each session's set asks for, read from Redis without keeping
+   * the session (resolveShortIds); failed: nothing (the references stay
+   * unresolved, as when the index cannot be read).
+   */
+  private async pick(wanted: Map<string, Set<string>>): Promise<Map<string, StoredSession | undefined>> {
+    const picks = new Map<string, StoredSession | undefined>();
+    if (wanted.size === 0) return picks;
+    const sessionIds = [...wanted.keys()];
+    try {
+      const stored = await this.redis!.pickMany(sessionIds, [...wanted.values()]);
+      sessionIds.forEach((id, index) => picks.set(id, stored[index]));
+    } catch (error) {
+      this.tiers.failed(error, 'pick referenced nodes');
+    }
+    return picks;
+  }
+
   /** The session as L1 holds it, if it does (no hit or miss is counted, recency is not refreshed). */
   cached(sessionId: string): SessionState | undefined {
     return this.tiers.l1.peek<SessionState>(sessionKey(sessionId))?.value;
@@ -280,10 +309,40 @@ export class SessionStore {
       this.tiers.failed(error, 'look up short IDs');
       return { nodes, unresolved: pending, missingSessions: [], degraded };
     }
-    const ownerIds = [...new Set(owners.filter((owner): owner is string => owner !== undefined))];
-    const sessions = await this.getMany(ownerIds);
+    // A session referenced for the first time (lately) is picked: only the nodes asked for are
+    // decoded out of it, and it is not kept — most references are to sessions a context cites
+    // once. Referenced again, it is read whole and kept in L1, as a session cited again and
+    // again should be. Both kinds are read at once: one round trip.
+    const whole: string[] = [];
+    const picked = new Map<string, Set<string>>();
+    owners.forEach((owner, index) => {
+      if (owner === undefined) return;
+      if (this.pickedOnce.get(owner) !== undefined) {
+        if (!whole.includes(owner)) whole.push(owner);
+      } else {
+        let wanted = picked.get(owner);
+        if (wanted === undefined) picked.set(owner, (wanted = new Set()));
+        wanted.add(pending[index]!);
+      }
+    });
+    const [sessions, picks] = await Promise.all([this.getMany(whole), this.pick(picked)]);
     for (const read of sessions.values()) take(read.session, read);
-    const missingSessions = ownerIds.filter((id) => !sessions.has(id));
+    const missingSessions = whole.filter((id) => !sessions.has(id));
+    for (const [sessionId, pick] of picks) {
+      if (pick === undefined) {
+        missingSessions.push(sessionId);
+        continue;
+      }
+      this.pickedOnce.set(sessionId, true);
+      // As in a whole session (buildSession's byShortId), the last node of a short ID is the one.
+      const byShortId = new Map(pick.nodes.map((node) => [node.shortId, node]));
+      for (const [shortId, node] of byShortId) {
+        if (nodes.has(shortId)) continue;
+        nodes.set(shortId, node);
+        this.shortIdIndex.set(shortId, sessionId);
+      }
+    }
+    pending = pending.filter((id) => !nodes.has(id));
     return { nodes, unresolved: pending, missingSessions, degraded };
   }
 

@@ -1,7 +1,7 @@
 import { CorruptValueError } from '../errors';
 import type { NodeRecord } from '../model/node';
 import { isNodeRecord } from '../model/node-shape';
-import { decodeNode, encodedNode, encodeNodes } from '../wire/node';
+import { decodeNode, encodedNode, encodeNodes, peekNodeIds } from '../wire/node';
 import { fieldSize, stringPlan, utf8, varintSize, WireError, WireReader, writeString, writeVarint } from '../wire/protobuf';
 
 /**
@@ -68,14 +68,15 @@ export function encodeChunk(nodes: readonly NodeRecord[]): Buffer {
 
 /**
  * The nodes of a chunk of session `sessionId` (its payload, decoded by the
- * codec), appended to `into`. Throws CorruptValueError on anything that is
- * not a chunk of nodes of that session.
+ * codec), appended to `into`; with `wanted`, only the nodes whose short IDs
+ * it holds are decoded and appended (the others are walked over: framing
+ * and session checked, content never read). Returns how many nodes the
+ * chunk holds. Throws CorruptValueError on anything that is not a chunk of
+ * nodes of that session.
  */
-export function decodeChunk(payload: Buffer, sessionId: string, into: NodeRecord[], chunkIndex: number): void {
-  if (payload.length > 0 && payload[0] === JSON_ARRAY) {
-    decodeJsonChunk(payload, sessionId, into, chunkIndex);
-    return;
-  }
+export function decodeChunk(payload: Buffer, sessionId: string, into: NodeRecord[], chunkIndex: number, wanted?: ReadonlySet<string>): number {
+  if (payload.length > 0 && payload[0] === JSON_ARRAY) return decodeJsonChunk(payload, sessionId, into, chunkIndex, wanted);
+  let count = 0;
   try {
     const chunk = new WireReader(payload, 0, payload.length);
     while (chunk.offset < payload.length) {
@@ -87,21 +88,30 @@ export function decodeChunk(payload: Buffer, sessionId: string, into: NodeRecord
       const storedEnd = chunk.payloadEnd();
       const stored = new WireReader(payload, chunk.offset, storedEnd);
       chunk.offset = storedEnd;
+      count++;
       let node: NodeRecord | undefined;
+      let skipped = false;
       let tokens: Record<string, number> | undefined;
       while (stored.offset < storedEnd) {
         const storedTag = stored.varint();
         if (storedTag === NODE_FIELD) {
           const end = stored.payloadEnd();
-          node = decodeNode(payload, stored.offset, end);
+          if (wanted !== undefined) {
+            const ids = peekNodeIds(payload, stored.offset, end);
+            if (ids.sessionId !== sessionId) throw new CorruptValueError(`session chunk ${chunkIndex} holds a node of another session`);
+            skipped = !wanted.has(ids.shortId);
+          }
+          // As in a whole read, an entry's last node field is its node.
+          node = skipped ? undefined : decodeNode(payload, stored.offset, end);
           stored.offset = end;
-        } else if (storedTag === TOKENS_FIELD) {
+        } else if (storedTag === TOKENS_FIELD && !skipped) {
           const end = stored.payloadEnd();
           const [tokenizer, count] = tokenCount(payload, stored.offset, end);
           stored.offset = end;
           (tokens ??= {})[tokenizer] = count;
         } else stored.skip(storedTag & 7);
       }
+      if (skipped) continue;
       if (node === undefined) throw new CorruptValueError(`session chunk ${chunkIndex} holds an entry without a node`);
       if (node.sessionId !== sessionId) throw new CorruptValueError(`session chunk ${chunkIndex} holds a node of another session`);
       if (tokens !== undefined) node.tokens = tokens;
@@ -111,6 +121,7 @@ export function decodeChunk(payload: Buffer, sessionId: string, into: NodeRecord
     if (error instanceof WireError) throw new CorruptValueError(`session chunk ${chunkIndex} does not decode (${error.message})`);
     throw error;
   }
+  return count;
 }
 
 function tokenCount(buffer: Buffer, start: number, end: number): [string, number] {
@@ -128,7 +139,7 @@ function tokenCount(buffer: Buffer, start: number, end: number): [string, number
 }
 
 /** A chunk of the earlier format: a JSON array of NodeRecords, each checked for its shape. */
-function decodeJsonChunk(payload: Buffer, sessionId: string, into: NodeRecord[], chunkIndex: number): void {
+function decodeJsonChunk(payload: Buffer, sessionId: string, into: NodeRecord[], chunkIndex: number, wanted: ReadonlySet<string> | undefined): number {
   let parsed: unknown;
   try {
     parsed = JSON.parse(utf8(payload, 0, payload.length));
@@ -139,6 +150,7 @@ function decodeJsonChunk(payload: Buffer, sessionId: string, into: NodeRecord[],
   for (const node of parsed as unknown[]) {
     if (!isNodeRecord(node)) throw new CorruptValueError(`session chunk ${chunkIndex} holds something that is not a node`);
     if (node.sessionId !== sessionId) throw new CorruptValueError(`session chunk ${chunkIndex} holds a node of another session`);
-    into.push(node);
+    if (wanted === undefined || wanted.has(node.shortId)) into.push(node);
   }
+  return parsed.length;
 }

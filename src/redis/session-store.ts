@@ -58,16 +58,34 @@ export class RedisSessionStore implements SessionL2 {
 
   /** Reads several sessions in one round trip (a pipeline of atomic, guarded reads). */
   async getMany(sessionIds: readonly string[]): Promise<(StoredSession | undefined)[]> {
+    const replies = await this.read(sessionIds);
+    return sessionIds.map((id, index) => this.judgeReply(id, replies[index]!));
+  }
+
+  private read(sessionIds: readonly string[]) {
     const { link, scripts, maxReadBytes } = this.parts;
     const calls = sessionIds.map((id) => [id, maxReadBytes * STORED_BYTES_PER_LIMIT, MAX_CHUNKS] as [string, number, number]);
-    const replies = await scripts.runEach(sessionRead, calls, link);
-    return sessionIds.map((id, index) => {
-      const answer = replies[index]!;
-      if ('reply' in answer) return this.judge(id, answer.reply);
-      // The script checks the keys' types; should a read still meet one of the wrong type, it is corruption too, not a failure of Redis.
-      if (isWrongType(answer.error)) return this.discard(id, new CorruptValueError('not a context-cache session (wrong Redis type)'));
-      throw answer.error;
-    });
+    return scripts.runEach(sessionRead, calls, link);
+  }
+
+  /** One session's answer, all of its nodes or (with `wanted`) those with these short IDs. */
+  private judgeReply(sessionId: string, answer: Awaited<ReturnType<RedisSessionStore['read']>>[number], wanted?: ReadonlySet<string>): StoredSession | undefined {
+    if ('reply' in answer) return this.judge(sessionId, answer.reply, wanted);
+    // The script checks the keys' types; should a read still meet one of the wrong type, it is corruption too, not a failure of Redis.
+    if (isWrongType(answer.error)) return this.discard(sessionId, new CorruptValueError('not a context-cache session (wrong Redis type)'));
+    throw answer.error;
+  }
+
+  /**
+   * Only the nodes of each session whose short IDs are asked for (one round
+   * trip, as getMany): the rest of each session is walked over, never
+   * decoded — what a cross-session reference needs of a session it does
+   * not hold. A session that is corrupt or oversized is judged as getMany
+   * judges it.
+   */
+  async pickMany(sessionIds: readonly string[], shortIds: readonly ReadonlySet<string>[]): Promise<(StoredSession | undefined)[]> {
+    const replies = await this.read(sessionIds);
+    return sessionIds.map((id, index) => this.judgeReply(id, replies[index]!, shortIds[index]));
   }
 
   put(sessionId: string, nodes: readonly NodeRecord[], ttlMs: number, leaseToken: string): Promise<{ version: number; expiresAt: number } | 'stale'> {
@@ -175,7 +193,7 @@ export class RedisSessionStore implements SessionL2 {
     return this.parts.link.command(this.parts.scripts.run(sessionCompact, sessionId, version, this.chunk(nodes), nodes.length), sessionCompact.name);
   }
 
-  private judge(sessionId: string, reply: SessionReadReply): StoredSession | undefined {
+  private judge(sessionId: string, reply: SessionReadReply, wanted?: ReadonlySet<string>): StoredSession | undefined {
     switch (reply.kind) {
       case 'miss':
         return undefined;
@@ -188,18 +206,24 @@ export class RedisSessionStore implements SessionL2 {
     }
     let stored: StoredSession;
     try {
-      stored = this.decode(sessionId, reply);
+      stored = this.decode(sessionId, reply, wanted);
     } catch (error) {
       if (error instanceof OversizedSession) return this.oversized(sessionId, error.message);
       // Whatever else goes wrong decoding is corruption: a chunk that does not decode, one that is not a Buffer.
       return this.discard(sessionId, error instanceof CorruptValueError ? error : new CorruptValueError(`session does not decode (${(error as Error).message})`), reply.version ?? undefined);
     }
-    if (reply.chunks.length > COMPACT_AFTER_CHUNKS) this.compact(sessionId, stored);
+    // Compacting rewrites the whole session: only a read that decoded all of it can.
+    if (reply.chunks.length > COMPACT_AFTER_CHUNKS && wanted === undefined) this.compact(sessionId, stored);
     return stored;
   }
 
-  /** The session in a reply, every part of it checked; throws CorruptValueError (or OversizedSession) otherwise. */
-  private decode(sessionId: string, reply: Extract<SessionReadReply, { kind: 'found' }>): StoredSession {
+  /**
+   * The session in a reply, every part of it checked; throws
+   * CorruptValueError (or OversizedSession) otherwise. With `wanted`, the
+   * nodes are only those with these short IDs (the others still counted
+   * and checked to be framed and of this session).
+   */
+  private decode(sessionId: string, reply: Extract<SessionReadReply, { kind: 'found' }>, wanted?: ReadonlySet<string>): StoredSession {
     const version = versionField(reply.version, 'session version', reply.nowUs);
     const expiresAt = decimalField(reply.expiresAt, 'session expiry', 0, MAX_TIME_MS);
     const expected = decimalField(reply.nodeCount, 'session node count', 0, Number.MAX_SAFE_INTEGER);
@@ -211,12 +235,13 @@ export class RedisSessionStore implements SessionL2 {
     const maxDecoded = this.parts.maxReadBytes * DECODED_BYTES_PER_LIMIT;
     if (decodedBytes > maxDecoded) throw new OversizedSession(`the chunks decode to ${decodedBytes} bytes, over ${maxDecoded}`);
     const nodes: NodeRecord[] = [];
+    let held = 0;
     reply.chunks.forEach((chunk, chunkIndex) => {
       // The nodes keep views of the payload as their encodings: codec.decode gives it memory of its own.
-      decodeChunk(this.parts.codec.decode(chunk), sessionId, nodes, chunkIndex);
+      held += decodeChunk(this.parts.codec.decode(chunk), sessionId, nodes, chunkIndex, wanted);
     });
     // Metadata and chunks are two keys: an eviction can take one without the other.
-    if (nodes.length !== expected) throw new CorruptValueError(`session holds ${nodes.length} nodes, its metadata says ${expected}`);
+    if (held !== expected) throw new CorruptValueError(`session holds ${held} nodes, its metadata says ${expected}`);
     return { nodes, version, expiresAt };
   }
 

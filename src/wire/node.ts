@@ -148,6 +148,26 @@ const NO_REFS: string[] = Object.freeze([]) as unknown as string[];
 const NODE_WIRE_TYPES = [-1, 2, 2, 2, 2, 0, 2, 2, 2, 2, 0, 2, 0, 2];
 
 /**
+ * The short ID and session ID of the node encoded at `buffer[start, end)`,
+ * read without decoding the rest (content, metadata, references are
+ * skipped over): to pick the few nodes a reference asks for out of a whole
+ * session. The last occurrence of a field wins, as in decodeNode; throws
+ * WireError on bytes that are not framed as a message.
+ */
+export function peekNodeIds(buffer: Buffer, start: number, end: number): { shortId: string; sessionId: string } {
+  const reader = new WireReader(buffer, start, end);
+  let shortId = '';
+  let sessionId = '';
+  while (reader.offset < end) {
+    const tag = reader.varint();
+    if (tag === 0x12) shortId = reader.string();
+    else if (tag === 0x1a) sessionId = reader.string();
+    else reader.skip(tag & 7);
+  }
+  return { shortId, sessionId };
+}
+
+/**
  * Reads a `contextcache.v1.Node` from `buffer[start, end)` into a NodeRecord
  * as the edge makes one (mapping's nodeFromProto: the optional fields
  * undefined unless set), and keeps those bytes as the node's encoding.

@@ -335,6 +335,43 @@ describe('values read from Redis, as an attacker with write access to Redis plan
       await expectCorruptSession(sid, 'buildContext');
     });
 
+    describe('a referenced session, picked for the nodes a reference asks for', () => {
+      /** A session on the sidecar whose node references `shortId`, which the index says is in `sid`. */
+      async function cite(sid: string, shortId: string) {
+        const citing = fresh('citing');
+        await sc.client.putSessionNodes({ sessionId: citing, nodes: session(citing, 1, () => ({ refs: [shortId] })) });
+        await raw.set(`cc:${NS}:i:${shortId}`, sid, 'PX', 600_000);
+        return sc.client.buildContext({ sessionId: citing, includeRefs: true });
+      }
+
+      it('resolves the node out of a well-formed session with other nodes around it', async () => {
+        const sid = fresh('picked');
+        await plantSession(sid, [encoded(protobufChunk([{ node: nodeBytes(sid, 0) }, { node: nodeBytes(sid, 1, { shortId: `${sid}-1` }), tokens: { o200k_base: 3 } }, { node: nodeBytes(sid, 2) }]))], { n: '3' });
+        const built = await cite(sid, `${sid}-1`);
+        expect(built.unresolvedShortIds).toEqual([]);
+        expect(built.nodes.map((item) => item.node?.id)).toContain(`${sid}/n1`);
+        expect(built.nodes.find((item) => item.node?.id === `${sid}/n1`)?.node?.content).toBe('message 1');
+      });
+
+      it.each([
+        ['a node of another session beside the one asked for', '2', (sid: string) => [{ node: nodeBytes(sid, 0, { shortId: `${sid}-0` }) }, { node: nodeBytes('someone-else', 1) }]],
+        ['a node count that differs from its metadata', '3', (sid: string) => [{ node: nodeBytes(sid, 0, { shortId: `${sid}-0` }) }, { node: nodeBytes(sid, 1) }]],
+        ['a truncated node beside the one asked for', '2', (sid: string) => [{ node: nodeBytes(sid, 0, { shortId: `${sid}-0` }) }, { node: nodeBytes(sid, 1).subarray(0, 5) }]],
+        ['content that is not UTF-8 in the node asked for', '1', (sid: string) => [{ node: Buffer.concat([nodeBytes(sid, 0, { shortId: `${sid}-0` }), Buffer.from([0x32, 0x02, 0xc3, 0x28])]) }]],
+      ])('with %s: the reference unresolved, the session deleted and counted', async (_, n, entries) => {
+        const sid = fresh('pick-bad');
+        await plantSession(sid, [encoded(protobufChunk(entries(sid)))], { n });
+        const before = await corruptValues();
+        const errorsBefore = sc.sidecar.tiers.counters.l2Errors;
+        const built = await cite(sid, `${sid}-0`);
+        expect(built.sessionFound).toBe(true);
+        expect(built.unresolvedShortIds).toEqual([`${sid}-0`]);
+        await gone(metaKey(sid), chunksKey(sid));
+        expect(await corruptValues()).toBe(before + 1);
+        expect(sc.sidecar.tiers.counters.l2Errors).toBe(errorsBefore);
+      });
+    });
+
     it('a bad node in a later chunk condemns the session, not only its chunk', async () => {
       const sid = fresh('later');
       await plantSession(sid, [encoded(JSON.stringify([storedNode(sid, 0)])), encoded(JSON.stringify([storedNode(sid, 1, { content: null })]))], { n: '2' });

@@ -494,6 +494,16 @@ export class FakeSessionL2 extends Chaos implements SessionL2 {
     );
   }
 
+  pickMany(sessionIds: readonly string[], shortIds: readonly ReadonlySet<string>[]): Promise<(StoredSession | undefined)[]> {
+    return this.run('pickMany', () =>
+      sessionIds.map((id, index) => {
+        const stored = this.redis.session(id);
+        const nodes = stored?.nodes.filter((node) => shortIds[index]!.has(node.shortId));
+        return stored === undefined ? undefined : { nodes: structuredClone(nodes!), version: stored.version, expiresAt: stored.expiresAt };
+      }),
+    );
+  }
+
   put(sessionId: string, nodes: readonly NodeRecord[], ttlMs: number, leaseToken: string): Promise<{ version: number; expiresAt: number } | 'stale'> {
     return this.run('put', () => {
       const subject: Subject = { kind: 'session', id: sessionId };

@@ -198,6 +198,45 @@ describe('short IDs across sessions', () => {
     expect(resolved.missingSessions).toEqual([]);
   });
 
+  it('referenced the first time, a session not held is picked (only its referenced nodes, not kept); referenced again, it is read whole into L1', async () => {
+    const core = coreOnFakes({ redis: true });
+    core.shared.redis.seedSession('other', nodeRecords('other', 4));
+    for (const n of [1, 2]) core.shared.redis.shortIds.set(`other-${n}`, { sessionId: 'other', expiresAt: Date.now() + 60_000 });
+
+    const first = await core.sessions.resolveShortIds(['other-1']);
+    expect(first.nodes.get('other-1')?.id).toBe('other/n1');
+    expect(first.unresolved).toEqual([]);
+    expect(core.shared.sessions.calls.filter((call) => call === 'pickMany' || call === 'getMany')).toEqual(['pickMany']);
+    expect(core.sessions.cached('other')).toBeUndefined();
+
+    // Another node of it: now read whole, and held.
+    const second = await core.sessions.resolveShortIds(['other-2']);
+    expect(second.nodes.get('other-2')?.id).toBe('other/n2');
+    expect(core.shared.sessions.calls.filter((call) => call === 'pickMany' || call === 'getMany')).toEqual(['pickMany', 'getMany']);
+    expect(ids(core.sessions.cached('other'))).toEqual(['other/n0', 'other/n1', 'other/n2', 'other/n3']);
+
+    // Held: no Redis call at all.
+    const calls = core.shared.sessions.callCount();
+    expect((await core.sessions.resolveShortIds(['other-1', 'other-2'])).nodes.size).toBe(2);
+    expect(core.shared.sessions.callCount()).toBe(calls);
+  });
+
+  it('a pick that finds the session gone reports it missing; a failed pick leaves the references unresolved and counts an l2 error', async () => {
+    const core = coreOnFakes({ redis: true });
+    core.shared.redis.shortIds.set('gone-0', { sessionId: 'gone', expiresAt: Date.now() + 60_000 });
+    const gone = await core.sessions.resolveShortIds(['gone-0']);
+    expect(gone.unresolved).toEqual(['gone-0']);
+    expect(gone.missingSessions).toEqual(['gone']);
+
+    core.shared.redis.seedSession('other', nodeRecords('other', 2));
+    core.shared.redis.shortIds.set('other-1', { sessionId: 'other', expiresAt: Date.now() + 60_000 });
+    core.shared.sessions.holdNext({ operation: 'pickMany', phase: 'request' }).fail();
+    const failed = await core.sessions.resolveShortIds(['other-1']);
+    expect(failed.unresolved).toEqual(['other-1']);
+    expect(failed.missingSessions).toEqual([]);
+    expect(core.tiers.counters.l2Errors).toBe(1);
+  });
+
   it('resolve what L1 holds when the index lookup fails, and leave the rest unresolved', async () => {
     const core = coreOnFakes({ redis: true });
     await core.sessions.put('mine', nodeRecords('mine', 2), '');
