@@ -1,4 +1,4 @@
-import { randomBytes } from 'node:crypto';
+import { randomToken } from '../random';
 import { LRUCache } from 'lru-cache';
 import { isCacheError, staleLease, type CacheError } from '../errors';
 import { l1Key, l1KeyOfEvent, type Subject } from '../model/subject';
@@ -288,7 +288,7 @@ export class LeaseManager {
     const name = l1Key(subject.kind, subject.id);
     const held = this.local.get(name);
     if (held !== undefined && held.expiresAt > now) return undefined;
-    const lease = { token: withGrantTime(LOCAL_PREFIX + randomBytes(12).toString('base64url'), now), expiresAt: now + ttlMs };
+    const lease = { token: withGrantTime(LOCAL_PREFIX + randomToken(12), now), expiresAt: now + ttlMs };
     this.local.set(name, lease, { ttl: ttlMs });
     return lease;
   }

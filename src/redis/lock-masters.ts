@@ -1,4 +1,4 @@
-import { randomBytes } from 'node:crypto';
+import { randomToken } from '../random';
 import type { Config } from '../config';
 import { corruptFence, noMajority } from '../errors';
 import type { Logger } from '../log';
@@ -141,7 +141,7 @@ export class RedisLockMasters implements LockMasters {
   }
 
   async acquire(resource: string, ttlMs: number, waitMs: number, signal: AbortSignal): Promise<MasterHold | undefined> {
-    const token = randomBytes(16).toString('base64url');
+    const token = randomToken(16);
     if (waitMs <= 0) {
       const once = await this.attempt(resource, token, ttlMs, undefined);
       return once.kind === 'granted' ? once.hold : undefined;
@@ -149,7 +149,7 @@ export class RedisLockMasters implements LockMasters {
     const deadline = Date.now() + waitMs;
     // With several masters every queue must order the waiters alike: by this sidecar's clock (µs, and a counter within one).
     const arrival = this.links.length === 1 ? '' : String(Date.now() * 1000 + (this.arrivals++ % 1000));
-    const waiter: Waiter = { id: randomBytes(12).toString('base64url'), arrival, woken: false, wake: undefined };
+    const waiter: Waiter = { id: randomToken(12), arrival, woken: false, wake: undefined };
     this.waiters.set(waiter.id, waiter);
     let queued = false;
     let granted = false;

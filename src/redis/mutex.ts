@@ -1,4 +1,4 @@
-import { randomBytes } from 'node:crypto';
+import { randomToken } from '../random';
 import { ExecutionError, Lock, Redlock, ResourceLockedError } from '@sesamecare-oss/redlock';
 import type { RedisClient } from './connection';
 import { noMajority } from '../errors';
@@ -40,7 +40,7 @@ export class Mutex {
 
   /** A fresh random token. */
   static token(): string {
-    return randomBytes(16).toString('base64url');
+    return randomToken(16);
   }
 
   /**

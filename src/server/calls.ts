@@ -105,12 +105,20 @@ class CallContextImpl implements CallContext {
   get signal(): AbortSignal {
     if (this.controller === undefined) {
       const abort = (this.controller = new AbortController());
-      if (this.call.cancelled) abort.abort();
-      else for (const event of this.endsWith) this.call.once(event, () => abort.abort());
+      if (this.call.cancelled) abort.abort(CALL_OVER);
+      else for (const event of this.endsWith) this.call.once(event, () => abort.abort(CALL_OVER));
     }
     return this.controller.signal;
   }
 }
+
+/**
+ * The reason of every call's abort. grpc-js emits `cancelled` when any
+ * call's stream closes, finished or not, so a call whose handler asked for
+ * its signal aborts it at the end; without a reason, abort() makes a
+ * DOMException (a stack trace) per call. Nobody reads the reason.
+ */
+const CALL_OVER = Object.freeze(new Error('the call is over'));
 
 const UNARY_ENDS = ['cancelled'] as const;
 const STREAM_ENDS = ['cancelled', 'close', 'finish', 'error'] as const;
