@@ -73,14 +73,18 @@ export async function startDeployedEcho(payloadBytes: number, transport: Transpo
 }
 
 /** A client of the echo service: one call sends `request` and resolves with the reply. */
-export function echoClient(address: string, request: Buffer): { call(): Promise<Buffer>; close(): void } {
+export function echoClient(address: string, request: Buffer, deadlineMs?: number): { call(): Promise<Buffer>; close(): void } {
   const client = new Client(address, credentials.createInsecure());
   const path = ECHO_SERVICE.get!.path;
+  const done = (resolve: (response: Buffer) => void, reject: (error: Error) => void) => (error: Error | null, response?: Buffer) => (error ? reject(error) : resolve(response!));
   return {
-    call: () =>
-      new Promise<Buffer>((resolve, reject) =>
-        client.makeUnaryRequest<Buffer, Buffer>(path, passthrough, passthrough, request, (error, response) => (error ? reject(error) : resolve(response!))),
-      ),
+    call:
+      deadlineMs === undefined
+        ? () => new Promise<Buffer>((resolve, reject) => client.makeUnaryRequest<Buffer, Buffer>(path, passthrough, passthrough, request, done(resolve, reject)))
+        : () =>
+            new Promise<Buffer>((resolve, reject) =>
+              client.makeUnaryRequest<Buffer, Buffer>(path, passthrough, passthrough, request, { deadline: Date.now() + deadlineMs }, done(resolve, reject)),
+            ),
     close: () => client.close(),
   };
 }

@@ -12,6 +12,8 @@ import { startBenchSidecar } from './harness';
 import { interleaved, measureLatency, measureThroughput, ratio, startBenchRedis, type Bench, type BenchReport, type BenchResult, type LatencyOptions, type ThroughputOptions, runCleanup } from './lib';
 
 const VALUE_BYTES = 1024;
+/** The context-cache client's default deadline (ClientOptions.deadlineMs). */
+const CLIENT_DEADLINE_MS = 5000;
 const KEY = 'bench/l1-get/1k';
 
 /** Sizes of the runs; BENCH_SCALE=0.1 for a quick smoke run. */
@@ -81,8 +83,10 @@ export const l1Get: Bench = {
       const deployedRows: BenchResult[] = [];
       const deployedNotes: string[] = [];
       for (const transport of TRANSPORTS) {
-        const [deployed, echoRow] = await deployedPair(transport, payload, cleanup);
-        deployedRows.push(deployed, echoRow);
+        const [deployed, echoRow, deadlineRow] = await deployedPair(transport, payload, cleanup);
+        deployedRows.push(deployed, echoRow, deadlineRow);
+        const p50WithDeadline = deployed.latency.p50Us / deadlineRow.latency.p50Us;
+        const throughputWithDeadline = deployed.throughput.callsPerSecond / deadlineRow.throughput.callsPerSecond;
         const p50 = deployed.latency.p50Us / echoRow.latency.p50Us;
         const p99 = deployed.latency.p99Us / echoRow.latency.p99Us;
         const throughput = deployed.throughput.callsPerSecond / echoRow.throughput.callsPerSecond;
@@ -96,9 +100,14 @@ export const l1Get: Bench = {
           [`${transport}.p50Ratio`]: p50,
           [`${transport}.p99Ratio`]: p99,
           [`${transport}.throughputRatio`]: throughput,
+          [`${transport}.echoWithDeadlineP50Us`]: deadlineRow.latency.p50Us,
+          [`${transport}.echoWithDeadlineCallsPerSecond`]: deadlineRow.throughput.callsPerSecond,
+          [`${transport}.p50RatioSameDeadline`]: p50WithDeadline,
+          [`${transport}.throughputRatioSameDeadline`]: throughputWithDeadline,
         });
         deployedNotes.push(
           `as deployed (${transport}), sidecar / cross-process echo: p50 ${p50.toFixed(2)}x, p99 ${p99.toFixed(2)}x, throughput (64 in flight) ${throughput.toFixed(2)}x  [goal: p50 <= 1.10x, throughput >= 0.90x]`,
+          `as deployed (${transport}), sidecar / the echo called with the client's 5 s deadline: p50 ${p50WithDeadline.toFixed(2)}x, throughput ${throughputWithDeadline.toFixed(2)}x (what the deadline costs is not the sidecar's)`,
         );
       }
 
@@ -140,8 +149,14 @@ async function deployedPair(transport: Transport, payload: Buffer, cleanup: (() 
   const echoing = echoClient(echo.address, Buffer.from(KEY));
   cleanup.push(() => echoing.close());
   expectValue(await echoing.call(), `cross-process echo (${transport})`);
+  // The same echo with a deadline on every call, as the context-cache client sends one (its default, 5 s):
+  // the grpc-timeout header and a timer on either side are a cost of the deadline, not of the sidecar.
+  const echoingWithDeadline = echoClient(echo.address, Buffer.from(KEY), CLIENT_DEADLINE_MS);
+  cleanup.push(() => echoingWithDeadline.close());
+  expectValue(await echoingWithDeadline.call(), `cross-process echo with a deadline (${transport})`);
   return interleaved([
     { name: `as deployed (${transport}): sidecar Get (L1)`, measure: () => measure('', () => client.get({ key: KEY })) },
     { name: `as deployed (${transport}): grpc-js echo`, measure: () => measure('', echoing.call) },
+    { name: `as deployed (${transport}): grpc-js echo, 5 s deadline`, measure: () => measure('', echoingWithDeadline.call) },
   ]);
 }
