@@ -125,9 +125,20 @@ export function processRss(pid: number): number {
   return Number(line?.split(/\s+/)[1] ?? 0) * 1024;
 }
 
+/**
+ * BENCH_SIDECAR_MAIN: another build's main.js for every deployed sidecar of
+ * a run (an older commit's dist/), to measure before and after on the same
+ * machine in turn: `BENCH_SIDECAR_MAIN=/tmp/old/dist/main.js npm run bench -- locks`.
+ */
+function sidecarMain(options: DeployedOptions): string {
+  const given = options.main ?? process.env.BENCH_SIDECAR_MAIN?.trim();
+  if (given) return given;
+  ensureBuilt();
+  return join(ROOT, 'dist', 'main.js');
+}
+
 export async function startDeployedSidecar(env: Record<string, string>, options: DeployedOptions = {}): Promise<DeployedSidecar> {
-  if (options.main === undefined) ensureBuilt();
-  const main = options.main ?? join(ROOT, 'dist', 'main.js');
+  const main = sidecarMain(options);
   const listen = await benchAddress(options.transport ?? 'tcp');
   const adminPort = await freePort();
   const args = options.inspect ? [`--inspect=127.0.0.1:${await freePort()}`, main] : [main];
