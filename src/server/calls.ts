@@ -59,7 +59,7 @@ function undecodableReason(request: unknown): string | undefined {
   return typeof request === 'object' && request !== null && UNDECODABLE in request ? (request as { [UNDECODABLE]: string })[UNDECODABLE] : undefined;
 }
 
-/** Marks a handler whose responses are pre-encoded Buffers (see `acceptPreEncoded` in encoding.ts). */
+/** Marks a handler whose responses are pre-encoded: Buffers, or ResponseWriters (see `acceptPreEncoded` in encoding.ts). */
 export const PRE_ENCODED = Symbol('pre-encoded responses');
 
 export interface HandlerOptions {

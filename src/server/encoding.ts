@@ -20,62 +20,102 @@ function encodingsOf(nodes: readonly NodeRecord[]): Buffer[] {
   return encodings;
 }
 
+/** Responses up to this size are written into the shared buffer (see ResponseWriter); larger ones into their own. */
+const SHARED_RESPONSE_MAX = 4 * 1024 * 1024;
+let shared = Buffer.allocUnsafeSlow(64 * 1024);
+
+/**
+ * A large response (a session's nodes, a context), sized by the handler and
+ * written only when grpc-js serializes it (`acceptPreEncoded`), into one
+ * buffer shared by every call. grpc-js copies a serialized message into a
+ * framed buffer of its own (the 5-byte gRPC header, then the message)
+ * within the same synchronous step that called the serializer, so the
+ * shared buffer is free again before anything else runs. A context of
+ * 200 nodes is some 85 KiB: one buffer of that size per call, which V8
+ * counts as external memory, was what set off most of the sidecar's full
+ * garbage collections while it served contexts from L1.
+ * test/foundation/encoding.test.ts holds grpc-js to the copy.
+ */
+export class ResponseWriter {
+  constructor(
+    readonly size: number,
+    private readonly write: (buffer: Buffer) => void,
+  ) {}
+
+  /** The response in a buffer of its own. */
+  toBuffer(): Buffer {
+    const buffer = Buffer.allocUnsafe(this.size);
+    this.write(buffer);
+    return buffer;
+  }
+
+  /** The response in the shared buffer: valid until the next response is written (in a buffer of its own when too large to share). */
+  serialize(): Buffer {
+    if (this.size > SHARED_RESPONSE_MAX) return this.toBuffer();
+    if (this.size > shared.length) shared = Buffer.allocUnsafeSlow(Math.min(SHARED_RESPONSE_MAX, 2 ** Math.ceil(Math.log2(this.size))));
+    const view = shared.subarray(0, this.size);
+    this.write(view);
+    return view;
+  }
+}
+
 /**
  * GetSessionNodesResponse: `head` (its other fields, encoded as generated)
  * followed by `repeated Node nodes = 2`, each node's kept encoding copied
  * once into one buffer. Protobuf allows it: fields may come in any order.
  */
-export function encodeSessionNodes(head: Uint8Array, nodes: readonly NodeRecord[]): Buffer {
+export function encodeSessionNodes(head: Uint8Array, nodes: readonly NodeRecord[]): ResponseWriter {
   const encodings = encodingsOf(nodes);
   let total = head.length;
   for (const bytes of encodings) total += fieldSize(bytes.length);
-  const buffer = Buffer.allocUnsafe(total);
-  buffer.set(head, 0);
-  let offset = head.length;
-  for (const bytes of encodings) {
-    buffer[offset++] = 18;
-    offset = writeVarint(buffer, offset, bytes.length);
-    buffer.set(bytes, offset);
-    offset += bytes.length;
-  }
-  return buffer;
+  return new ResponseWriter(total, (buffer) => {
+    buffer.set(head, 0);
+    let offset = head.length;
+    for (const bytes of encodings) {
+      buffer[offset++] = 18;
+      offset = writeVarint(buffer, offset, bytes.length);
+      buffer.set(bytes, offset);
+      offset += bytes.length;
+    }
+  });
 }
 
 /**
  * BuildContextResponse: `head` followed by `repeated ContextNode nodes = 2`
  * — `{ Node node = 1; InclusionReason reason = 2; string referenced_by = 3;
  * uint32 token_count = 4; }` — written straight into one buffer: a context
- * served from L1 allocates that buffer and one array, nothing per node
- * (the hot path of BuildContext; its garbage is what made its tail).
+ * served from L1 allocates two arrays, nothing per node, and its bytes go
+ * into the shared response buffer (the hot path of BuildContext; its
+ * garbage is what made its tail).
  */
-export function encodeContextItems(head: Uint8Array, items: readonly ContextItem[]): Buffer {
+export function encodeContextItems(head: Uint8Array, items: readonly ContextItem[]): ResponseWriter {
   const nodes = new Array<NodeRecord>(items.length);
   for (let index = 0; index < items.length; index++) nodes[index] = items[index]!.node;
   const encodings = encodingsOf(nodes);
   let total = head.length;
   for (let index = 0; index < items.length; index++) total += fieldSize(contextNodeBytes(items[index]!, encodings[index]!.length));
-  const buffer = Buffer.allocUnsafe(total);
-  buffer.set(head, 0);
-  let offset = head.length;
-  for (let index = 0; index < items.length; index++) {
-    const item = items[index]!;
-    const node = encodings[index]!;
-    buffer[offset++] = 18;
-    offset = writeVarint(buffer, offset, contextNodeBytes(item, node.length));
-    buffer[offset++] = 10;
-    offset = writeVarint(buffer, offset, node.length);
-    buffer.set(node, offset);
-    offset += node.length;
-    // Reasons are 1-4: one byte each, never the default 0.
-    buffer[offset++] = 16;
-    buffer[offset++] = INCLUSION[item.reason];
-    if (item.referencedBy !== '') offset = writeString(buffer, offset, [26, item.referencedBy, Buffer.byteLength(item.referencedBy)]);
-    if (item.tokens !== 0) {
-      buffer[offset++] = 32;
-      offset = writeVarint(buffer, offset, item.tokens);
+  return new ResponseWriter(total, (buffer) => {
+    buffer.set(head, 0);
+    let offset = head.length;
+    for (let index = 0; index < items.length; index++) {
+      const item = items[index]!;
+      const node = encodings[index]!;
+      buffer[offset++] = 18;
+      offset = writeVarint(buffer, offset, contextNodeBytes(item, node.length));
+      buffer[offset++] = 10;
+      offset = writeVarint(buffer, offset, node.length);
+      buffer.set(node, offset);
+      offset += node.length;
+      // Reasons are 1-4: one byte each, never the default 0.
+      buffer[offset++] = 16;
+      buffer[offset++] = INCLUSION[item.reason];
+      if (item.referencedBy !== '') offset = writeString(buffer, offset, [26, item.referencedBy, Buffer.byteLength(item.referencedBy)]);
+      if (item.tokens !== 0) {
+        buffer[offset++] = 32;
+        offset = writeVarint(buffer, offset, item.tokens);
+      }
     }
-  }
-  return buffer;
+  });
 }
 
 /** The size of one ContextNode's payload, its node's encoding `nodeBytes` long. */
@@ -164,7 +204,8 @@ type MethodDefinitions = Record<string, { responseSerialize: (value: never) => B
 /**
  * The service definition with the response serializer of every method whose
  * handler declared pre-encoded responses (`{ preEncoded: true }` on the call
- * tracker) passing Buffers through — and encoding anything else as generated.
+ * tracker) passing Buffers through, writing a ResponseWriter's response into
+ * the shared buffer — and encoding anything else as generated.
  */
 export function acceptPreEncoded<S extends MethodDefinitions>(service: S, implementation: Record<keyof S, object>): S {
   const copy: Record<string, unknown> = { ...service };
@@ -172,7 +213,10 @@ export function acceptPreEncoded<S extends MethodDefinitions>(service: S, implem
     if (!(PRE_ENCODED in implementation[method])) continue;
     const definition = service[method]!;
     const serialize = definition.responseSerialize as (value: unknown) => Buffer;
-    copy[method] = { ...definition, responseSerialize: (value: unknown) => (Buffer.isBuffer(value) ? value : serialize(value)) };
+    copy[method] = {
+      ...definition,
+      responseSerialize: (value: unknown) => (value instanceof ResponseWriter ? value.serialize() : Buffer.isBuffer(value) ? value : serialize(value)),
+    };
   }
   return copy as S;
 }

@@ -9,6 +9,8 @@ import { encodeContextItems, encodeGetFound, encodeSessionNodes } from '../../sr
 import { decodeNode, encodedNode, encodeNodes } from '../../src/wire/node';
 import { entryInfo, INCLUSION, nodeFromProto, nodeToProto } from '../../src/server/mapping';
 import { WireError } from '../../src/wire/protobuf';
+import { session } from '../helpers/nodes';
+import { startSidecar } from '../helpers/sidecar';
 
 /** Nodes with every field shape: empty and multibyte strings, big numbers, maps, refs, old and new times. */
 function variety(): NodeRecord[] {
@@ -45,7 +47,7 @@ describe('the fast node encoder', () => {
   it('frames sessions and contexts so that the generated decoder reads back what was meant', () => {
     const nodes = variety();
     const head = GetSessionNodesResponse.encode({ found: true, nodes: [], info: undefined, lease: undefined }).finish();
-    const decoded = GetSessionNodesResponse.decode(encodeSessionNodes(head, nodes));
+    const decoded = GetSessionNodesResponse.decode(encodeSessionNodes(head, nodes).toBuffer());
     expect(decoded.found).toBe(true);
     expect(decoded.nodes).toEqual(nodes.map(nodeToProto));
 
@@ -72,12 +74,12 @@ describe('the fast node encoder', () => {
       tokenizer: 'o200k_base',
       uncutTokens: 11,
     };
-    const built = BuildContextResponse.decode(encodeContextItems(BuildContextResponse.encode(fields).finish(), items));
+    const built = BuildContextResponse.decode(encodeContextItems(BuildContextResponse.encode(fields).finish(), items).toBuffer());
     expect(built).toEqual({
       ...fields,
       nodes: items.map((item) => ({ node: nodeToProto(item.node), reason: INCLUSION[item.reason], referencedBy: item.referencedBy, tokenCount: item.tokens })),
     });
-    expect(encodeContextItems(new Uint8Array(0), []).length).toBe(0);
+    expect(encodeContextItems(new Uint8Array(0), []).toBuffer().length).toBe(0);
   });
 });
 
@@ -183,5 +185,44 @@ describe('the fast Get encoder', () => {
     expect(decoded.found).toBe(true);
     expect(Buffer.from(decoded.value).equals(entry.value)).toBe(true);
     expect(decoded.info).toEqual({ version: entry.version, expiresAt: new Date(entry.expiresAt), tags: entry.tags, source: 1, sizeBytes: entry.value.byteLength, waitedForFill: false, degraded: false });
+  });
+});
+
+describe('responses written into the shared buffer', () => {
+  it('reach every caller intact: 96 large responses of different sessions in flight at once, over HTTP/2 flow control', async () => {
+    // If grpc-js ever kept the serialized message instead of copying it into its frame at once,
+    // a response waiting for the window would be overwritten by the next one written: caught here.
+    const sidecar = await startSidecar();
+    try {
+      const sessions = Array.from({ length: 8 }, (_, s) => `shared-${s}`);
+      for (const [s, sessionId] of sessions.entries()) {
+        await sidecar.client.putSessionNodes({ sessionId, nodes: session(sessionId, 60, (n) => ({ content: `${sessionId}:${n}:`.repeat(40 + s * 7) })) });
+      }
+      const calls = Array.from({ length: 96 }, async (_, i) => {
+        const sessionId = sessions[i % sessions.length]!;
+        const contents =
+          i % 2 === 0
+            ? (await sidecar.client.buildContext({ sessionId })).nodes.map((item) => item.node!.content)
+            : (await sidecar.client.getSessionNodes({ sessionId })).nodes.map((node) => node.content);
+        const s = sessions.indexOf(sessionId);
+        expect(contents).toEqual(Array.from({ length: 60 }, (_, n) => `${sessionId}:${n}:`.repeat(40 + s * 7)));
+      });
+      await Promise.all(calls);
+    } finally {
+      await sidecar.close();
+    }
+  });
+
+  it('a response is the same bytes in a buffer of its own and in the shared one, whose next response takes its place', () => {
+    const nodes = variety();
+    const head = GetSessionNodesResponse.encode({ found: true, nodes: [], info: undefined, lease: undefined }).finish();
+    const first = encodeSessionNodes(head, nodes);
+    const own = first.toBuffer();
+    const shared = first.serialize();
+    expect(Buffer.compare(shared, own)).toBe(0);
+    const second = encodeSessionNodes(head, nodes.slice(1)).serialize();
+    // The same memory: a shared response is valid only until the next one is written.
+    expect(second.buffer).toBe(shared.buffer);
+    expect(GetSessionNodesResponse.decode(own).nodes.map((node) => node.id)).toEqual(nodes.map((node) => node.id));
   });
 });
