@@ -9,7 +9,7 @@ import Redis from 'ioredis';
 import { ContextCacheClient, Source, type DeepPartial, type Node } from '../src/client';
 import type { NodeRecord } from '../src/model/node';
 import { chatSession, englishParagraphs } from './compression';
-import { startDeployedSidecar, TRANSPORTS, type DeployedSidecar } from './deployed';
+import { deployedClient, startDeployedSidecar, TRANSPORTS, type DeployedSidecar } from './deployed';
 import { startBenchSidecar, scaled } from './harness';
 import { latencyRow, measureLatency, median, medianResult, ratio, rounds, runCleanup, startBenchRedis, type Bench, type BenchReport, type LatencyStats } from './lib';
 
@@ -173,7 +173,8 @@ export const context: Bench = {
           cleanup.push(() => sidecar.close());
           deployed.push(sidecar);
         }
-        const [da, db] = deployed.map((sidecar) => new ContextCacheClient(sidecar.address));
+        const { ContextCacheClient: DeployedClient } = deployedClient();
+        const [da, db] = deployed.map((sidecar) => new DeployedClient(sidecar.address));
         cleanup.push(() => {
           da!.close();
           db!.close();

@@ -126,6 +126,17 @@ export function processRss(pid: number): number {
 }
 
 /**
+ * The TypeScript client as an app runs it: compiled (dist/client), not
+ * through tsx, whose esbuild wraps every closure the client makes per call
+ * in a naming helper (about 3 % of a Get's p50 here). For the clients of
+ * sidecars measured as deployed.
+ */
+export function deployedClient(): typeof import('../src/client') {
+  ensureBuilt();
+  return require(join(ROOT, 'dist', 'client', 'index.js')) as typeof import('../src/client');
+}
+
+/**
  * BENCH_SIDECAR_MAIN: another build's main.js for every deployed sidecar of
  * a run (an older commit's dist/), to measure before and after on the same
  * machine in turn: `BENCH_SIDECAR_MAIN=/tmp/old/dist/main.js npm run bench -- locks`.

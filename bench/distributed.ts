@@ -7,7 +7,7 @@ import { spawn } from 'node:child_process';
 import { join } from 'node:path';
 import Redis from 'ioredis';
 import { ContextCacheClient, Source, type WatchResponse } from '../src/client';
-import { startDeployedSidecar, TRANSPORTS, type Transport } from './deployed';
+import { deployedClient, startDeployedSidecar, TRANSPORTS, type Transport } from './deployed';
 import { startBenchSidecar, scaled } from './harness';
 import { measureLatency, ratio, runCleanup, startBenchRedis, summarize, type Bench, type BenchReport, type LatencyStats } from './lib';
 
@@ -197,7 +197,8 @@ async function deployedShared(redisUrl: string, transport: Transport, direct: Re
     const env = { REDIS_URL: redisUrl, CONTEXT_CACHE_NAMESPACE: `bench-dist-${transport}` };
     const [a, b] = await Promise.all([startDeployedSidecar(env, { transport }), startDeployedSidecar(env, { transport })]);
     cleanup.push(() => a!.close(), () => b!.close());
-    const [writer, reader] = [new ContextCacheClient(a!.address), new ContextCacheClient(b!.address)];
+    const { ContextCacheClient: DeployedClient } = deployedClient();
+    const [writer, reader] = [new DeployedClient(a!.address), new DeployedClient(b!.address)];
     cleanup.push(() => writer.close(), () => reader.close());
     const keys = scaled(5_000);
     const writes: Promise<unknown>[] = [];

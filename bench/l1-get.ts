@@ -6,7 +6,7 @@
  */
 import Redis from 'ioredis';
 import { ContextCacheClient, Source } from '../src/client';
-import { startDeployedSidecar, TRANSPORTS, type Transport } from './deployed';
+import { deployedClient, startDeployedSidecar, TRANSPORTS, type Transport } from './deployed';
 import { echoClient, startDeployedEcho, startEcho } from './echo';
 import { startBenchSidecar } from './harness';
 import { interleaved, measureLatency, measureThroughput, ratio, startBenchRedis, type Bench, type BenchReport, type BenchResult, type LatencyOptions, type ThroughputOptions, runCleanup } from './lib';
@@ -138,7 +138,8 @@ export const l1Get: Bench = {
 async function deployedPair(transport: Transport, payload: Buffer, cleanup: (() => Promise<void> | void)[]): Promise<BenchResult[]> {
   const sidecar = await startDeployedSidecar({ CONTEXT_CACHE_LOG_LEVEL: 'error' }, { transport });
   cleanup.push(() => sidecar.close());
-  const client = new ContextCacheClient(sidecar.address);
+  const { ContextCacheClient: DeployedClient } = deployedClient();
+  const client = new DeployedClient(sidecar.address);
   cleanup.push(() => client.close());
   await client.set({ key: KEY, value: payload, ttl: { seconds: 3600 } });
   const first = await client.get({ key: KEY });

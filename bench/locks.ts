@@ -11,7 +11,7 @@ import { ContextCacheClient } from '../src/client';
 import { FencingCounter } from '../src/redis/fencing';
 import { KeySpace } from '../src/redis/keys';
 import { Mutex } from '../src/redis/mutex';
-import { startDeployedSidecar, TRANSPORTS, type DeployedSidecar } from './deployed';
+import { deployedClient, startDeployedSidecar, TRANSPORTS, type DeployedSidecar } from './deployed';
 import { scaled, startBenchSidecar } from './harness';
 import { measureLatency, measureThroughput, ratio, startBenchRedis, summarize, type Bench, type BenchReport, type BenchResult, type LatencyOptions, type ThroughputStats, runCleanup } from './lib';
 
@@ -187,7 +187,8 @@ export const locks: Bench = {
           cleanup.push(() => sidecar.close());
           deployed.push(sidecar);
         }
-        const remote = deployed.map((sidecar) => new ContextCacheClient(sidecar.address));
+        const { ContextCacheClient: DeployedClient } = deployedClient();
+        const remote = deployed.map((sidecar) => new DeployedClient(sidecar.address));
         cleanup.push(() => remote.forEach((c) => c.close()));
         const row = await uncontended(`as deployed (${transport}): AcquireLock+ReleaseLock`, `grpc-${transport}`, viaGrpc(remote[0]!));
         const contendedRow: BenchResult = { name: `as deployed (${transport}): contended, ${WORKERS} workers, 2 sidecars`, ...(await grpcLocks(remote, transport)) };
