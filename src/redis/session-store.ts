@@ -57,23 +57,8 @@ export class RedisSessionStore implements SessionL2 {
   ) {}
 
   /** Reads several sessions in one round trip (a pipeline of atomic, guarded reads). */
-  async getMany(sessionIds: readonly string[]): Promise<(StoredSession | undefined)[]> {
-    const replies = await this.read(sessionIds);
-    return sessionIds.map((id, index) => this.judgeReply(id, replies[index]!));
-  }
-
-  private read(sessionIds: readonly string[]) {
-    const { link, scripts, maxReadBytes } = this.parts;
-    const calls = sessionIds.map((id) => [id, maxReadBytes * STORED_BYTES_PER_LIMIT, MAX_CHUNKS] as [string, number, number]);
-    return scripts.runEach(sessionRead, calls, link);
-  }
-
-  /** One session's answer, all of its nodes or (with `wanted`) those with these short IDs. */
-  private judgeReply(sessionId: string, answer: Awaited<ReturnType<RedisSessionStore['read']>>[number], wanted?: ReadonlySet<string>): StoredSession | undefined {
-    if ('reply' in answer) return this.judge(sessionId, answer.reply, wanted);
-    // The script checks the keys' types; should a read still meet one of the wrong type, it is corruption too, not a failure of Redis.
-    if (isWrongType(answer.error)) return this.discard(sessionId, new CorruptValueError('not a context-cache session (wrong Redis type)'));
-    throw answer.error;
+  getMany(sessionIds: readonly string[]): Promise<(StoredSession | undefined)[]> {
+    return this.readMany(sessionIds);
   }
 
   /**
@@ -83,9 +68,22 @@ export class RedisSessionStore implements SessionL2 {
    * not hold. A session that is corrupt or oversized is judged as getMany
    * judges it.
    */
-  async pickMany(sessionIds: readonly string[], shortIds: readonly ReadonlySet<string>[]): Promise<(StoredSession | undefined)[]> {
-    const replies = await this.read(sessionIds);
-    return sessionIds.map((id, index) => this.judgeReply(id, replies[index]!, shortIds[index]));
+  pickMany(sessionIds: readonly string[], shortIds: readonly ReadonlySet<string>[]): Promise<(StoredSession | undefined)[]> {
+    return this.readMany(sessionIds, shortIds);
+  }
+
+  /** Sessions, each whole or (with `wanted`) only its nodes with the short IDs in its set. */
+  private async readMany(sessionIds: readonly string[], wanted?: readonly ReadonlySet<string>[]): Promise<(StoredSession | undefined)[]> {
+    const { link, scripts, maxReadBytes } = this.parts;
+    const calls = sessionIds.map((id) => [id, maxReadBytes * STORED_BYTES_PER_LIMIT, MAX_CHUNKS] as [string, number, number]);
+    const replies = await scripts.runEach(sessionRead, calls, link);
+    return sessionIds.map((id, index) => {
+      const answer = replies[index]!;
+      if ('reply' in answer) return this.judge(id, answer.reply, wanted?.[index]);
+      // The script checks the keys' types; should a read still meet one of the wrong type, it is corruption too, not a failure of Redis.
+      if (isWrongType(answer.error)) return this.discard(id, new CorruptValueError('not a context-cache session (wrong Redis type)'));
+      throw answer.error;
+    });
   }
 
   put(sessionId: string, nodes: readonly NodeRecord[], ttlMs: number, leaseToken: string): Promise<{ version: number; expiresAt: number } | 'stale'> {
